@@ -1,0 +1,172 @@
+//! `spotlight bench generate`: prefill and decode throughput, written as JSON under
+//! benches/results/. Medians over timed runs after a warm-up run (kernel compilation, autotune).
+
+use std::path::PathBuf;
+
+use burn::tensor::backend::Backend;
+use serde::Serialize;
+use spotlight_llama::{generate, GenerateConfig, Sampling};
+
+use crate::backend::{self, BackendKind, OnBackend};
+use crate::error::{CliError, Result};
+use crate::model_args::{self, ModelArgs};
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Prefill and decode tokens/s of dense generation.
+    Generate(GenerateBenchArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenerateBenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    pub batch: Vec<usize>,
+    /// Prompt lengths in tokens (taken from Moby-Dick).
+    #[arg(long, value_delimiter = ',', default_value = "512")]
+    pub prompt_tokens: Vec<usize>,
+    /// New tokens per sequence.
+    #[arg(long, default_value_t = 64)]
+    pub new_tokens: usize,
+    /// Timed runs per configuration.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Output JSON file.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    batch: usize,
+    prompt_tokens: usize,
+    new_tokens: usize,
+    runs: usize,
+    prefill_s_median: f64,
+    prefill_tok_s: f64,
+    decode_s_median: f64,
+    decode_tok_s: f64,
+    decode_ms_per_step: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    bench: &'static str,
+    device: String,
+    backend: String,
+    commit: String,
+    date: String,
+    model: String,
+    dtype: &'static str,
+    note: &'static str,
+    rows: Vec<Row>,
+}
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    let BenchCommand::Generate(args) = cmd;
+    if args.runs == 0 || args.new_tokens < 2 || args.batch.contains(&0) {
+        return Err(CliError::Usage("--runs ≥ 1, --new-tokens ≥ 2 and batch sizes ≥ 1 are required".into()));
+    }
+    crate::assets::ensure(&crate::assets::MOBY_DICK, &mut |m| eprintln!("{m}"))?;
+    let path = args.model.path()?;
+    let report = backend::run(args.model.backend, Job { args: args.clone(), path })?;
+    let json = serde_json::to_string_pretty(&report).expect("plain data serialises");
+    if let Some(dir) = args.out.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(&args.out, json + "\n").map_err(|e| CliError::Io(format!("cannot write {}: {e}", args.out.display())))?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+struct Job {
+    args: GenerateBenchArgs,
+    path: PathBuf,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+impl OnBackend for Job {
+    type Output = Report;
+    fn run<B: Backend>(self, device: B::Device, backend: BackendKind) -> Result<Report> {
+        let a = &self.args;
+        let loaded = model_args::load::<B>(&self.path, None, &device)?;
+        let text = std::fs::read_to_string(crate::assets::moby_dick_path()).map_err(|e| CliError::Io(e.to_string()))?;
+        let corpus = loaded.tokenizer.encode(&text, false)?;
+        // Greedy, no stop tokens: every run generates exactly new_tokens per sequence.
+        let config = GenerateConfig { max_tokens: a.new_tokens, sampling: Sampling::Greedy, repetition_penalty: 1.0, seed: 0, stop_ids: vec![] };
+        let mut rows = Vec::new();
+        for &len in &a.prompt_tokens {
+            for &batch in &a.batch {
+                // Different text per sequence, so batching cannot share work by accident.
+                let prompts: Vec<Vec<u32>> = (0..batch)
+                    .map(|b| {
+                        let s = (b * 7919 * 13) % corpus.len().saturating_sub(len).max(1);
+                        corpus[s..s + len].to_vec()
+                    })
+                    .collect();
+                let mut prefill = Vec::new();
+                let mut decode = Vec::new();
+                for run in 0..=a.runs {
+                    let (_, stats) = generate(&loaded.model, &prompts, &config, |_, _| Ok(()))?;
+                    if run > 0 {
+                        prefill.push(stats.prefill_secs);
+                        decode.push(stats.decode_secs);
+                    }
+                    eprintln!("  batch {batch} prompt {len}: run {run}: prefill {:.3} s, decode {:.3} s", stats.prefill_secs, stats.decode_secs);
+                }
+                let (p, d) = (median(prefill), median(decode));
+                let steps = (a.new_tokens - 1) as f64;
+                rows.push(Row {
+                    batch,
+                    prompt_tokens: len,
+                    new_tokens: a.new_tokens,
+                    runs: a.runs,
+                    prefill_s_median: p,
+                    prefill_tok_s: (batch * len) as f64 / p,
+                    decode_s_median: d,
+                    decode_tok_s: batch as f64 * steps / d,
+                    decode_ms_per_step: d / steps * 1e3,
+                });
+            }
+        }
+        Ok(Report {
+            bench: "generate",
+            device: device_name(backend),
+            backend: backend.name().into(),
+            commit: std::env::var("SPOTLIGHT_COMMIT").unwrap_or_else(|_| git_commit()),
+            date: command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]).unwrap_or_default(),
+            model: self.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+            dtype: "f32 (weights dequantised from GGUF)",
+            note: "prefill = prompt processing until the first token is on the host; decode excludes it",
+            rows,
+        })
+    }
+}
+
+fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(cmd).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn git_commit() -> String {
+    command_output("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into())
+}
+
+fn device_name(backend: BackendKind) -> String {
+    match backend {
+        BackendKind::Cuda => command_output("nvidia-smi", &["--query-gpu=name", "--format=csv,noheader"])
+            .and_then(|s| s.lines().next().map(String::from))
+            .unwrap_or_else(|| "cuda device".into()),
+        _ => std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+            .map(|cpu| format!("{cpu}, {} threads", std::thread::available_parallelism().map_or(1, |n| n.get())))
+            .unwrap_or_else(|| "cpu".into()),
+    }
+}

@@ -1,0 +1,167 @@
+//! `spotlight generate`: one prompt, or an interactive chat, streamed to the terminal.
+
+use std::io::{BufRead, Write};
+
+use burn::tensor::backend::Backend;
+use spotlight_llama::{generate, GenerateConfig, GenerateStats, Sampling, Tokenizer};
+
+use crate::backend::{self, BackendKind, OnBackend};
+use crate::error::{CliError, Result};
+use crate::model_args::{self, ModelArgs};
+
+const DEFAULT_QUESTION: &str = "What is the capital of France? Answer in one sentence.";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Text to continue as is. Without --prompt (and without -i) a default question is asked in
+    /// the model's chat format.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Wrap --prompt in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// System message for chat mode.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Chat in a loop, reading user turns from standard input.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Most new tokens per reply.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p (1 = off).
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f32,
+    /// Divide the logits of already-seen tokens by this (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    /// Random seed: the same seed gives the same text.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl GenerateArgs {
+    fn config(&self, tokenizer: &Tokenizer) -> GenerateConfig {
+        GenerateConfig {
+            max_tokens: self.max_tokens,
+            sampling: Sampling::from_flags(self.temperature, Some(self.top_k), Some(self.top_p)),
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+            stop_ids: tokenizer.stop_ids.clone(),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(CliError::Usage("--temperature must be a finite number ≥ 0".into()));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(CliError::Usage("--top-p must be in (0, 1]".into()));
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return Err(CliError::Usage("--repetition-penalty must be a positive number".into()));
+        }
+        Ok(())
+    }
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    args.validate()?;
+    let path = args.model.path()?;
+    backend::run(args.model.backend, Job { args, path })
+}
+
+struct Job {
+    args: GenerateArgs,
+    path: std::path::PathBuf,
+}
+
+impl OnBackend for Job {
+    type Output = ();
+    fn run<B: Backend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
+        let args = self.args;
+        let loaded = model_args::load::<B>(&self.path, None, &device)?;
+        let tok = &loaded.tokenizer;
+        let config = args.config(tok);
+        let mut messages: Vec<(String, String)> = args.system.iter().map(|s| ("system".to_string(), s.clone())).collect();
+        let chat_prompt = |messages: &[(String, String)]| -> Result<Vec<u32>> {
+            let refs: Vec<(&str, &str)> = messages.iter().map(|(r, c)| (r.as_str(), c.as_str())).collect();
+            Ok(tok.encode(&tok.template.render(&refs), false)?)
+        };
+        if !args.interactive {
+            let ids = match (&args.prompt, args.chat) {
+                (Some(p), false) => tok.encode(p, true)?,
+                (p, _) => {
+                    let q = p.clone().unwrap_or_else(|| DEFAULT_QUESTION.to_string());
+                    if args.prompt.is_none() {
+                        eprintln!("(no --prompt: asking \"{q}\")");
+                    }
+                    messages.push(("user".into(), q));
+                    chat_prompt(&messages)?
+                }
+            };
+            let (_, stats) = stream(&loaded.model, tok, &ids, &config, args.prompt.is_some() && !args.chat)?;
+            report(&stats, backend);
+            return Ok(());
+        }
+        eprintln!("chatting with {} on {} (empty line or Ctrl-D ends)", self.path.display(), backend.name());
+        let stdin = std::io::stdin();
+        loop {
+            eprint!("> ");
+            let mut line = String::new();
+            if stdin.lock().read_line(&mut line).map_err(|e| CliError::Io(e.to_string()))? == 0 || line.trim().is_empty() {
+                return Ok(());
+            }
+            messages.push(("user".into(), line.trim().to_string()));
+            let ids = chat_prompt(&messages)?;
+            let (reply, stats) = stream(&loaded.model, tok, &ids, &config, false)?;
+            messages.push(("assistant".into(), tok.decode(&reply)?));
+            report(&stats, backend);
+        }
+    }
+}
+
+/// Generates from `ids`, printing text as it arrives; returns the new tokens.
+fn stream<B: Backend>(
+    model: &spotlight_llama::Llama<B>,
+    tok: &Tokenizer,
+    ids: &[u32],
+    config: &GenerateConfig,
+    echo_prompt: bool,
+) -> Result<(Vec<u32>, GenerateStats)> {
+    let mut out = std::io::stdout().lock();
+    if echo_prompt {
+        let _ = write!(out, "{}", tok.decode(ids)?);
+        let _ = out.flush();
+    }
+    let mut text = tok.stream();
+    let (tokens, stats) = generate(model, &[ids.to_vec()], config, |_, t| {
+        let piece = text.push(t)?;
+        let _ = write!(out, "{piece}");
+        let _ = out.flush();
+        Ok(())
+    })?;
+    let _ = writeln!(out);
+    Ok((tokens.into_iter().next().unwrap_or_default(), stats))
+}
+
+fn report(s: &GenerateStats, backend: BackendKind) {
+    eprintln!(
+        "[{}] prefill {} tokens in {:.3} s ({:.1} tok/s); decode {} tokens in {:.3} s ({:.1} tok/s)",
+        backend.name(),
+        s.prompt_tokens,
+        s.prefill_secs,
+        s.prefill_tok_s(),
+        s.generated_tokens.saturating_sub(1),
+        s.decode_secs,
+        s.decode_tok_s(1)
+    );
+}

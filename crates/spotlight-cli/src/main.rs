@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    spotlight_cli::main_with::<spotlight_cli::Cli>()
+}

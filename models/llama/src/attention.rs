@@ -1,0 +1,113 @@
+//! Grouped-query attention over the KV cache, without materialising repeated K/V.
+//!
+//! The G query heads that share a KV head are laid out as extra rows of one matrix
+//! ([batch, kv_heads, len·G, d], rows ordered (position, head-in-group)), so one product against
+//! that KV head's keys serves the whole group — the layout the Spotlight score kernel also uses.
+
+use burn::tensor::{activation::softmax, backend::Backend, Bool, Int, Tensor, TensorData};
+
+use crate::cache::LayerCache;
+use crate::layers::Linear;
+use crate::rope::Rope;
+
+/// Largest score block per query chunk (elements); bounds prefill memory independent of length.
+const MAX_SCORE_ELEMENTS: usize = 1 << 26;
+
+#[derive(Debug, Clone)]
+pub struct Attention<B: Backend> {
+    pub q: Linear<B>,
+    pub k: Linear<B>,
+    pub v: Linear<B>,
+    pub o: Linear<B>,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// A block of query positions [t0, t1) and the causal mask of its rows against keys 0..n_keys.
+#[derive(Debug, Clone)]
+pub struct QueryChunk<B: Backend> {
+    pub t0: usize,
+    pub t1: usize,
+    pub n_keys: usize,
+    /// [batch, 1, (t1−t0)·G, n_keys], true = masked (key after the row's position).
+    pub mask: Tensor<B, 4, Bool>,
+}
+
+/// Everything about one forward call that all layers share: computed once, not per layer.
+#[derive(Debug, Clone)]
+pub struct Step<B: Backend> {
+    /// Where sequence b's new rows go in the cache.
+    pub starts: Vec<usize>,
+    /// How many of the `len` rows of sequence b are real (the rest is right padding).
+    pub new_lens: Vec<usize>,
+    /// Padded number of new rows.
+    pub len: usize,
+    /// [batch·len] absolute position of each row (for RoPE).
+    pub positions: Tensor<B, 1, Int>,
+    pub chunks: Vec<QueryChunk<B>>,
+}
+
+impl<B: Backend> Step<B> {
+    pub fn new(starts: Vec<usize>, new_lens: Vec<usize>, group: usize, kv_heads: usize, max_pos: usize, device: &B::Device) -> Self {
+        let batch = starts.len();
+        let len = new_lens.iter().copied().max().unwrap_or(0);
+        // Padding rows get a clamped position: their output is discarded, only the index must be valid.
+        let positions: Vec<i64> = (0..batch)
+            .flat_map(|b| (0..len).map(move |t| (starts[b] + t).min(max_pos - 1) as i64))
+            .collect();
+        let positions = Tensor::from_data(TensorData::new(positions, [batch * len]), device);
+        let total = (0..batch).map(|b| starts[b] + len).max().unwrap_or(0);
+        let chunk = (MAX_SCORE_ELEMENTS / (batch * kv_heads * group * total.max(1))).clamp(1, len.max(1));
+        let mut chunks = Vec::new();
+        let mut t0 = 0;
+        while t0 < len {
+            let t1 = (t0 + chunk).min(len);
+            // Keys past the chunk's last position are masked for every row: do not read them.
+            let n_keys = (0..batch).map(|b| starts[b] + t1).max().unwrap();
+            let rows = (t1 - t0) * group;
+            let row_pos: Vec<i64> = (0..batch)
+                .flat_map(|b| (0..rows).map(move |r| (starts[b] + t0 + r / group) as i64))
+                .collect();
+            let row_pos = Tensor::<B, 4, Int>::from_data(TensorData::new(row_pos, [batch, 1, rows, 1]), device);
+            let key_idx = Tensor::<B, 1, Int>::arange(0..n_keys as i64, device).reshape([1, 1, 1, n_keys]);
+            let mask = key_idx.expand([batch, 1, rows, n_keys]).greater(row_pos.expand([batch, 1, rows, n_keys]));
+            chunks.push(QueryChunk { t0, t1, n_keys, mask });
+            t0 = t1;
+        }
+        Self { starts, new_lens, len, positions, chunks }
+    }
+}
+
+impl<B: Backend> Attention<B> {
+    /// x: [batch, len, hidden] → [batch, len, hidden]; writes this step's K/V into `cache`.
+    pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope<B>, step: &Step<B>, cache: &mut LayerCache<B>) -> Tensor<B, 3> {
+        let [batch, len, _] = x.dims();
+        let (h, kv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let g = h / kv;
+        let q = rope.apply(self.q.forward(x.clone()).reshape([batch, len, h, d]), step.positions.clone());
+        let k = rope.apply(self.k.forward(x.clone()).reshape([batch, len, kv, d]), step.positions.clone());
+        let v = self.v.forward(x).reshape([batch, len, kv, d]);
+        cache.write(k.swap_dims(1, 2), v.swap_dims(1, 2), &step.starts, &step.new_lens);
+        // [batch, len, kv·G, d] → [batch, kv, len·G, d]: head h = kv_head·G + g.
+        let q = q.reshape([batch, len, kv, g, d]).permute([0, 2, 1, 3, 4]).reshape([batch, kv, len * g, d]);
+        let scale = (d as f64).sqrt().recip();
+        let outs: Vec<Tensor<B, 4>> = step
+            .chunks
+            .iter()
+            .map(|c| {
+                let rows = (c.t1 - c.t0) * g;
+                let q = q.clone().slice([0..batch, 0..kv, c.t0 * g..c.t1 * g, 0..d]);
+                let keys = cache.k.clone().slice([0..batch, 0..kv, 0..c.n_keys, 0..d]);
+                let values = cache.v.clone().slice([0..batch, 0..kv, 0..c.n_keys, 0..d]);
+                let scores = q.matmul(keys.swap_dims(2, 3)) * scale;
+                let mask = c.mask.clone().expand([batch, kv, rows, c.n_keys]);
+                let probs = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
+                probs.matmul(values)
+            })
+            .collect();
+        let out = if outs.len() == 1 { outs.into_iter().next().unwrap() } else { Tensor::cat(outs, 2) };
+        let out = out.reshape([batch, kv, len, g, d]).permute([0, 2, 1, 3, 4]).reshape([batch, len, h * d]);
+        self.o.forward(out)
+    }
+}

@@ -1,0 +1,86 @@
+//! Preallocated per-layer KV cache, GQA-native: [batch, kv_heads, capacity, head_dim].
+//!
+//! Allocated once; new rows are written in place with `slice_assign` (no per-token concatenation).
+//! Running past the capacity is an error, never a silent shift (positions would change meaning).
+
+use burn::tensor::{backend::Backend, Tensor};
+
+use crate::error::LlamaError;
+
+/// K and V of one layer.
+#[derive(Debug, Clone)]
+pub struct LayerCache<B: Backend> {
+    /// [batch, kv_heads, capacity, head_dim]
+    pub k: Tensor<B, 4>,
+    /// [batch, kv_heads, capacity, head_dim]
+    pub v: Tensor<B, 4>,
+}
+
+/// The whole model's cache plus each sequence's current length.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    pub layers: Vec<LayerCache<B>>,
+    /// Tokens already cached per sequence (they may differ: ragged batches).
+    pub lens: Vec<usize>,
+    capacity: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(n_layers: usize, batch: usize, kv_heads: usize, capacity: usize, head_dim: usize, device: &B::Device) -> Self {
+        let layer = || LayerCache {
+            k: Tensor::zeros([batch, kv_heads, capacity, head_dim], device),
+            v: Tensor::zeros([batch, kv_heads, capacity, head_dim], device),
+        };
+        Self { layers: (0..n_layers).map(|_| layer()).collect(), lens: vec![0; batch], capacity }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn batch(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Checks that `new_tokens[b]` more tokens fit for every sequence b.
+    pub fn check_room(&self, new_tokens: &[usize]) -> Result<(), LlamaError> {
+        if new_tokens.len() != self.lens.len() {
+            return Err(LlamaError::Invalid(format!(
+                "batch of {} sequences given to a cache of {}",
+                new_tokens.len(),
+                self.lens.len()
+            )));
+        }
+        for (&len, &n) in self.lens.iter().zip(new_tokens) {
+            if len + n > self.capacity {
+                return Err(LlamaError::ContextOverflow { tokens: len, new: n, context: self.capacity });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> LayerCache<B> {
+    /// Writes rows 0..new_lens[b] of `k`, `v` ([batch, kv_heads, len, d]) at `starts[b]`.
+    pub fn write(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>, starts: &[usize], new_lens: &[usize]) {
+        let [batch, heads, len, d] = k.dims();
+        let uniform = starts.iter().all(|&s| s == starts[0]) && new_lens.iter().all(|&n| n == len);
+        if uniform {
+            // The common case (batch 1, or equal lengths): one write for the whole batch.
+            let s = starts[0];
+            self.k.inplace(|c| c.slice_assign([0..batch, 0..heads, s..s + len, 0..d], k));
+            self.v.inplace(|c| c.slice_assign([0..batch, 0..heads, s..s + len, 0..d], v));
+            return;
+        }
+        for b in 0..batch {
+            let (s, n) = (starts[b], new_lens[b]);
+            if n == 0 {
+                continue;
+            }
+            let kb = k.clone().slice([b..b + 1, 0..heads, 0..n, 0..d]);
+            let vb = v.clone().slice([b..b + 1, 0..heads, 0..n, 0..d]);
+            self.k.inplace(|c| c.slice_assign([b..b + 1, 0..heads, s..s + n, 0..d], kb));
+            self.v.inplace(|c| c.slice_assign([b..b + 1, 0..heads, s..s + n, 0..d], vb));
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Autoregressive generation: one prefill, then one decode step per token, with streaming.
+
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+
+use crate::error::LlamaError;
+use crate::model::Llama;
+use crate::sampling::{Sampler, Sampling};
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateConfig {
+    pub max_tokens: usize,
+    pub sampling: Sampling,
+    pub repetition_penalty: f32,
+    pub seed: u64,
+    /// Generation of a sequence ends at any of these (the stop token is not returned).
+    pub stop_ids: Vec<u32>,
+}
+
+/// Timings of one `generate` call.
+#[derive(Debug, Clone, Default)]
+pub struct GenerateStats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    /// Prompt processing until the first sampled token is on the host.
+    pub prefill_secs: f64,
+    /// All decode steps after the first token.
+    pub decode_secs: f64,
+}
+
+impl GenerateStats {
+    pub fn prefill_tok_s(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill_secs.max(1e-9)
+    }
+    /// Decode tokens per second, all sequences together.
+    pub fn decode_tok_s(&self, batch: usize) -> f64 {
+        let steps = self.generated_tokens.saturating_sub(batch);
+        steps as f64 / self.decode_secs.max(1e-9)
+    }
+}
+
+/// Generates continuations of a batch of prompts. `on_token(seq, token)` is called as each token
+/// is chosen, so callers can stream. Returns the new tokens per prompt.
+pub fn generate<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[Vec<u32>],
+    config: &GenerateConfig,
+    mut on_token: impl FnMut(usize, u32) -> Result<(), LlamaError>,
+) -> Result<(Vec<Vec<u32>>, GenerateStats), LlamaError> {
+    if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
+        return Err(LlamaError::Invalid("every prompt needs at least one token".into()));
+    }
+    let longest = prompts.iter().map(Vec::len).max().unwrap();
+    let context = model.rope.max_positions();
+    if longest + config.max_tokens > context {
+        return Err(LlamaError::ContextOverflow { tokens: longest, new: config.max_tokens, context });
+    }
+    let batch = prompts.len();
+    let mut cache = model.new_cache(batch, longest + config.max_tokens)?;
+    let mut samplers: Vec<Sampler> = (0..batch)
+        .map(|b| Sampler::new(config.sampling.clone(), config.repetition_penalty, config.seed.wrapping_add(b as u64)))
+        .collect();
+    let mut seen: Vec<Vec<u32>> = prompts.to_vec();
+    let mut out = vec![Vec::new(); batch];
+    let mut done = vec![config.max_tokens == 0; batch];
+    let mut stats = GenerateStats { prompt_tokens: prompts.iter().map(Vec::len).sum(), ..Default::default() };
+    let start = Instant::now();
+    let mut input: Vec<Vec<u32>> = prompts.to_vec();
+    let mut first = true;
+    while !done.iter().all(|&d| d) {
+        let logits = model.forward_last(&input, &mut cache)?;
+        let vocab = logits.dims()[1];
+        // sync: read the logits of every sequence's last position (one host round-trip per step).
+        let logits = logits.into_data().to_vec::<f32>().map_err(|e| LlamaError::Invalid(format!("{e:?}")))?;
+        for b in 0..batch {
+            input[b].clear();
+            if done[b] {
+                continue;
+            }
+            let mut row = logits[b * vocab..(b + 1) * vocab].to_vec();
+            let token = samplers[b].sample(&mut row, &seen[b]);
+            if config.stop_ids.contains(&token) {
+                done[b] = true;
+                continue;
+            }
+            on_token(b, token)?;
+            out[b].push(token);
+            seen[b].push(token);
+            stats.generated_tokens += 1;
+            if out[b].len() == config.max_tokens {
+                done[b] = true;
+            } else {
+                input[b].push(token);
+            }
+        }
+        if first {
+            stats.prefill_secs = start.elapsed().as_secs_f64();
+            first = false;
+        }
+        if input.iter().all(Vec::is_empty) {
+            break;
+        }
+    }
+    stats.decode_secs = start.elapsed().as_secs_f64() - stats.prefill_secs;
+    Ok((out, stats))
+}

@@ -1,0 +1,34 @@
+//! Llama-family language models in Burn (Llama 2/3, Mistral, Qwen2/2.5, SmolLM2).
+//!
+//! Data flow: tokens → embedding → blocks (RMSNorm → GQA attention with RoPE over the KV cache →
+//! RMSNorm → SwiGLU) → final norm → LM head → sampling.
+
+pub mod attention;
+pub mod block;
+pub mod cache;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod layers;
+pub mod load;
+pub mod mlp;
+pub mod model;
+pub mod names;
+pub mod perplexity;
+pub mod rope;
+pub mod sampling;
+pub mod tokenizer;
+#[cfg(test)]
+mod test_util;
+
+pub use checkpoint::Checkpoint;
+pub use config::LlamaConfig;
+pub use error::LlamaError;
+pub use generate::{generate, GenerateConfig, GenerateStats};
+pub use model::Llama;
+pub use sampling::Sampling;
+pub use tokenizer::{ChatTemplate, Tokenizer};
+#[cfg(test)]
+mod model_tests;

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The one test command (README, CI): installs what the tests need on a fresh machine — the Vulkan
+# CPU driver (lavapipe) for the wgpu tests and the real model and texts — then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
+  echo "== installing the Vulkan CPU driver (mesa-vulkan-drivers, libvulkan1) for wgpu"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== building"
+cargo build --workspace --all-targets --locked
+
+echo "== fetching the default model and texts (cached in \${SPOTLIGHT_HOME:-~/.cache/spotlight})"
+./target/debug/spotlight fetch
+
+echo "== tests"
+cargo test --workspace --all-targets --locked -- --test-threads 2
