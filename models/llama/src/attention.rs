@@ -54,7 +54,8 @@ impl<B: Backend> Step<B> {
         let len = new_lens.iter().copied().max().unwrap_or(0);
         // Padding rows get a clamped position: their output is discarded, only the index must be valid.
         let positions: Vec<i64> = (0..batch)
-            .flat_map(|b| (0..len).map(move |t| (starts[b] + t).min(max_pos - 1) as i64))
+            .flat_map(|b| (0..len).map(move |t| (b, t)))
+            .map(|(b, t)| (starts[b] + t).min(max_pos - 1) as i64)
             .collect();
         let positions = Tensor::from_data(TensorData::new(positions, [batch * len]), device);
         let total = (0..batch).map(|b| starts[b] + len).max().unwrap_or(0);
@@ -67,7 +68,8 @@ impl<B: Backend> Step<B> {
             let n_keys = (0..batch).map(|b| starts[b] + t1).max().unwrap();
             let rows = (t1 - t0) * group;
             let row_pos: Vec<i64> = (0..batch)
-                .flat_map(|b| (0..rows).map(move |r| (starts[b] + t0 + r / group) as i64))
+                .flat_map(|b| (0..rows).map(move |r| (b, r)))
+                .map(|(b, r)| (starts[b] + t0 + r / group) as i64)
                 .collect();
             let row_pos = Tensor::<B, 4, Int>::from_data(TensorData::new(row_pos, [batch, 1, rows, 1]), device);
             let key_idx = Tensor::<B, 1, Int>::arange(0..n_keys as i64, device).reshape([1, 1, 1, n_keys]);

@@ -11,7 +11,7 @@ use crate::config::{LlamaConfig, RopeScaling};
 /// Inverse frequencies θ_i for i in 0..d/2, after scaling.
 pub fn inv_freq(config: &LlamaConfig) -> Vec<f64> {
     let d = config.head_dim;
-    let base: Vec<f64> = (0..d / 2).map(|i| config.rope_theta.powf(-(2 * i) as f64 / d as f64)).collect();
+    let base: Vec<f64> = (0..d / 2).map(|i| config.rope_theta.powf(-((2 * i) as f64) / d as f64)).collect();
     match &config.rope_scaling {
         None => base,
         Some(RopeScaling::Factors(f)) => base.iter().zip(f).map(|(b, &f)| b / f as f64).collect(),

@@ -175,8 +175,10 @@ impl Tokenizer {
     }
 
     fn finish(inner: tokenizers::Tokenizer, bos: Option<u32>, mut stop_ids: Vec<u32>, template: ChatTemplate) -> Self {
-        if let Some(id) = template.end_of_turn().and_then(|t| inner.token_to_id(t)) {
-            stop_ids.push(id);
+        // The end-of-turn marker ends a chat reply; "<|endoftext|>" ends a document in completion
+        // mode even when the checkpoint names only the chat EOS.
+        for t in template.end_of_turn().into_iter().chain(["<|endoftext|>"]) {
+            stop_ids.extend(inner.token_to_id(t));
         }
         stop_ids.sort_unstable();
         stop_ids.dedup();
