@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use burn::backend::{ndarray::NdArrayDevice, wgpu::WgpuDevice, NdArray, Wgpu};
-use burn::tensor::backend::Backend;
+use spotlight::llama::LlamaBackend;
 use spotlight::cli::{assets, model_args};
 use spotlight::llama::{generate, perplexity, GenerateConfig, Sampling};
 
@@ -21,12 +21,12 @@ fn model_path() -> PathBuf {
     .clone()
 }
 
-fn load<B: Backend>(device: &B::Device) -> model_args::Loaded<B> {
+fn load<B: LlamaBackend>(device: &B::Device) -> model_args::Loaded<B> {
     model_args::load::<B>(&model_path(), Some(1024), device).expect("real model loads")
 }
 
 /// Last-position logits of the prompt and 8 greedy tokens.
-fn run<B: Backend>(device: &B::Device) -> (Vec<f32>, Vec<u32>) {
+fn run<B: LlamaBackend>(device: &B::Device) -> (Vec<f32>, Vec<u32>) {
     let m = load::<B>(device);
     let ids = m.tokenizer.encode(PROMPT, true).unwrap();
     let mut cache = m.model.new_cache(1, ids.len()).unwrap();

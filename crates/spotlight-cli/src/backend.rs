@@ -5,7 +5,7 @@
 //! from deep inside a runtime.
 
 use burn::backend::{cuda::CudaDevice, ndarray::NdArrayDevice, wgpu::WgpuDevice, Cuda, NdArray, Wgpu};
-use burn::tensor::backend::Backend;
+use spotlight_llama::LlamaBackend;
 
 use crate::error::{CliError, Result};
 
@@ -33,7 +33,7 @@ impl BackendKind {
 /// Work to run on whichever backend was chosen.
 pub trait OnBackend {
     type Output;
-    fn run<B: Backend>(self, device: B::Device, backend: BackendKind) -> Result<Self::Output>;
+    fn run<B: LlamaBackend>(self, device: B::Device, backend: BackendKind) -> Result<Self::Output>;
 }
 
 /// Runs `job` on `kind`, or on the best available backend when `kind` is None.

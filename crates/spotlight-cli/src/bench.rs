@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::backend::Backend;
+use spotlight_llama::LlamaBackend;
 use serde::Serialize;
 use spotlight_llama::{generate, GenerateConfig, Sampling};
 
@@ -93,7 +93,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 impl OnBackend for Job {
     type Output = Report;
-    fn run<B: Backend>(self, device: B::Device, backend: BackendKind) -> Result<Report> {
+    fn run<B: LlamaBackend>(self, device: B::Device, backend: BackendKind) -> Result<Report> {
         let a = &self.args;
         let loaded = model_args::load::<B>(&self.path, None, &device)?;
         let text = std::fs::read_to_string(crate::assets::moby_dick_path()).map_err(|e| CliError::Io(e.to_string()))?;

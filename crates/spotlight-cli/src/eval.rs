@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::backend::Backend;
+use spotlight_llama::LlamaBackend;
 use serde::Serialize;
 use spotlight_llama::perplexity;
 
@@ -76,7 +76,7 @@ struct PplJob {
 
 impl OnBackend for PplJob {
     type Output = PplResult;
-    fn run<B: Backend>(self, device: B::Device, backend: BackendKind) -> Result<PplResult> {
+    fn run<B: LlamaBackend>(self, device: B::Device, backend: BackendKind) -> Result<PplResult> {
         let a = &self.args;
         let text = std::fs::read_to_string(&self.text).map_err(|e| CliError::Io(format!("cannot read {}: {e}", self.text.display())))?;
         let loaded = model_args::load::<B>(&self.path, Some(a.window), &device)?;

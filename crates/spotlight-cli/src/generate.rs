@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, Write};
 
-use burn::tensor::backend::Backend;
+use spotlight_llama::LlamaBackend;
 use spotlight_llama::{generate, GenerateConfig, GenerateStats, Sampling, Tokenizer};
 
 use crate::backend::{self, BackendKind, OnBackend};
@@ -86,7 +86,7 @@ struct Job {
 
 impl OnBackend for Job {
     type Output = ();
-    fn run<B: Backend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
+    fn run<B: LlamaBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
         let args = self.args;
         let loaded = model_args::load::<B>(&self.path, None, &device)?;
         let tok = &loaded.tokenizer;
@@ -130,7 +130,7 @@ impl OnBackend for Job {
 }
 
 /// Generates from `ids`, printing text as it arrives; returns the new tokens.
-fn stream<B: Backend>(
+fn stream<B: LlamaBackend>(
     model: &spotlight_llama::Llama<B>,
     tok: &Tokenizer,
     ids: &[u32],

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::backend::Backend;
+use spotlight_llama::LlamaBackend;
 use spotlight_llama::{Checkpoint, Llama, LlamaConfig, Tokenizer};
 
 use crate::assets;
@@ -42,14 +42,14 @@ impl ModelArgs {
 }
 
 /// A model on a device with its tokenizer.
-pub struct Loaded<B: Backend> {
+pub struct Loaded<B: LlamaBackend> {
     pub model: Llama<B>,
     pub tokenizer: Tokenizer,
     pub config: LlamaConfig,
 }
 
 /// Opens the checkpoint, checks the tokenizer belongs to it, and loads the weights.
-pub fn load<B: Backend>(path: &std::path::Path, max_positions: Option<usize>, device: &B::Device) -> Result<Loaded<B>> {
+pub fn load<B: LlamaBackend>(path: &std::path::Path, max_positions: Option<usize>, device: &B::Device) -> Result<Loaded<B>> {
     let ckpt = Checkpoint::open(path)?;
     let config = ckpt.config()?;
     let tokenizer = ckpt.tokenizer()?;

@@ -6,6 +6,7 @@
 
 use burn::tensor::{activation::softmax, backend::Backend, Bool, Int, Tensor, TensorData};
 
+use crate::backend::LlamaBackend;
 use crate::cache::LayerCache;
 use crate::layers::Linear;
 use crate::rope::Rope;
@@ -81,7 +82,7 @@ impl<B: Backend> Step<B> {
     }
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: LlamaBackend> Attention<B> {
     /// x: [batch, len, hidden] → [batch, len, hidden]; writes this step's K/V into `cache`.
     pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope<B>, step: &Step<B>, cache: &mut LayerCache<B>) -> Tensor<B, 3> {
         let [batch, len, _] = x.dims();

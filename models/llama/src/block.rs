@@ -2,6 +2,7 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
+use crate::backend::LlamaBackend;
 use crate::attention::{Attention, Step};
 use crate::cache::LayerCache;
 use crate::layers::RmsNorm;
@@ -16,7 +17,7 @@ pub struct Block<B: Backend> {
     pub mlp: Mlp<B>,
 }
 
-impl<B: Backend> Block<B> {
+impl<B: LlamaBackend> Block<B> {
     /// x: [batch, len, hidden] → [batch, len, hidden]
     pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope<B>, step: &Step<B>, cache: &mut LayerCache<B>) -> Tensor<B, 3> {
         let h = x.clone() + self.attention.forward(self.attention_norm.forward(x), rope, step, cache);

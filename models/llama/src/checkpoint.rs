@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
 
+use crate::backend::LlamaBackend;
 use crate::config::LlamaConfig;
 use crate::error::LlamaError;
 use crate::gguf::GgufFile;
@@ -76,7 +76,7 @@ impl Checkpoint {
     }
 
     /// Loads the weights onto `device` with a RoPE table for `max_positions` (capped at the context).
-    pub fn load<B: Backend>(&self, config: &LlamaConfig, max_positions: usize, device: &B::Device) -> Result<Llama<B>, LlamaError> {
+    pub fn load<B: LlamaBackend>(&self, config: &LlamaConfig, max_positions: usize, device: &B::Device) -> Result<Llama<B>, LlamaError> {
         match self {
             Self::Gguf { file, .. } => Llama::load(config, &GgufSource::new(file, config), max_positions, device),
             Self::HfDir { weights, .. } => Llama::load(config, weights, max_positions, device),

@@ -2,8 +2,8 @@
 
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
 
+use crate::backend::LlamaBackend;
 use crate::error::LlamaError;
 use crate::model::Llama;
 use crate::sampling::{Sampler, Sampling};
@@ -43,7 +43,7 @@ impl GenerateStats {
 
 /// Generates continuations of a batch of prompts. `on_token(seq, token)` is called as each token
 /// is chosen, so callers can stream. Returns the new tokens per prompt.
-pub fn generate<B: Backend>(
+pub fn generate<B: LlamaBackend>(
     model: &Llama<B>,
     prompts: &[Vec<u32>],
     config: &GenerateConfig,

@@ -2,22 +2,24 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
-/// y = x·Wᵀ (+ b). The weight is stored transposed, [in, out], so the product needs no transpose.
+use crate::backend::{projection, LlamaBackend};
+
+/// y = x·Wᵀ (+ b), W stored as in the checkpoint, [out, in].
 #[derive(Debug, Clone)]
 pub struct Linear<B: Backend> {
-    /// [in, out]
-    pub weight_t: Tensor<B, 2>,
+    /// [out, in]
+    pub weight: Tensor<B, 2>,
     /// [out]
     pub bias: Option<Tensor<B, 1>>,
 }
 
-impl<B: Backend> Linear<B> {
+impl<B: LlamaBackend> Linear<B> {
     /// # Shapes
     /// x: [batch, len, in] → [batch, len, out]
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [batch, len, d_in] = x.dims();
-        let d_out = self.weight_t.dims()[1];
-        let y = x.reshape([batch * len, d_in]).matmul(self.weight_t.clone());
+        let d_out = self.weight.dims()[0];
+        let y = projection(x.reshape([batch * len, d_in]), self.weight.clone());
         let y = match &self.bias {
             Some(b) => y + b.clone().unsqueeze_dim(0),
             None => y,

@@ -4,6 +4,7 @@
 //! RMSNorm → SwiGLU) → final norm → LM head → sampling.
 
 pub mod attention;
+pub mod backend;
 pub mod block;
 pub mod cache;
 pub mod checkpoint;
@@ -23,6 +24,7 @@ pub mod tokenizer;
 #[cfg(test)]
 mod test_util;
 
+pub use backend::LlamaBackend;
 pub use checkpoint::Checkpoint;
 pub use config::LlamaConfig;
 pub use error::LlamaError;

@@ -2,6 +2,7 @@
 
 use burn::tensor::{activation::silu, backend::Backend, Tensor};
 
+use crate::backend::LlamaBackend;
 use crate::layers::Linear;
 
 #[derive(Debug, Clone)]
@@ -11,7 +12,7 @@ pub struct Mlp<B: Backend> {
     pub down: Linear<B>,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: LlamaBackend> Mlp<B> {
     /// x: [batch, len, hidden] → [batch, len, hidden]
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         self.down.forward(silu(self.gate.forward(x.clone())) * self.up.forward(x))

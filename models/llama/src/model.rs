@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use crate::attention::{Attention, Step};
+use crate::backend::LlamaBackend;
 use crate::block::Block;
 use crate::cache::KvCache;
 use crate::config::LlamaConfig;
@@ -46,25 +47,15 @@ impl<S: WeightSource + ?Sized> Loader<'_, S> {
         Ok(Tensor::from_data(TensorData::new(self.take(name, &[len])?, [len]), device))
     }
 
-    /// A projection stored as HF's [out, in], kept transposed as [in, out].
+    /// A projection stored as HF's [out, in].
     fn linear<B: Backend>(&mut self, prefix: &str, d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Result<Linear<B>, LlamaError> {
         let w = self.take(&format!("{prefix}.weight"), &[d_out, d_in])?;
         let bias = if bias { Some(self.vector(&format!("{prefix}.bias"), d_out, device)?) } else { None };
-        Ok(Linear { weight_t: Tensor::from_data(TensorData::new(transpose(&w, d_out, d_in), [d_in, d_out]), device), bias })
+        Ok(Linear { weight: Tensor::from_data(TensorData::new(w, [d_out, d_in]), device), bias })
     }
 }
 
-fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0.0; w.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = w[r * cols + c];
-        }
-    }
-    t
-}
-
-impl<B: Backend> Llama<B> {
+impl<B: LlamaBackend> Llama<B> {
     /// Builds the model from a checkpoint. Every model tensor must be present with the expected
     /// shape, and every checkpoint tensor must be used (a leftover means a different architecture).
     /// `max_positions` bounds the RoPE table (≤ the model's context).
@@ -100,9 +91,10 @@ impl<B: Backend> Llama<B> {
             });
         }
         let norm = norm(&mut l, "model.norm.weight")?;
+        let embed = Tensor::from_data(TensorData::new(embed_data, [c.vocab_size, c.hidden_size]), device);
+        // Tied head: the same [vocab, hidden] tensor serves lookup and projection (no copy).
         let lm_head = if c.tie_word_embeddings {
-            let t = transpose(&embed_data, c.vocab_size, c.hidden_size);
-            Linear { weight_t: Tensor::from_data(TensorData::new(t, [c.hidden_size, c.vocab_size]), device), bias: None }
+            Linear { weight: embed.clone(), bias: None }
         } else {
             l.linear("lm_head", c.hidden_size, c.vocab_size, false, device)?
         };
@@ -120,7 +112,6 @@ impl<B: Backend> Llama<B> {
                 unused[0]
             )));
         }
-        let embed = Tensor::from_data(TensorData::new(embed_data, [c.vocab_size, c.hidden_size]), device);
         let rope = Rope::new(c, max_positions.min(c.max_position_embeddings).max(1), device);
         Ok(Self { config: c.clone(), embed, layers, norm, lm_head, rope })
     }

@@ -1,8 +1,9 @@
 //! Teacher-forced perplexity of a token window, computed chunk by chunk through the KV cache so
 //! memory stays bounded (only [chunk, vocab] logits exist at a time).
 
-use burn::tensor::{activation::log_softmax, backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{activation::log_softmax, Int, Tensor, TensorData};
 
+use crate::backend::LlamaBackend;
 use crate::error::LlamaError;
 use crate::model::Llama;
 
@@ -10,7 +11,7 @@ use crate::model::Llama;
 pub const DEFAULT_CHUNK: usize = 512;
 
 /// Sum of −log p(token[t+1] | tokens[..=t]) over the window, and the number of predicted tokens.
-pub fn window_nll<B: Backend>(model: &Llama<B>, tokens: &[u32], chunk: usize) -> Result<(f64, usize), LlamaError> {
+pub fn window_nll<B: LlamaBackend>(model: &Llama<B>, tokens: &[u32], chunk: usize) -> Result<(f64, usize), LlamaError> {
     if tokens.len() < 2 {
         return Err(LlamaError::Invalid("perplexity needs at least two tokens".into()));
     }
@@ -40,7 +41,7 @@ impl<E: burn::tensor::ElementConversion> ToF64 for E {
 }
 
 /// exp(mean NLL) of one window.
-pub fn perplexity<B: Backend>(model: &Llama<B>, tokens: &[u32], chunk: usize) -> Result<f64, LlamaError> {
+pub fn perplexity<B: LlamaBackend>(model: &Llama<B>, tokens: &[u32], chunk: usize) -> Result<f64, LlamaError> {
     let (nll, n) = window_nll(model, tokens, chunk)?;
     Ok((nll / n as f64).exp())
 }
