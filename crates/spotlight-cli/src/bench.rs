@@ -149,7 +149,7 @@ impl OnBackend for Job {
     }
 }
 
-fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
+pub(crate) fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
     let out = std::process::Command::new(cmd).args(args).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }

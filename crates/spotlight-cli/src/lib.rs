@@ -4,6 +4,7 @@
 pub mod assets;
 pub mod backend;
 pub mod bench;
+pub mod check;
 pub mod error;
 pub mod eval;
 pub mod generate;
@@ -33,6 +34,8 @@ pub enum Command {
     /// Evaluate a model.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
+    /// Compare backends on the same prompt and text (logits, greedy tokens, perplexity).
+    Check(check::CheckArgs),
     /// Benchmarks (write JSON under benches/results/).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -52,6 +55,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info(a) => info::run(a),
         Command::Eval(c) => eval::run(c),
         Command::Bench(c) => bench::run(c),
+        Command::Check(a) => check::run(a),
     }
 }
 
