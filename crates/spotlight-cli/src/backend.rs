@@ -4,7 +4,9 @@
 //! backends. Availability is probed first so a missing GPU gives a one-line error, not a panic
 //! from deep inside a runtime.
 
-use burn::backend::{cuda::CudaDevice, ndarray::NdArrayDevice, wgpu::WgpuDevice, Cuda, NdArray, Wgpu};
+use burn::backend::{
+    cuda::CudaDevice, ndarray::NdArrayDevice, wgpu::WgpuDevice, Cuda, NdArray, Wgpu,
+};
 use spotlight_llama::LlamaBackend;
 
 use crate::error::{CliError, Result};
@@ -44,11 +46,15 @@ pub fn run<J: OnBackend>(kind: Option<BackendKind>, job: J) -> Result<J::Output>
     };
     match kind {
         BackendKind::Cuda => {
-            cuda_ready().map_err(|why| CliError::Backend(format!("--backend cuda is not usable here: {why}")))?;
+            cuda_ready().map_err(|why| {
+                CliError::Backend(format!("--backend cuda is not usable here: {why}"))
+            })?;
             job.run::<Cuda<f32, i32>>(CudaDevice::default(), kind)
         }
         BackendKind::Wgpu => {
-            let device = wgpu_device().map_err(|why| CliError::Backend(format!("--backend wgpu is not usable here: {why}")))?;
+            let device = wgpu_device().map_err(|why| {
+                CliError::Backend(format!("--backend wgpu is not usable here: {why}"))
+            })?;
             job.run::<Wgpu<f32, i32>>(device, kind)
         }
         BackendKind::Cpu => job.run::<NdArray<f32>>(NdArrayDevice::Cpu, kind),
@@ -75,15 +81,21 @@ pub fn cuda_ready() -> std::result::Result<(), String> {
     unsafe {
         let lib = libloading::Library::new("libcuda.so.1")
             .or_else(|_| libloading::Library::new("libcuda.so"))
-            .map_err(|_| "no NVIDIA driver (libcuda.so.1 not found); use --backend wgpu or cpu".to_string())?;
-        let cu_init: libloading::Symbol<unsafe extern "C" fn(u32) -> i32> =
-            lib.get(b"cuInit").map_err(|e| format!("libcuda has no cuInit: {e}"))?;
+            .map_err(|_| {
+                "no NVIDIA driver (libcuda.so.1 not found); use --backend wgpu or cpu".to_string()
+            })?;
+        let cu_init: libloading::Symbol<unsafe extern "C" fn(u32) -> i32> = lib
+            .get(b"cuInit")
+            .map_err(|e| format!("libcuda has no cuInit: {e}"))?;
         let code = cu_init(0);
         if code != 0 {
-            return Err(format!("cuInit failed with CUDA error {code} (no usable GPU?)"));
+            return Err(format!(
+                "cuInit failed with CUDA error {code} (no usable GPU?)"
+            ));
         }
-        let count_fn: libloading::Symbol<unsafe extern "C" fn(*mut i32) -> i32> =
-            lib.get(b"cuDeviceGetCount").map_err(|e| format!("libcuda has no cuDeviceGetCount: {e}"))?;
+        let count_fn: libloading::Symbol<unsafe extern "C" fn(*mut i32) -> i32> = lib
+            .get(b"cuDeviceGetCount")
+            .map_err(|e| format!("libcuda has no cuDeviceGetCount: {e}"))?;
         let mut n = 0i32;
         if count_fn(&mut n) != 0 || n == 0 {
             return Err("the CUDA driver sees no GPU".into());
@@ -100,7 +112,9 @@ pub fn cuda_ready() -> std::result::Result<(), String> {
         .into_iter()
         .chain(["/usr/local/cuda", "/opt/cuda", "/usr"].map(std::path::PathBuf::from));
     if !roots.into_iter().any(|r| r.join("include/cuda.h").exists()) {
-        return Err("CUDA headers not found (set CUDA_PATH to the toolkit, e.g. /usr/local/cuda)".into());
+        return Err(
+            "CUDA headers not found (set CUDA_PATH to the toolkit, e.g. /usr/local/cuda)".into(),
+        );
     }
     Ok(())
 }

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use spotlight_llama::LlamaBackend;
 use serde::Serialize;
+use spotlight_llama::LlamaBackend;
 use spotlight_llama::{generate, GenerateConfig, Sampling};
 
 use crate::backend::{self, BackendKind, OnBackend};
@@ -54,6 +54,7 @@ struct Row {
 #[derive(Debug, Serialize)]
 struct Report {
     bench: &'static str,
+    command: String,
     device: String,
     backend: String,
     commit: String,
@@ -67,16 +68,25 @@ struct Report {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     let BenchCommand::Generate(args) = cmd;
     if args.runs == 0 || args.new_tokens < 2 || args.batch.contains(&0) {
-        return Err(CliError::Usage("--runs ≥ 1, --new-tokens ≥ 2 and batch sizes ≥ 1 are required".into()));
+        return Err(CliError::Usage(
+            "--runs ≥ 1, --new-tokens ≥ 2 and batch sizes ≥ 1 are required".into(),
+        ));
     }
     crate::assets::ensure(&crate::assets::MOBY_DICK, &mut |m| eprintln!("{m}"))?;
     let path = args.model.path()?;
-    let report = backend::run(args.model.backend, Job { args: args.clone(), path })?;
+    let report = backend::run(
+        args.model.backend,
+        Job {
+            args: args.clone(),
+            path,
+        },
+    )?;
     let json = serde_json::to_string_pretty(&report).expect("plain data serialises");
     if let Some(dir) = args.out.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    std::fs::write(&args.out, json + "\n").map_err(|e| CliError::Io(format!("cannot write {}: {e}", args.out.display())))?;
+    std::fs::write(&args.out, json + "\n")
+        .map_err(|e| CliError::Io(format!("cannot write {}: {e}", args.out.display())))?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
 }
@@ -96,10 +106,17 @@ impl OnBackend for Job {
     fn run<B: LlamaBackend>(self, device: B::Device, backend: BackendKind) -> Result<Report> {
         let a = &self.args;
         let loaded = model_args::load::<B>(&self.path, None, &device)?;
-        let text = std::fs::read_to_string(crate::assets::moby_dick_path()).map_err(|e| CliError::Io(e.to_string()))?;
+        let text = std::fs::read_to_string(crate::assets::moby_dick_path())
+            .map_err(|e| CliError::Io(e.to_string()))?;
         let corpus = loaded.tokenizer.encode(&text, false)?;
         // Greedy, no stop tokens: every run generates exactly new_tokens per sequence.
-        let config = GenerateConfig { max_tokens: a.new_tokens, sampling: Sampling::Greedy, repetition_penalty: 1.0, seed: 0, stop_ids: vec![] };
+        let config = GenerateConfig {
+            max_tokens: a.new_tokens,
+            sampling: Sampling::Greedy,
+            repetition_penalty: 1.0,
+            seed: 0,
+            stop_ids: vec![],
+        };
         let mut rows = Vec::new();
         for &len in &a.prompt_tokens {
             for &batch in &a.batch {
@@ -118,7 +135,10 @@ impl OnBackend for Job {
                         prefill.push(stats.prefill_secs);
                         decode.push(stats.decode_secs);
                     }
-                    eprintln!("  batch {batch} prompt {len}: run {run}: prefill {:.3} s, decode {:.3} s", stats.prefill_secs, stats.decode_secs);
+                    eprintln!(
+                        "  batch {batch} prompt {len}: run {run}: prefill {:.3} s, decode {:.3} s",
+                        stats.prefill_secs, stats.decode_secs
+                    );
                 }
                 let (p, d) = (median(prefill), median(decode));
                 let steps = (a.new_tokens - 1) as f64;
@@ -137,6 +157,7 @@ impl OnBackend for Job {
         }
         Ok(Report {
             bench: "generate",
+            command: crate::invocation(),
             device: device_name(backend),
             backend: backend.name().into(),
             commit: std::env::var("SPOTLIGHT_COMMIT").unwrap_or_else(|_| git_commit()),
@@ -151,7 +172,9 @@ impl OnBackend for Job {
 
 pub(crate) fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
     let out = std::process::Command::new(cmd).args(args).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn git_commit() -> String {
@@ -160,13 +183,25 @@ fn git_commit() -> String {
 
 fn device_name(backend: BackendKind) -> String {
     match backend {
-        BackendKind::Cuda => command_output("nvidia-smi", &["--query-gpu=name", "--format=csv,noheader"])
-            .and_then(|s| s.lines().next().map(String::from))
-            .unwrap_or_else(|| "cuda device".into()),
+        BackendKind::Cuda => {
+            command_output("nvidia-smi", &["--query-gpu=name", "--format=csv,noheader"])
+                .and_then(|s| s.lines().next().map(String::from))
+                .unwrap_or_else(|| "cuda device".into())
+        }
         _ => std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
-            .map(|cpu| format!("{cpu}, {} threads", std::thread::available_parallelism().map_or(1, |n| n.get())))
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|s| s.trim().to_string())
+            })
+            .map(|cpu| {
+                format!(
+                    "{cpu}, {} threads",
+                    std::thread::available_parallelism().map_or(1, |n| n.get())
+                )
+            })
             .unwrap_or_else(|| "cpu".into()),
     }
 }

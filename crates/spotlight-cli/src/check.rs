@@ -55,21 +55,44 @@ struct Job<'a> {
 
 impl OnBackend for Job<'_> {
     type Output = BackendResult;
-    fn run<B: LlamaBackend>(self, device: B::Device, backend: BackendKind) -> Result<BackendResult> {
+    fn run<B: LlamaBackend>(
+        self,
+        device: B::Device,
+        backend: BackendKind,
+    ) -> Result<BackendResult> {
         let a = self.args;
-        let m = model_args::load::<B>(&self.path, Some(a.ppl_tokens.max(64) + a.tokens + 64), &device)?;
+        let m = model_args::load::<B>(
+            &self.path,
+            Some(a.ppl_tokens.max(64) + a.tokens + 64),
+            &device,
+        )?;
         let ids = m.tokenizer.encode(&a.prompt, true)?;
         let mut cache = m.model.new_cache(1, ids.len())?;
         // sync: read the logits once.
-        let logits = m.model.forward_last(&[ids.clone()], &mut cache)?.into_data().to_vec::<f32>().map_err(|e| CliError::Io(format!("{e:?}")))?;
-        let config = GenerateConfig { max_tokens: a.tokens, sampling: Sampling::Greedy, repetition_penalty: 1.0, seed: 0, stop_ids: vec![] };
+        let logits = m
+            .model
+            .forward_last(&[ids.clone()], &mut cache)?
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| CliError::Io(format!("{e:?}")))?;
+        let config = GenerateConfig {
+            max_tokens: a.tokens,
+            sampling: Sampling::Greedy,
+            repetition_penalty: 1.0,
+            seed: 0,
+            stop_ids: vec![],
+        };
         let (greedy, _) = generate(&m.model, &[ids.clone()], &config, |_, _| Ok(()))?;
         let greedy = greedy.into_iter().next().unwrap_or_default();
         let ppl = match &self.text {
             Some(text) if a.ppl_tokens >= 2 => {
                 let tokens = m.tokenizer.encode(text, true)?;
                 let n = a.ppl_tokens.min(tokens.len());
-                Some(perplexity::perplexity(&m.model, &tokens[..n], perplexity::DEFAULT_CHUNK)?)
+                Some(perplexity::perplexity(
+                    &m.model,
+                    &tokens[..n],
+                    perplexity::DEFAULT_CHUNK,
+                )?)
             }
             _ => None,
         };
@@ -89,21 +112,42 @@ impl OnBackend for Job<'_> {
 
 pub fn run(args: CheckArgs) -> Result<()> {
     if args.backends.is_empty() {
-        return Err(CliError::Usage("--backends needs at least one backend".into()));
+        return Err(CliError::Usage(
+            "--backends needs at least one backend".into(),
+        ));
     }
     let path = args.model.path()?;
     let text = if args.ppl_tokens >= 2 {
         crate::assets::ensure(&crate::assets::MOBY_DICK, &mut |m| eprintln!("{m}"))?;
-        Some(std::fs::read_to_string(crate::assets::moby_dick_path()).map_err(|e| CliError::Io(e.to_string()))?)
+        Some(
+            std::fs::read_to_string(crate::assets::moby_dick_path())
+                .map_err(|e| CliError::Io(e.to_string()))?,
+        )
     } else {
         None
     };
     let mut results: Vec<BackendResult> = Vec::new();
     for &kind in &args.backends {
-        let mut r = backend::run(Some(kind), Job { args: &args, path: path.clone(), text: text.clone() })?;
+        let mut r = backend::run(
+            Some(kind),
+            Job {
+                args: &args,
+                path: path.clone(),
+                text: text.clone(),
+            },
+        )?;
         if let Some(reference) = results.first() {
-            let scale = reference.logits.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
-            let worst = reference.logits.iter().zip(&r.logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let scale = reference
+                .logits
+                .iter()
+                .fold(0f32, |m, x| m.max(x.abs()))
+                .max(1e-12);
+            let worst = reference
+                .logits
+                .iter()
+                .zip(&r.logits)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             r.logits_max_rel_diff = (worst / scale) as f64;
             r.same_greedy_tokens = r.greedy_ids == reference.greedy_ids;
             r.ppl_rel_diff = match (r.ppl, reference.ppl) {
@@ -125,6 +169,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
     if let Some(out) = &args.json {
         let json = serde_json::json!({
             "check": "backends",
+            "command": crate::invocation(),
             "model": path.file_name().map(|n| n.to_string_lossy().to_string()),
             "prompt": args.prompt,
             "ppl_text": "Moby-Dick (data.txt), first tokens",
@@ -133,7 +178,11 @@ pub fn run(args: CheckArgs) -> Result<()> {
             "commit": std::env::var("SPOTLIGHT_COMMIT").ok().or_else(|| crate::bench::command_output("git", &["rev-parse", "--short", "HEAD"])),
             "results": results,
         });
-        std::fs::write(out, serde_json::to_string_pretty(&json).expect("json") + "\n").map_err(|e| CliError::Io(e.to_string()))?;
+        std::fs::write(
+            out,
+            serde_json::to_string_pretty(&json).expect("json") + "\n",
+        )
+        .map_err(|e| CliError::Io(e.to_string()))?;
     }
     Ok(())
 }

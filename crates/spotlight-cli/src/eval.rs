@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use spotlight_llama::LlamaBackend;
 use serde::Serialize;
 use spotlight_llama::perplexity;
+use spotlight_llama::LlamaBackend;
 
 use crate::backend::{self, BackendKind, OnBackend};
 use crate::error::{CliError, Result};
@@ -40,6 +40,8 @@ pub struct PplArgs {
 /// What `eval ppl` measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct PplResult {
+    pub command: String,
+    pub date: Option<String>,
     pub model: String,
     pub text: String,
     pub backend: String,
@@ -59,11 +61,25 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
         }
     };
     let path = args.model.path()?;
-    let result = backend::run(args.model.backend, PplJob { args: args.clone(), text, path })?;
-    println!("perplexity {:.4} over {} window(s) of {} tokens ({})", result.ppl, result.per_window.len(), result.window, result.backend);
+    let result = backend::run(
+        args.model.backend,
+        PplJob {
+            args: args.clone(),
+            text,
+            path,
+        },
+    )?;
+    println!(
+        "perplexity {:.4} over {} window(s) of {} tokens ({})",
+        result.ppl,
+        result.per_window.len(),
+        result.window,
+        result.backend
+    );
     if let Some(out) = &args.json {
         let json = serde_json::to_string_pretty(&result).expect("plain data serialises");
-        std::fs::write(out, json).map_err(|e| CliError::Io(format!("cannot write {}: {e}", out.display())))?;
+        std::fs::write(out, json)
+            .map_err(|e| CliError::Io(format!("cannot write {}: {e}", out.display())))?;
     }
     Ok(())
 }
@@ -78,7 +94,8 @@ impl OnBackend for PplJob {
     type Output = PplResult;
     fn run<B: LlamaBackend>(self, device: B::Device, backend: BackendKind) -> Result<PplResult> {
         let a = &self.args;
-        let text = std::fs::read_to_string(&self.text).map_err(|e| CliError::Io(format!("cannot read {}: {e}", self.text.display())))?;
+        let text = std::fs::read_to_string(&self.text)
+            .map_err(|e| CliError::Io(format!("cannot read {}: {e}", self.text.display())))?;
         let loaded = model_args::load::<B>(&self.path, Some(a.window), &device)?;
         if a.window < 2 || a.window > loaded.model.rope.max_positions() {
             return Err(CliError::Usage(format!(
@@ -101,11 +118,17 @@ impl OnBackend for PplJob {
         let per_window = (0..a.windows)
             .map(|w| {
                 let s = a.start + w * a.window;
-                perplexity::perplexity(&loaded.model, &tokens[s..s + a.window], perplexity::DEFAULT_CHUNK)
+                perplexity::perplexity(
+                    &loaded.model,
+                    &tokens[s..s + a.window],
+                    perplexity::DEFAULT_CHUNK,
+                )
             })
             .collect::<std::result::Result<Vec<f64>, _>>()?;
         let ppl = per_window.iter().sum::<f64>() / per_window.len() as f64;
         Ok(PplResult {
+            command: crate::invocation(),
+            date: crate::bench::command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
             model: self.path.display().to_string(),
             text: self.text.display().to_string(),
             backend: backend.name().into(),

@@ -61,13 +61,17 @@ impl GenerateArgs {
 
     fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(CliError::Usage("--temperature must be a finite number ≥ 0".into()));
+            return Err(CliError::Usage(
+                "--temperature must be a finite number ≥ 0".into(),
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(CliError::Usage("--top-p must be in (0, 1]".into()));
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return Err(CliError::Usage("--repetition-penalty must be a positive number".into()));
+            return Err(CliError::Usage(
+                "--repetition-penalty must be a positive number".into(),
+            ));
         }
         Ok(())
     }
@@ -91,9 +95,16 @@ impl OnBackend for Job {
         let loaded = model_args::load::<B>(&self.path, None, &device)?;
         let tok = &loaded.tokenizer;
         let config = args.config(tok);
-        let mut messages: Vec<(String, String)> = args.system.iter().map(|s| ("system".to_string(), s.clone())).collect();
+        let mut messages: Vec<(String, String)> = args
+            .system
+            .iter()
+            .map(|s| ("system".to_string(), s.clone()))
+            .collect();
         let chat_prompt = |messages: &[(String, String)]| -> Result<Vec<u32>> {
-            let refs: Vec<(&str, &str)> = messages.iter().map(|(r, c)| (r.as_str(), c.as_str())).collect();
+            let refs: Vec<(&str, &str)> = messages
+                .iter()
+                .map(|(r, c)| (r.as_str(), c.as_str()))
+                .collect();
             Ok(tok.encode(&tok.template.render(&refs), false)?)
         };
         if !args.interactive {
@@ -108,16 +119,32 @@ impl OnBackend for Job {
                     chat_prompt(&messages)?
                 }
             };
-            let (_, stats) = stream(&loaded.model, tok, &ids, &config, args.prompt.is_some() && !args.chat)?;
+            let (_, stats) = stream(
+                &loaded.model,
+                tok,
+                &ids,
+                &config,
+                args.prompt.is_some() && !args.chat,
+            )?;
             report(&stats, backend);
             return Ok(());
         }
-        eprintln!("chatting with {} on {} (empty line or Ctrl-D ends)", self.path.display(), backend.name());
+        eprintln!(
+            "chatting with {} on {} (empty line or Ctrl-D ends)",
+            self.path.display(),
+            backend.name()
+        );
         let stdin = std::io::stdin();
         loop {
             eprint!("> ");
             let mut line = String::new();
-            if stdin.lock().read_line(&mut line).map_err(|e| CliError::Io(e.to_string()))? == 0 || line.trim().is_empty() {
+            if stdin
+                .lock()
+                .read_line(&mut line)
+                .map_err(|e| CliError::Io(e.to_string()))?
+                == 0
+                || line.trim().is_empty()
+            {
                 return Ok(());
             }
             messages.push(("user".into(), line.trim().to_string()));

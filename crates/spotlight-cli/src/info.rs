@@ -19,15 +19,46 @@ pub fn run(args: ModelArgs) -> Result<()> {
         + c.hidden_size;
     println!("model        {}", path.display());
     if let Checkpoint::Gguf { file, .. } = &ckpt {
-        let name = file.metadata.get("general.name").and_then(|v| v.as_str()).unwrap_or("?");
-        println!("name         {name} (GGUF v{}, {} tensors)", file.version, file.tensors.len());
+        let name = file
+            .metadata
+            .get("general.name")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?");
+        println!(
+            "name         {name} (GGUF v{}, {} tensors)",
+            file.version,
+            file.tensors.len()
+        );
     }
     println!("parameters   {:.1} M", params as f64 / 1e6);
     println!("layers       {}", c.num_hidden_layers);
-    println!("hidden       {} (MLP {})", c.hidden_size, c.intermediate_size);
-    println!("heads        {} query / {} KV, head_dim {}", c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-    println!("context      {} tokens, RoPE θ {}{}", c.max_position_embeddings, c.rope_theta, if c.rope_scaling.is_some() { " (scaled)" } else { "" });
-    println!("vocabulary   {} (tokenizer {}), tied head: {}", c.vocab_size, tok.vocab_size(), c.tie_word_embeddings);
-    println!("chat format  {:?}, stop ids {:?}", tok.template, tok.stop_ids);
+    println!(
+        "hidden       {} (MLP {})",
+        c.hidden_size, c.intermediate_size
+    );
+    println!(
+        "heads        {} query / {} KV, head_dim {}",
+        c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    );
+    println!(
+        "context      {} tokens, RoPE θ {}{}",
+        c.max_position_embeddings,
+        c.rope_theta,
+        if c.rope_scaling.is_some() {
+            " (scaled)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "vocabulary   {} (tokenizer {}), tied head: {}",
+        c.vocab_size,
+        tok.vocab_size(),
+        c.tie_word_embeddings
+    );
+    println!(
+        "chat format  {:?}, stop ids {:?}",
+        tok.template, tok.stop_ids
+    );
     Ok(())
 }

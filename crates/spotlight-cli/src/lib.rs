@@ -41,6 +41,19 @@ pub enum Command {
     Bench(bench::BenchCommand),
 }
 
+/// The command line as typed (program name without its directory), recorded in result files.
+pub fn invocation() -> String {
+    let mut args = std::env::args();
+    let program = args
+        .next()
+        .map(|p| p.rsplit('/').next().unwrap_or("spotlight").to_string())
+        .unwrap_or_default();
+    std::iter::once(program)
+        .chain(args)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -65,9 +78,18 @@ pub fn main_with<P: Parser + Into<Cli>>() -> std::process::ExitCode {
         Ok(p) => p.into(),
         Err(e) => {
             use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 let _ = e.print();
-                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { 2.into() } else { 0.into() };
+                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    2.into()
+                } else {
+                    0.into()
+                };
             }
             // clap's message spans several lines; the first says what is wrong.
             let rendered = e.render().to_string();

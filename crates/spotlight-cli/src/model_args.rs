@@ -49,12 +49,22 @@ pub struct Loaded<B: LlamaBackend> {
 }
 
 /// Opens the checkpoint, checks the tokenizer belongs to it, and loads the weights.
-pub fn load<B: LlamaBackend>(path: &std::path::Path, max_positions: Option<usize>, device: &B::Device) -> Result<Loaded<B>> {
+pub fn load<B: LlamaBackend>(
+    path: &std::path::Path,
+    max_positions: Option<usize>,
+    device: &B::Device,
+) -> Result<Loaded<B>> {
     let ckpt = Checkpoint::open(path)?;
     let config = ckpt.config()?;
     let tokenizer = ckpt.tokenizer()?;
     tokenizer.check_model_vocab(config.vocab_size)?;
-    let max_positions = max_positions.unwrap_or(config.max_position_embeddings).min(config.max_position_embeddings);
+    let max_positions = max_positions
+        .unwrap_or(config.max_position_embeddings)
+        .min(config.max_position_embeddings);
     let model = ckpt.load::<B>(&config, max_positions, device)?;
-    Ok(Loaded { model, tokenizer, config })
+    Ok(Loaded {
+        model,
+        tokenizer,
+        config,
+    })
 }

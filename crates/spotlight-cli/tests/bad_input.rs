@@ -16,7 +16,9 @@ const KV_HEADS: usize = 2;
 const HEAD_DIM: usize = 8;
 
 fn f32_bytes(n: usize, seed: usize) -> Vec<u8> {
-    (0..n).flat_map(|i| ((((i * 31 + seed * 17) % 97) as f32 - 48.0) / 480.0).to_le_bytes()).collect()
+    (0..n)
+        .flat_map(|i| ((((i * 31 + seed * 17) % 97) as f32 - 48.0) / 480.0).to_le_bytes())
+        .collect()
 }
 
 /// All tensors of a tiny 1-layer llama, as (GGUF name, shape [out, in]).
@@ -39,7 +41,9 @@ fn tiny_tensors() -> Vec<(String, Vec<usize>)> {
     ] {
         t.push((format!("model.layers.0.{f}"), shape));
     }
-    t.into_iter().map(|(hf, s)| (hf_to_gguf(&hf).unwrap(), s)).collect()
+    t.into_iter()
+        .map(|(hf, s)| (hf_to_gguf(&hf).unwrap(), s))
+        .collect()
 }
 
 /// "t", the ten digits, "t1" (from the one merge), then fillers: enough for byte-level BPE to
@@ -53,7 +57,14 @@ fn tiny_vocab(n: usize) -> Value {
 }
 
 /// Writes a tiny synthetic GGUF; `edit` may change metadata and tensors before writing.
-fn write_tiny(dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<(&'static str, Value)>, &mut Vec<(String, Vec<usize>, GgmlType, Vec<u8>)>)) -> PathBuf {
+fn write_tiny(
+    dir: &Path,
+    name: &str,
+    edit: impl FnOnce(
+        &mut Vec<(&'static str, Value)>,
+        &mut Vec<(String, Vec<usize>, GgmlType, Vec<u8>)>,
+    ),
+) -> PathBuf {
     let mut meta: Vec<(&'static str, Value)> = vec![
         ("general.architecture", Value::String("llama".into())),
         ("llama.block_count", Value::U32(1)),
@@ -66,7 +77,10 @@ fn write_tiny(dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<(&'static str, 
         ("llama.rope.freq_base", Value::F32(10000.0)),
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
         ("tokenizer.ggml.tokens", tiny_vocab(VOCAB)),
-        ("tokenizer.ggml.merges", Value::Array(vec![Value::String("t 1".into())])),
+        (
+            "tokenizer.ggml.merges",
+            Value::Array(vec![Value::String("t 1".into())]),
+        ),
     ];
     let mut tensors: Vec<(String, Vec<usize>, GgmlType, Vec<u8>)> = tiny_tensors()
         .into_iter()
@@ -78,15 +92,25 @@ fn write_tiny(dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<(&'static str, 
         .collect();
     edit(&mut meta, &mut tensors);
     let path = dir.join(name);
-    let t: Vec<(&str, Vec<usize>, GgmlType, Vec<u8>)> = tensors.iter().map(|(n, s, ty, b)| (n.as_str(), s.clone(), *ty, b.clone())).collect();
+    let t: Vec<(&str, Vec<usize>, GgmlType, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s, ty, b)| (n.as_str(), s.clone(), *ty, b.clone()))
+        .collect();
     gguf::write(&path, &meta, &t).unwrap();
     path
 }
 
 /// Runs `spotlight ARGS` and returns (exit code, stdout, stderr).
 fn spotlight(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_spotlight")).args(args).output().expect("binary runs");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    let out = Command::new(env!("CARGO_BIN_EXE_spotlight"))
+        .args(args)
+        .output()
+        .expect("binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 /// Asserts a failure with exactly one line on stderr containing `needle`.
@@ -94,13 +118,24 @@ fn assert_one_line_error(args: &[&str], needle: &str) {
     let (code, _, err) = spotlight(args);
     assert_ne!(code, 0, "{args:?} should fail; stderr: {err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{args:?}: expected one line on stderr, got:\n{err}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "{args:?}: expected one line on stderr, got:\n{err}"
+    );
     assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
-    assert!(lines[0].contains(needle), "{args:?}: {:?} does not mention {needle:?}", lines[0]);
+    assert!(
+        lines[0].contains(needle),
+        "{args:?}: {:?} does not mention {needle:?}",
+        lines[0]
+    );
 }
 
 fn info(path: &Path) -> Vec<String> {
-    ["info", "--model", path.to_str().unwrap()].iter().map(|s| s.to_string()).collect()
+    ["info", "--model", path.to_str().unwrap()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 fn check(path: &Path, needle: &str) {
@@ -146,9 +181,17 @@ fn unknown_tensor_type() {
     let mut bytes = std::fs::read(&path).unwrap();
     // The first tensor info follows the metadata: find its name, skip n_dims and dims, patch the type.
     let name = hf_to_gguf("model.embed_tokens.weight").unwrap();
-    let at = bytes.windows(name.len()).position(|w| w == name.as_bytes()).unwrap() + name.len();
+    let at = bytes
+        .windows(name.len())
+        .position(|w| w == name.as_bytes())
+        .unwrap()
+        + name.len();
     let type_at = at + 4 + 2 * 8;
-    assert_eq!(&bytes[type_at..type_at + 4], &0u32.to_le_bytes(), "test must patch the F32 type field");
+    assert_eq!(
+        &bytes[type_at..type_at + 4],
+        &0u32.to_le_bytes(),
+        "test must patch the F32 type field"
+    );
     bytes[type_at..type_at + 4].copy_from_slice(&99u32.to_le_bytes());
     std::fs::write(&path, &bytes).unwrap();
     check(&path, "unsupported ggml type 99");
@@ -157,8 +200,20 @@ fn unknown_tensor_type() {
 #[test]
 fn missing_tensor() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_tiny(dir.path(), "x.gguf", |_, t| t.retain(|(n, ..)| n != "blk.0.ffn_up.weight"));
-    let args = ["generate", "--backend", "cpu", "--model", path.to_str().unwrap(), "--prompt", "t1", "--max-tokens", "2"];
+    let path = write_tiny(dir.path(), "x.gguf", |_, t| {
+        t.retain(|(n, ..)| n != "blk.0.ffn_up.weight")
+    });
+    let args = [
+        "generate",
+        "--backend",
+        "cpu",
+        "--model",
+        path.to_str().unwrap(),
+        "--prompt",
+        "t1",
+        "--max-tokens",
+        "2",
+    ];
     assert_one_line_error(&args, "tensor model.layers.0.mlp.up_proj.weight is missing");
 }
 
@@ -166,11 +221,24 @@ fn missing_tensor() {
 fn shape_mismatch() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_tiny(dir.path(), "s.gguf", |_, t| {
-        let e = t.iter_mut().find(|(n, ..)| n == "blk.0.ffn_down.weight").unwrap();
+        let e = t
+            .iter_mut()
+            .find(|(n, ..)| n == "blk.0.ffn_down.weight")
+            .unwrap();
         e.1 = vec![HIDDEN, FFN - 32];
         e.3 = f32_bytes(HIDDEN * (FFN - 32), 1);
     });
-    let args = ["generate", "--backend", "cpu", "--model", path.to_str().unwrap(), "--prompt", "t1", "--max-tokens", "2"];
+    let args = [
+        "generate",
+        "--backend",
+        "cpu",
+        "--model",
+        path.to_str().unwrap(),
+        "--prompt",
+        "t1",
+        "--max-tokens",
+        "2",
+    ];
     assert_one_line_error(&args, "expected shape [32, 64], found [32, 32]");
 }
 
@@ -178,16 +246,28 @@ fn shape_mismatch() {
 fn tokenizer_mismatch() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_tiny(dir.path(), "k.gguf", |m, _| {
-        m.iter_mut().find(|(k, _)| *k == "tokenizer.ggml.tokens").unwrap().1 = tiny_vocab(VOCAB + 5);
+        m.iter_mut()
+            .find(|(k, _)| *k == "tokenizer.ggml.tokens")
+            .unwrap()
+            .1 = tiny_vocab(VOCAB + 5);
         m.push(("llama.vocab_size", Value::U32(VOCAB as u32)));
     });
-    check(&path, "tokenizer has 45 tokens but the model's vocabulary has 40");
+    check(
+        &path,
+        "tokenizer has 45 tokens but the model's vocabulary has 40",
+    );
 }
 
 #[test]
 fn unknown_backend_and_missing_model() {
-    assert_one_line_error(&["generate", "--backend", "tpu", "--prompt", "x"], "invalid value 'tpu'");
-    assert_one_line_error(&["info", "--model", "/nonexistent/model.gguf"], "no such file or directory");
+    assert_one_line_error(
+        &["generate", "--backend", "tpu", "--prompt", "x"],
+        "invalid value 'tpu'",
+    );
+    assert_one_line_error(
+        &["info", "--model", "/nonexistent/model.gguf"],
+        "no such file or directory",
+    );
 }
 
 #[test]
@@ -198,7 +278,15 @@ fn cuda_without_gpu() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = write_tiny(dir.path(), "c.gguf", |_, _| {});
-    let args = ["generate", "--backend", "cuda", "--model", path.to_str().unwrap(), "--prompt", "t1"];
+    let args = [
+        "generate",
+        "--backend",
+        "cuda",
+        "--model",
+        path.to_str().unwrap(),
+        "--prompt",
+        "t1",
+    ];
     assert_one_line_error(&args, "--backend cuda is not usable here");
 }
 
@@ -208,6 +296,16 @@ fn prompt_over_the_context() {
     let path = write_tiny(dir.path(), "o.gguf", |_, _| {});
     // "t1" repeated: one token each (the tiny vocabulary has no merges across tokens).
     let prompt = "t1".repeat(70);
-    let args = ["generate", "--backend", "cpu", "--model", path.to_str().unwrap(), "--prompt", &prompt, "--max-tokens", "1"];
+    let args = [
+        "generate",
+        "--backend",
+        "cpu",
+        "--model",
+        path.to_str().unwrap(),
+        "--prompt",
+        &prompt,
+        "--max-tokens",
+        "1",
+    ];
     assert_one_line_error(&args, "exceeds the context of 64 tokens");
 }

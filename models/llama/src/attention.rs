@@ -50,7 +50,14 @@ pub struct Step<B: Backend> {
 }
 
 impl<B: Backend> Step<B> {
-    pub fn new(starts: Vec<usize>, new_lens: Vec<usize>, group: usize, kv_heads: usize, max_pos: usize, device: &B::Device) -> Self {
+    pub fn new(
+        starts: Vec<usize>,
+        new_lens: Vec<usize>,
+        group: usize,
+        kv_heads: usize,
+        max_pos: usize,
+        device: &B::Device,
+    ) -> Self {
         let batch = starts.len();
         let len = new_lens.iter().copied().max().unwrap_or(0);
         // Padding rows get a clamped position: their output is discarded, only the index must be valid.
@@ -60,7 +67,8 @@ impl<B: Backend> Step<B> {
             .collect();
         let positions = Tensor::from_data(TensorData::new(positions, [batch * len]), device);
         let total = (0..batch).map(|b| starts[b] + len).max().unwrap_or(0);
-        let chunk = (MAX_SCORE_ELEMENTS / (batch * kv_heads * group * total.max(1))).clamp(1, len.max(1));
+        let chunk =
+            (MAX_SCORE_ELEMENTS / (batch * kv_heads * group * total.max(1))).clamp(1, len.max(1));
         let mut chunks = Vec::new();
         let mut t0 = 0;
         while t0 < len {
@@ -72,28 +80,65 @@ impl<B: Backend> Step<B> {
                 .flat_map(|b| (0..rows).map(move |r| (b, r)))
                 .map(|(b, r)| (starts[b] + t0 + r / group) as i64)
                 .collect();
-            let row_pos = Tensor::<B, 4, Int>::from_data(TensorData::new(row_pos, [batch, 1, rows, 1]), device);
-            let key_idx = Tensor::<B, 1, Int>::arange(0..n_keys as i64, device).reshape([1, 1, 1, n_keys]);
-            let mask = key_idx.expand([batch, 1, rows, n_keys]).greater(row_pos.expand([batch, 1, rows, n_keys]));
-            chunks.push(QueryChunk { t0, t1, n_keys, mask });
+            let row_pos = Tensor::<B, 4, Int>::from_data(
+                TensorData::new(row_pos, [batch, 1, rows, 1]),
+                device,
+            );
+            let key_idx =
+                Tensor::<B, 1, Int>::arange(0..n_keys as i64, device).reshape([1, 1, 1, n_keys]);
+            let mask = key_idx
+                .expand([batch, 1, rows, n_keys])
+                .greater(row_pos.expand([batch, 1, rows, n_keys]));
+            chunks.push(QueryChunk {
+                t0,
+                t1,
+                n_keys,
+                mask,
+            });
             t0 = t1;
         }
-        Self { starts, new_lens, len, positions, chunks }
+        Self {
+            starts,
+            new_lens,
+            len,
+            positions,
+            chunks,
+        }
     }
 }
 
 impl<B: LlamaBackend> Attention<B> {
     /// x: [batch, len, hidden] → [batch, len, hidden]; writes this step's K/V into `cache`.
-    pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope<B>, step: &Step<B>, cache: &mut LayerCache<B>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        step: &Step<B>,
+        cache: &mut LayerCache<B>,
+    ) -> Tensor<B, 3> {
         let [batch, len, _] = x.dims();
         let (h, kv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let g = h / kv;
-        let q = rope.apply(self.q.forward(x.clone()).reshape([batch, len, h, d]), step.positions.clone());
-        let k = rope.apply(self.k.forward(x.clone()).reshape([batch, len, kv, d]), step.positions.clone());
+        let q = rope.apply(
+            self.q.forward(x.clone()).reshape([batch, len, h, d]),
+            step.positions.clone(),
+        );
+        let k = rope.apply(
+            self.k.forward(x.clone()).reshape([batch, len, kv, d]),
+            step.positions.clone(),
+        );
         let v = self.v.forward(x).reshape([batch, len, kv, d]);
-        cache.write(k.swap_dims(1, 2), v.swap_dims(1, 2), &step.starts, &step.new_lens);
+        cache.write(
+            k.swap_dims(1, 2),
+            v.swap_dims(1, 2),
+            &step.starts,
+            &step.new_lens,
+        );
         // [batch, len, kv·G, d] → [batch, kv, len·G, d]: head h = kv_head·G + g.
-        let q = q.reshape([batch, len, kv, g, d]).permute([0, 2, 1, 3, 4]).reshape([batch, kv, len * g, d]);
+        let q = q
+            .reshape([batch, len, kv, g, d])
+            .permute([0, 2, 1, 3, 4])
+            .reshape([batch, kv, len * g, d]);
         let scale = (d as f64).sqrt().recip();
         let outs: Vec<Tensor<B, 4>> = step
             .chunks
@@ -109,8 +154,15 @@ impl<B: LlamaBackend> Attention<B> {
                 probs.matmul(values)
             })
             .collect();
-        let out = if outs.len() == 1 { outs.into_iter().next().unwrap() } else { Tensor::cat(outs, 2) };
-        let out = out.reshape([batch, kv, len, g, d]).permute([0, 2, 1, 3, 4]).reshape([batch, len, h * d]);
+        let out = if outs.len() == 1 {
+            outs.into_iter().next().unwrap()
+        } else {
+            Tensor::cat(outs, 2)
+        };
+        let out = out
+            .reshape([batch, kv, len, g, d])
+            .permute([0, 2, 1, 3, 4])
+            .reshape([batch, len, h * d]);
         self.o.forward(out)
     }
 }

@@ -2,8 +2,8 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
-use crate::backend::LlamaBackend;
 use crate::attention::{Attention, Step};
+use crate::backend::LlamaBackend;
 use crate::cache::LayerCache;
 use crate::layers::RmsNorm;
 use crate::mlp::Mlp;
@@ -19,8 +19,17 @@ pub struct Block<B: Backend> {
 
 impl<B: LlamaBackend> Block<B> {
     /// x: [batch, len, hidden] → [batch, len, hidden]
-    pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope<B>, step: &Step<B>, cache: &mut LayerCache<B>) -> Tensor<B, 3> {
-        let h = x.clone() + self.attention.forward(self.attention_norm.forward(x), rope, step, cache);
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        step: &Step<B>,
+        cache: &mut LayerCache<B>,
+    ) -> Tensor<B, 3> {
+        let h = x.clone()
+            + self
+                .attention
+                .forward(self.attention_norm.forward(x), rope, step, cache);
         h.clone() + self.mlp.forward(self.mlp_norm.forward(h))
     }
 }

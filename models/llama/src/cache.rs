@@ -26,12 +26,23 @@ pub struct KvCache<B: Backend> {
 }
 
 impl<B: Backend> KvCache<B> {
-    pub fn new(n_layers: usize, batch: usize, kv_heads: usize, capacity: usize, head_dim: usize, device: &B::Device) -> Self {
+    pub fn new(
+        n_layers: usize,
+        batch: usize,
+        kv_heads: usize,
+        capacity: usize,
+        head_dim: usize,
+        device: &B::Device,
+    ) -> Self {
         let layer = || LayerCache {
             k: Tensor::zeros([batch, kv_heads, capacity, head_dim], device),
             v: Tensor::zeros([batch, kv_heads, capacity, head_dim], device),
         };
-        Self { layers: (0..n_layers).map(|_| layer()).collect(), lens: vec![0; batch], capacity }
+        Self {
+            layers: (0..n_layers).map(|_| layer()).collect(),
+            lens: vec![0; batch],
+            capacity,
+        }
     }
 
     pub fn capacity(&self) -> usize {
@@ -53,7 +64,11 @@ impl<B: Backend> KvCache<B> {
         }
         for (&len, &n) in self.lens.iter().zip(new_tokens) {
             if len + n > self.capacity {
-                return Err(LlamaError::ContextOverflow { tokens: len, new: n, context: self.capacity });
+                return Err(LlamaError::ContextOverflow {
+                    tokens: len,
+                    new: n,
+                    context: self.capacity,
+                });
             }
         }
         Ok(())
@@ -62,14 +77,22 @@ impl<B: Backend> KvCache<B> {
 
 impl<B: Backend> LayerCache<B> {
     /// Writes rows 0..new_lens[b] of `k`, `v` ([batch, kv_heads, len, d]) at `starts[b]`.
-    pub fn write(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>, starts: &[usize], new_lens: &[usize]) {
+    pub fn write(
+        &mut self,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        starts: &[usize],
+        new_lens: &[usize],
+    ) {
         let [batch, heads, len, d] = k.dims();
         let uniform = starts.iter().all(|&s| s == starts[0]) && new_lens.iter().all(|&n| n == len);
         if uniform {
             // The common case (batch 1, or equal lengths): one write for the whole batch.
             let s = starts[0];
-            self.k.inplace(|c| c.slice_assign([0..batch, 0..heads, s..s + len, 0..d], k));
-            self.v.inplace(|c| c.slice_assign([0..batch, 0..heads, s..s + len, 0..d], v));
+            self.k
+                .inplace(|c| c.slice_assign([0..batch, 0..heads, s..s + len, 0..d], k));
+            self.v
+                .inplace(|c| c.slice_assign([0..batch, 0..heads, s..s + len, 0..d], v));
             return;
         }
         for b in 0..batch {
@@ -79,8 +102,10 @@ impl<B: Backend> LayerCache<B> {
             }
             let kb = k.clone().slice([b..b + 1, 0..heads, 0..n, 0..d]);
             let vb = v.clone().slice([b..b + 1, 0..heads, 0..n, 0..d]);
-            self.k.inplace(|c| c.slice_assign([b..b + 1, 0..heads, s..s + n, 0..d], kb));
-            self.v.inplace(|c| c.slice_assign([b..b + 1, 0..heads, s..s + n, 0..d], vb));
+            self.k
+                .inplace(|c| c.slice_assign([b..b + 1, 0..heads, s..s + n, 0..d], kb));
+            self.v
+                .inplace(|c| c.slice_assign([b..b + 1, 0..heads, s..s + n, 0..d], vb));
         }
     }
 }

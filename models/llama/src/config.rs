@@ -84,7 +84,8 @@ impl LlamaConfig {
 
     /// Parses an HF `config.json` (Llama 2/3, Mistral, Qwen2/2.5, SmolLM2).
     pub fn from_hf_json(json: &str) -> Result<Self, LlamaError> {
-        let hf: HfConfig = serde_json::from_str(json).map_err(|e| LlamaError::Config(format!("config.json: {e}")))?;
+        let hf: HfConfig = serde_json::from_str(json)
+            .map_err(|e| LlamaError::Config(format!("config.json: {e}")))?;
         let model_type = hf.model_type.unwrap_or_else(|| "llama".into());
         if !matches!(model_type.as_str(), "llama" | "mistral" | "qwen2") {
             return Err(LlamaError::Config(format!(
@@ -94,7 +95,11 @@ impl LlamaConfig {
         let rope_scaling = match hf.rope_scaling {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => {
-                let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).unwrap_or("");
+                let kind = v
+                    .get("rope_type")
+                    .or_else(|| v.get("type"))
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("");
                 let num = |k: &str| v.get(k).and_then(|x| x.as_f64());
                 match kind {
                     "llama3" => Some(RopeScaling::Llama3 {
@@ -102,11 +107,14 @@ impl LlamaConfig {
                         low_freq_factor: num("low_freq_factor").unwrap_or(1.0),
                         high_freq_factor: num("high_freq_factor").unwrap_or(4.0),
                         original_max_position_embeddings: num("original_max_position_embeddings")
-                            .unwrap_or(8192.0) as usize,
+                            .unwrap_or(8192.0)
+                            as usize,
                     }),
                     "default" => None,
                     other => {
-                        return Err(LlamaError::Config(format!("rope_scaling type {other:?} is not supported")))
+                        return Err(LlamaError::Config(format!(
+                            "rope_scaling type {other:?} is not supported"
+                        )))
                     }
                 }
             }
@@ -118,7 +126,9 @@ impl LlamaConfig {
             num_hidden_layers: hf.num_hidden_layers,
             num_attention_heads: hf.num_attention_heads,
             num_key_value_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
-            head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
+            head_dim: hf
+                .head_dim
+                .unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
             rms_norm_eps: hf.rms_norm_eps,
             rope_theta: hf.rope_theta,
             rope_scaling,
@@ -138,7 +148,9 @@ impl LlamaConfig {
             .ok_or_else(|| LlamaError::Config("general.architecture is not a string".into()))?
             .to_string();
         if !matches!(arch.as_str(), "llama" | "qwen2") {
-            return Err(LlamaError::Config(format!("GGUF architecture {arch} is not supported (llama, qwen2)")));
+            return Err(LlamaError::Config(format!(
+                "GGUF architecture {arch} is not supported (llama, qwen2)"
+            )));
         }
         let int = |key: &str| -> Result<usize, LlamaError> {
             let k = format!("{arch}.{key}");
@@ -147,15 +159,24 @@ impl LlamaConfig {
                 .map(|v| v as usize)
                 .ok_or_else(|| LlamaError::Config(format!("{k} is not an unsigned integer")))
         };
-        let float = |key: &str| -> Option<f64> { gguf.metadata.get(&format!("{arch}.{key}")).and_then(Value::as_f64) };
+        let float = |key: &str| -> Option<f64> {
+            gguf.metadata
+                .get(&format!("{arch}.{key}"))
+                .and_then(Value::as_f64)
+        };
         let hidden_size = int("embedding_length")?;
         let num_attention_heads = int("attention.head_count")?;
         let num_key_value_heads = int("attention.head_count_kv").unwrap_or(num_attention_heads);
-        let head_dim = int("rope.dimension_count").unwrap_or(hidden_size / num_attention_heads.max(1));
+        let head_dim =
+            int("rope.dimension_count").unwrap_or(hidden_size / num_attention_heads.max(1));
         // Not every converter writes vocab_size; the token list is authoritative.
         let vocab_size = match int("vocab_size") {
             Ok(v) => v,
-            Err(_) => match gguf.metadata.get("tokenizer.ggml.tokens").and_then(Value::as_array) {
+            Err(_) => match gguf
+                .metadata
+                .get("tokenizer.ggml.tokens")
+                .and_then(Value::as_array)
+            {
                 Some(tokens) => tokens.len(),
                 None => gguf
                     .tensors
@@ -165,7 +186,9 @@ impl LlamaConfig {
             },
         };
         let rope_scaling = match gguf.tensors.get("rope_freqs.weight") {
-            Some(_) => Some(RopeScaling::Factors(gguf.dequantize("rope_freqs.weight")?.1)),
+            Some(_) => Some(RopeScaling::Factors(
+                gguf.dequantize("rope_freqs.weight")?.1,
+            )),
             None => None,
         };
         let config = Self {
@@ -190,7 +213,10 @@ impl LlamaConfig {
     /// Checks the invariants the model code relies on.
     pub fn validate(&self) -> Result<(), LlamaError> {
         let fail = |m: String| Err(LlamaError::Config(m));
-        if self.num_attention_heads == 0 || self.num_key_value_heads == 0 || self.num_hidden_layers == 0 {
+        if self.num_attention_heads == 0
+            || self.num_key_value_heads == 0
+            || self.num_hidden_layers == 0
+        {
             return fail("heads and layers must be non-zero".into());
         }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
@@ -200,14 +226,21 @@ impl LlamaConfig {
             ));
         }
         if self.head_dim == 0 || self.head_dim % 2 != 0 {
-            return fail(format!("head_dim {} must be even and non-zero (RoPE rotates pairs)", self.head_dim));
+            return fail(format!(
+                "head_dim {} must be even and non-zero (RoPE rotates pairs)",
+                self.head_dim
+            ));
         }
         if self.vocab_size == 0 || self.hidden_size == 0 || self.intermediate_size == 0 {
             return fail("vocab_size, hidden_size and intermediate_size must be non-zero".into());
         }
         if let Some(RopeScaling::Factors(f)) = &self.rope_scaling {
             if f.len() != self.head_dim / 2 {
-                return fail(format!("rope_freqs has {} values, expected head_dim/2 = {}", f.len(), self.head_dim / 2));
+                return fail(format!(
+                    "rope_freqs has {} values, expected head_dim/2 = {}",
+                    f.len(),
+                    self.head_dim / 2
+                ));
             }
         }
         Ok(())
@@ -239,6 +272,9 @@ mod tests {
         let c = LlamaConfig::from_hf_json(json).unwrap();
         assert!(c.attention_bias && c.tie_word_embeddings);
         let bad = json.replace("\"num_key_value_heads\":2", "\"num_key_value_heads\":3");
-        assert!(LlamaConfig::from_hf_json(&bad).unwrap_err().to_string().contains("not a multiple"));
+        assert!(LlamaConfig::from_hf_json(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("not a multiple"));
     }
 }

@@ -12,11 +12,21 @@ pub enum LlamaError {
     #[error("tensor {0} is missing from the checkpoint")]
     MissingTensor(String),
     #[error("tensor {name}: expected shape {expected:?}, found {found:?}")]
-    Shape { name: String, expected: Vec<usize>, found: Vec<usize> },
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
-    #[error("prompt of {tokens} tokens plus {new} new tokens exceeds the context of {context} tokens")]
-    ContextOverflow { tokens: usize, new: usize, context: usize },
+    #[error(
+        "prompt of {tokens} tokens plus {new} new tokens exceeds the context of {context} tokens"
+    )]
+    ContextOverflow {
+        tokens: usize,
+        new: usize,
+        context: usize,
+    },
     #[error("{0}")]
     Invalid(String),
 }

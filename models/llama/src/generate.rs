@@ -2,7 +2,6 @@
 
 use std::time::Instant;
 
-
 use crate::backend::LlamaBackend;
 use crate::error::LlamaError;
 use crate::model::Llama;
@@ -50,22 +49,37 @@ pub fn generate<B: LlamaBackend>(
     mut on_token: impl FnMut(usize, u32) -> Result<(), LlamaError>,
 ) -> Result<(Vec<Vec<u32>>, GenerateStats), LlamaError> {
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
-        return Err(LlamaError::Invalid("every prompt needs at least one token".into()));
+        return Err(LlamaError::Invalid(
+            "every prompt needs at least one token".into(),
+        ));
     }
     let longest = prompts.iter().map(Vec::len).max().unwrap();
     let context = model.rope.max_positions();
     if longest + config.max_tokens > context {
-        return Err(LlamaError::ContextOverflow { tokens: longest, new: config.max_tokens, context });
+        return Err(LlamaError::ContextOverflow {
+            tokens: longest,
+            new: config.max_tokens,
+            context,
+        });
     }
     let batch = prompts.len();
     let mut cache = model.new_cache(batch, longest + config.max_tokens)?;
     let mut samplers: Vec<Sampler> = (0..batch)
-        .map(|b| Sampler::new(config.sampling.clone(), config.repetition_penalty, config.seed.wrapping_add(b as u64)))
+        .map(|b| {
+            Sampler::new(
+                config.sampling.clone(),
+                config.repetition_penalty,
+                config.seed.wrapping_add(b as u64),
+            )
+        })
         .collect();
     let mut seen: Vec<Vec<u32>> = prompts.to_vec();
     let mut out = vec![Vec::new(); batch];
     let mut done = vec![config.max_tokens == 0; batch];
-    let mut stats = GenerateStats { prompt_tokens: prompts.iter().map(Vec::len).sum(), ..Default::default() };
+    let mut stats = GenerateStats {
+        prompt_tokens: prompts.iter().map(Vec::len).sum(),
+        ..Default::default()
+    };
     let start = Instant::now();
     let mut input: Vec<Vec<u32>> = prompts.to_vec();
     let mut first = true;
@@ -73,7 +87,10 @@ pub fn generate<B: LlamaBackend>(
         let logits = model.forward_last(&input, &mut cache)?;
         let vocab = logits.dims()[1];
         // sync: read the logits of every sequence's last position (one host round-trip per step).
-        let logits = logits.into_data().to_vec::<f32>().map_err(|e| LlamaError::Invalid(format!("{e:?}")))?;
+        let logits = logits
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| LlamaError::Invalid(format!("{e:?}")))?;
         for b in 0..batch {
             input[b].clear();
             if done[b] {

@@ -165,7 +165,10 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
     fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], LlamaError> {
-        Ok(self.take(N as u64, what)?.try_into().expect("length checked"))
+        Ok(self
+            .take(N as u64, what)?
+            .try_into()
+            .expect("length checked"))
     }
     fn u32(&mut self, what: &str) -> Result<u32, LlamaError> {
         Ok(u32::from_le_bytes(self.array(what)?))
@@ -176,7 +179,9 @@ impl<'a> Reader<'a> {
     fn string(&mut self, what: &str) -> Result<String, LlamaError> {
         let len = self.u64(what)?;
         if len > MAX_STRING_LEN {
-            return Err(LlamaError::Gguf(format!("{what}: string length {len} is implausible")));
+            return Err(LlamaError::Gguf(format!(
+                "{what}: string length {len} is implausible"
+            )));
         }
         let bytes = self.take(len, what)?;
         String::from_utf8(bytes.to_vec())
@@ -194,17 +199,25 @@ impl<'a> Reader<'a> {
             7 => match self.array::<1>(key)?[0] {
                 0 => Value::Bool(false),
                 1 => Value::Bool(true),
-                b => return Err(LlamaError::Gguf(format!("key {key}: invalid bool byte {b}"))),
+                b => {
+                    return Err(LlamaError::Gguf(format!(
+                        "key {key}: invalid bool byte {b}"
+                    )))
+                }
             },
             8 => Value::String(self.string(key)?),
             9 => {
                 if depth >= MAX_DEPTH {
-                    return Err(LlamaError::Gguf(format!("key {key}: arrays nested too deeply")));
+                    return Err(LlamaError::Gguf(format!(
+                        "key {key}: arrays nested too deeply"
+                    )));
                 }
                 let elem_ty = self.u32(key)?;
                 let n = self.u64(key)?;
                 if n > MAX_ARRAY_LEN {
-                    return Err(LlamaError::Gguf(format!("key {key}: array length {n} is implausible")));
+                    return Err(LlamaError::Gguf(format!(
+                        "key {key}: array length {n} is implausible"
+                    )));
                 }
                 // Each element takes at least one byte: refuse counts the file cannot hold.
                 if n > (self.buf.len() - self.pos) as u64 {
@@ -222,7 +235,11 @@ impl<'a> Reader<'a> {
             10 => Value::U64(self.u64(key)?),
             11 => Value::I64(i64::from_le_bytes(self.array(key)?)),
             12 => Value::F64(f64::from_le_bytes(self.array(key)?)),
-            t => return Err(LlamaError::Gguf(format!("key {key}: unknown value type {t}"))),
+            t => {
+                return Err(LlamaError::Gguf(format!(
+                    "key {key}: unknown value type {t}"
+                )))
+            }
         })
     }
 }
@@ -246,17 +263,27 @@ impl GgufFile {
         let mut r = Reader { buf: &data, pos: 0 };
         let magic = r.array::<4>("magic")?;
         if &magic != b"GGUF" {
-            let shown: String =
-                magic.iter().map(|&b| if b.is_ascii_graphic() { b as char } else { '?' }).collect();
-            return Err(LlamaError::Gguf(format!("not a GGUF file (magic \"{shown}\", expected \"GGUF\")")));
+            let shown: String = magic
+                .iter()
+                .map(|&b| if b.is_ascii_graphic() { b as char } else { '?' })
+                .collect();
+            return Err(LlamaError::Gguf(format!(
+                "not a GGUF file (magic \"{shown}\", expected \"GGUF\")"
+            )));
         }
         let version = r.u32("version")?;
         match version {
             2 | 3 => {}
             v if v.swap_bytes() == 2 || v.swap_bytes() == 3 => {
-                return Err(LlamaError::Gguf("big-endian GGUF files are not supported".into()))
+                return Err(LlamaError::Gguf(
+                    "big-endian GGUF files are not supported".into(),
+                ))
             }
-            v => return Err(LlamaError::Gguf(format!("unsupported GGUF version {v} (supported: 2, 3)"))),
+            v => {
+                return Err(LlamaError::Gguf(format!(
+                    "unsupported GGUF version {v} (supported: 2, 3)"
+                )))
+            }
         }
         let n_tensors = r.u64("tensor count")?;
         let n_kv = r.u64("metadata count")?;
@@ -283,7 +310,9 @@ impl GgufFile {
             None => 32,
             Some(Value::U32(a)) if a.is_power_of_two() => *a as usize,
             Some(v) => {
-                return Err(LlamaError::Gguf(format!("general.alignment must be a power-of-two u32, found {v:?}")))
+                return Err(LlamaError::Gguf(format!(
+                    "general.alignment must be a power-of-two u32, found {v:?}"
+                )))
             }
         };
         let mut infos = Vec::with_capacity(n_tensors as usize);
@@ -291,7 +320,9 @@ impl GgufFile {
             let name = r.string("tensor name")?;
             let n_dims = r.u32(&name)?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(LlamaError::Gguf(format!("tensor {name}: {n_dims} dimensions (1..={MAX_DIMS} allowed)")));
+                return Err(LlamaError::Gguf(format!(
+                    "tensor {name}: {n_dims} dimensions (1..={MAX_DIMS} allowed)"
+                )));
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             let mut n_elem: u64 = 1;
@@ -300,7 +331,9 @@ impl GgufFile {
                 n_elem = n_elem
                     .checked_mul(d)
                     .filter(|&n| n < (1u64 << 40))
-                    .ok_or_else(|| LlamaError::Gguf(format!("tensor {name}: element count overflows")))?;
+                    .ok_or_else(|| {
+                        LlamaError::Gguf(format!("tensor {name}: element count overflows"))
+                    })?;
                 dims.push(d as usize);
             }
             let type_id = r.u32(&name)?;
@@ -319,9 +352,17 @@ impl GgufFile {
             let n_bytes = n_elem as usize / block * block_bytes;
             let offset = r.u64(&name)?;
             if offset % alignment as u64 != 0 {
-                return Err(LlamaError::Gguf(format!("tensor {name}: offset {offset} is not aligned to {alignment}")));
+                return Err(LlamaError::Gguf(format!(
+                    "tensor {name}: offset {offset} is not aligned to {alignment}"
+                )));
             }
-            infos.push(TensorInfo { name, dims, ty, offset: offset as usize, n_bytes });
+            infos.push(TensorInfo {
+                name,
+                dims,
+                ty,
+                offset: offset as usize,
+                n_bytes,
+            });
         }
         let data_start = r.pos.div_ceil(alignment) * alignment;
         let mut tensors = HashMap::with_capacity(infos.len());
@@ -340,7 +381,12 @@ impl GgufFile {
                 return Err(LlamaError::Gguf(format!("duplicate tensor {name}")));
             }
         }
-        Ok(Self { version, metadata, tensors, data })
+        Ok(Self {
+            version,
+            metadata,
+            tensors,
+            data,
+        })
     }
 
     /// The raw bytes of a tensor.
@@ -445,13 +491,20 @@ mod tests {
     fn float_types() {
         assert_eq!(dequantize(GgmlType::F32, &1.5f32.to_le_bytes()), vec![1.5]);
         assert_eq!(dequantize(GgmlType::F16, &h(-3.0)), vec![-3.0]);
-        assert_eq!(dequantize(GgmlType::BF16, &bf16::from_f32(0.75).to_le_bytes()), vec![0.75]);
+        assert_eq!(
+            dequantize(GgmlType::BF16, &bf16::from_f32(0.75).to_le_bytes()),
+            vec![0.75]
+        );
     }
 }
 
 /// Writes a GGUF v3 file: used by tests and by tools that make small synthetic checkpoints.
 /// `tensors` are (name, row-major shape, type, raw bytes of whole blocks).
-pub fn write(path: &Path, metadata: &[(&str, Value)], tensors: &[(&str, Vec<usize>, GgmlType, Vec<u8>)]) -> std::io::Result<()> {
+pub fn write(
+    path: &Path,
+    metadata: &[(&str, Value)],
+    tensors: &[(&str, Vec<usize>, GgmlType, Vec<u8>)],
+) -> std::io::Result<()> {
     fn put_str(out: &mut Vec<u8>, s: &str) {
         out.extend((s.len() as u64).to_le_bytes());
         out.extend(s.as_bytes());
@@ -515,7 +568,10 @@ pub fn write(path: &Path, metadata: &[(&str, Value)], tensors: &[(&str, Vec<usiz
     for (name, shape, ty, bytes) in tensors {
         put_str(&mut out, name);
         out.extend((shape.len() as u32).to_le_bytes());
-        shape.iter().rev().for_each(|d| out.extend((*d as u64).to_le_bytes()));
+        shape
+            .iter()
+            .rev()
+            .for_each(|d| out.extend((*d as u64).to_le_bytes()));
         out.extend(ggml_id(*ty).to_le_bytes());
         out.extend(offset.to_le_bytes());
         offset += (bytes.len() as u64).div_ceil(32) * 32;

@@ -20,9 +20,9 @@ pub mod names;
 pub mod perplexity;
 pub mod rope;
 pub mod sampling;
-pub mod tokenizer;
 #[cfg(test)]
 mod test_util;
+pub mod tokenizer;
 
 pub use backend::LlamaBackend;
 pub use checkpoint::Checkpoint;
@@ -32,5 +32,7 @@ pub use generate::{generate, GenerateConfig, GenerateStats};
 pub use model::Llama;
 pub use sampling::Sampling;
 pub use tokenizer::{ChatTemplate, Tokenizer};
+#[cfg(test)]
+mod load_tests;
 #[cfg(test)]
 mod model_tests;

@@ -28,8 +28,16 @@ pub struct GgufSource<'a> {
 
 impl<'a> GgufSource<'a> {
     pub fn new(gguf: &'a GgufFile, config: &'a LlamaConfig) -> Self {
-        let arch = gguf.metadata.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("llama");
-        Self { gguf, config, permuted_qk: arch == "llama" }
+        let arch = gguf
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.as_str())
+            .unwrap_or("llama");
+        Self {
+            gguf,
+            config,
+            permuted_qk: arch == "llama",
+        }
     }
 }
 
@@ -45,7 +53,8 @@ pub fn unpermute_rows(data: &[f32], heads: usize, row_len: usize) -> Vec<f32> {
             for j in 0..2 {
                 let src = h * d + i * 2 + j;
                 let dst = h * d + j * half + i;
-                out[dst * row_len..(dst + 1) * row_len].copy_from_slice(&data[src * row_len..(src + 1) * row_len]);
+                out[dst * row_len..(dst + 1) * row_len]
+                    .copy_from_slice(&data[src * row_len..(src + 1) * row_len]);
             }
         }
     }
@@ -54,7 +63,9 @@ pub fn unpermute_rows(data: &[f32], heads: usize, row_len: usize) -> Vec<f32> {
 
 impl WeightSource for GgufSource<'_> {
     fn get(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, LlamaError> {
-        let Some(gname) = names::hf_to_gguf(name) else { return Ok(None) };
+        let Some(gname) = names::hf_to_gguf(name) else {
+            return Ok(None);
+        };
         if !self.gguf.tensors.contains_key(&gname) {
             return Ok(None);
         }
@@ -83,7 +94,11 @@ impl WeightSource for GgufSource<'_> {
     }
 
     fn names(&self) -> Vec<String> {
-        self.gguf.tensors.keys().map(|g| names::gguf_to_hf(g).unwrap_or_else(|| g.clone())).collect()
+        self.gguf
+            .tensors
+            .keys()
+            .map(|g| names::gguf_to_hf(g).unwrap_or_else(|| g.clone()))
+            .collect()
     }
 }
 
@@ -102,7 +117,10 @@ impl SafetensorsSource {
         } else {
             let idx_path = dir.join("model.safetensors.index.json");
             let text = std::fs::read_to_string(&idx_path).map_err(|e| {
-                LlamaError::Io(format!("{}: no model.safetensors or readable index ({e})", dir.display()))
+                LlamaError::Io(format!(
+                    "{}: no model.safetensors or readable index ({e})",
+                    dir.display()
+                ))
             })?;
             let json: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| LlamaError::Io(format!("{}: {e}", idx_path.display())))?;
@@ -110,7 +128,10 @@ impl SafetensorsSource {
                 .get("weight_map")
                 .and_then(|m| m.as_object())
                 .ok_or_else(|| LlamaError::Io(format!("{}: no weight_map", idx_path.display())))?;
-            let mut v: Vec<String> = map.values().filter_map(|s| s.as_str().map(String::from)).collect();
+            let mut v: Vec<String> = map
+                .values()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect();
             v.sort();
             v.dedup();
             v
@@ -119,12 +140,14 @@ impl SafetensorsSource {
         let mut index = HashMap::new();
         for (i, name) in shard_names.iter().enumerate() {
             let path = dir.join(name);
-            let f = std::fs::File::open(&path).map_err(|e| LlamaError::Io(format!("cannot open {}: {e}", path.display())))?;
+            let f = std::fs::File::open(&path)
+                .map_err(|e| LlamaError::Io(format!("cannot open {}: {e}", path.display())))?;
             // SAFETY: read-only map of a file we do not modify.
             let map = unsafe { memmap2::Mmap::map(&f) }
                 .map_err(|e| LlamaError::Io(format!("cannot map {}: {e}", path.display())))?;
-            let st = safetensors::SafeTensors::deserialize(&map)
-                .map_err(|e| LlamaError::Io(format!("invalid safetensors {}: {e}", path.display())))?;
+            let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| {
+                LlamaError::Io(format!("invalid safetensors {}: {e}", path.display()))
+            })?;
             for n in st.names() {
                 index.insert(n.to_string(), i);
             }
@@ -136,16 +159,33 @@ impl SafetensorsSource {
 
 impl WeightSource for SafetensorsSource {
     fn get(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, LlamaError> {
-        let Some(&i) = self.index.get(name) else { return Ok(None) };
+        let Some(&i) = self.index.get(name) else {
+            return Ok(None);
+        };
         let st = safetensors::SafeTensors::deserialize(&self.files[i]).expect("validated at open");
-        let t = st.tensor(name).map_err(|e| LlamaError::Io(format!("tensor {name}: {e}")))?;
+        let t = st
+            .tensor(name)
+            .map_err(|e| LlamaError::Io(format!("tensor {name}: {e}")))?;
         let b = t.data();
         use safetensors::Dtype;
         let data: Vec<f32> = match t.dtype() {
-            Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Dtype::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Dtype::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            other => return Err(LlamaError::Io(format!("tensor {name}: dtype {other:?} is not supported (f32, f16, bf16)"))),
+            Dtype::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => b
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => b
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(LlamaError::Io(format!(
+                    "tensor {name}: dtype {other:?} is not supported (f32, f16, bf16)"
+                )))
+            }
         };
         Ok(Some((t.shape().to_vec(), data)))
     }
@@ -170,7 +210,8 @@ mod tests {
                 for i in 0..d / 2 {
                     let src = h * d + j * (d / 2) + i;
                     let dst = h * d + i * 2 + j;
-                    permuted[dst * row_len..(dst + 1) * row_len].copy_from_slice(&hf[src * row_len..(src + 1) * row_len]);
+                    permuted[dst * row_len..(dst + 1) * row_len]
+                        .copy_from_slice(&hf[src * row_len..(src + 1) * row_len]);
                 }
             }
         }

@@ -15,6 +15,7 @@ pub struct Mlp<B: Backend> {
 impl<B: LlamaBackend> Mlp<B> {
     /// x: [batch, len, hidden] → [batch, len, hidden]
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.down.forward(silu(self.gate.forward(x.clone())) * self.up.forward(x))
+        self.down
+            .forward(silu(self.gate.forward(x.clone())) * self.up.forward(x))
     }
 }

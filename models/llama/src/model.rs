@@ -35,23 +35,52 @@ struct Loader<'a, S: WeightSource + ?Sized> {
 
 impl<S: WeightSource + ?Sized> Loader<'_, S> {
     fn take(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>, LlamaError> {
-        let (shape, data) = self.source.get(name)?.ok_or_else(|| LlamaError::MissingTensor(name.to_string()))?;
+        let (shape, data) = self
+            .source
+            .get(name)?
+            .ok_or_else(|| LlamaError::MissingTensor(name.to_string()))?;
         if shape != expected {
-            return Err(LlamaError::Shape { name: name.to_string(), expected: expected.to_vec(), found: shape });
+            return Err(LlamaError::Shape {
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                found: shape,
+            });
         }
         self.used.insert(name.to_string());
         Ok(data)
     }
 
-    fn vector<B: Backend>(&mut self, name: &str, len: usize, device: &B::Device) -> Result<Tensor<B, 1>, LlamaError> {
-        Ok(Tensor::from_data(TensorData::new(self.take(name, &[len])?, [len]), device))
+    fn vector<B: Backend>(
+        &mut self,
+        name: &str,
+        len: usize,
+        device: &B::Device,
+    ) -> Result<Tensor<B, 1>, LlamaError> {
+        Ok(Tensor::from_data(
+            TensorData::new(self.take(name, &[len])?, [len]),
+            device,
+        ))
     }
 
     /// A projection stored as HF's [out, in].
-    fn linear<B: Backend>(&mut self, prefix: &str, d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Result<Linear<B>, LlamaError> {
+    fn linear<B: Backend>(
+        &mut self,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        device: &B::Device,
+    ) -> Result<Linear<B>, LlamaError> {
         let w = self.take(&format!("{prefix}.weight"), &[d_out, d_in])?;
-        let bias = if bias { Some(self.vector(&format!("{prefix}.bias"), d_out, device)?) } else { None };
-        Ok(Linear { weight: Tensor::from_data(TensorData::new(w, [d_out, d_in]), device), bias })
+        let bias = if bias {
+            Some(self.vector(&format!("{prefix}.bias"), d_out, device)?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight: Tensor::from_data(TensorData::new(w, [d_out, d_in]), device),
+            bias,
+        })
     }
 }
 
@@ -59,14 +88,28 @@ impl<B: LlamaBackend> Llama<B> {
     /// Builds the model from a checkpoint. Every model tensor must be present with the expected
     /// shape, and every checkpoint tensor must be used (a leftover means a different architecture).
     /// `max_positions` bounds the RoPE table (≤ the model's context).
-    pub fn load<S: WeightSource + ?Sized>(config: &LlamaConfig, source: &S, max_positions: usize, device: &B::Device) -> Result<Self, LlamaError> {
+    pub fn load<S: WeightSource + ?Sized>(
+        config: &LlamaConfig,
+        source: &S,
+        max_positions: usize,
+        device: &B::Device,
+    ) -> Result<Self, LlamaError> {
         config.validate()?;
         let c = config;
-        let (hd, kvd) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
-        let mut l = Loader { source, used: HashSet::new() };
+        let (hd, kvd) = (
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        );
+        let mut l = Loader {
+            source,
+            used: HashSet::new(),
+        };
         let embed_data = l.take("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size])?;
         let norm = |l: &mut Loader<S>, name: &str| -> Result<RmsNorm<B>, LlamaError> {
-            Ok(RmsNorm { gamma: l.vector(name, c.hidden_size, device)?, eps: c.rms_norm_eps })
+            Ok(RmsNorm {
+                gamma: l.vector(name, c.hidden_size, device)?,
+                eps: c.rms_norm_eps,
+            })
         };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
@@ -74,27 +117,75 @@ impl<B: LlamaBackend> Llama<B> {
             layers.push(Block {
                 attention_norm: norm(&mut l, &format!("{p}.input_layernorm.weight"))?,
                 attention: Attention {
-                    q: l.linear(&format!("{p}.self_attn.q_proj"), c.hidden_size, hd, c.attention_bias, device)?,
-                    k: l.linear(&format!("{p}.self_attn.k_proj"), c.hidden_size, kvd, c.attention_bias, device)?,
-                    v: l.linear(&format!("{p}.self_attn.v_proj"), c.hidden_size, kvd, c.attention_bias, device)?,
-                    o: l.linear(&format!("{p}.self_attn.o_proj"), hd, c.hidden_size, false, device)?,
+                    q: l.linear(
+                        &format!("{p}.self_attn.q_proj"),
+                        c.hidden_size,
+                        hd,
+                        c.attention_bias,
+                        device,
+                    )?,
+                    k: l.linear(
+                        &format!("{p}.self_attn.k_proj"),
+                        c.hidden_size,
+                        kvd,
+                        c.attention_bias,
+                        device,
+                    )?,
+                    v: l.linear(
+                        &format!("{p}.self_attn.v_proj"),
+                        c.hidden_size,
+                        kvd,
+                        c.attention_bias,
+                        device,
+                    )?,
+                    o: l.linear(
+                        &format!("{p}.self_attn.o_proj"),
+                        hd,
+                        c.hidden_size,
+                        false,
+                        device,
+                    )?,
                     n_heads: c.num_attention_heads,
                     n_kv_heads: c.num_key_value_heads,
                     head_dim: c.head_dim,
                 },
                 mlp_norm: norm(&mut l, &format!("{p}.post_attention_layernorm.weight"))?,
                 mlp: Mlp {
-                    gate: l.linear(&format!("{p}.mlp.gate_proj"), c.hidden_size, c.intermediate_size, false, device)?,
-                    up: l.linear(&format!("{p}.mlp.up_proj"), c.hidden_size, c.intermediate_size, false, device)?,
-                    down: l.linear(&format!("{p}.mlp.down_proj"), c.intermediate_size, c.hidden_size, false, device)?,
+                    gate: l.linear(
+                        &format!("{p}.mlp.gate_proj"),
+                        c.hidden_size,
+                        c.intermediate_size,
+                        false,
+                        device,
+                    )?,
+                    up: l.linear(
+                        &format!("{p}.mlp.up_proj"),
+                        c.hidden_size,
+                        c.intermediate_size,
+                        false,
+                        device,
+                    )?,
+                    down: l.linear(
+                        &format!("{p}.mlp.down_proj"),
+                        c.intermediate_size,
+                        c.hidden_size,
+                        false,
+                        device,
+                    )?,
                 },
             });
         }
         let norm = norm(&mut l, "model.norm.weight")?;
-        let embed = Tensor::from_data(TensorData::new(embed_data, [c.vocab_size, c.hidden_size]), device);
+        let embed = Tensor::from_data(
+            TensorData::new(embed_data, [c.vocab_size, c.hidden_size]),
+            device,
+        );
         // Tied head: the same [vocab, hidden] tensor serves lookup and projection (no copy).
         let lm_head = if c.tie_word_embeddings {
-            Linear { weight: embed.clone(), bias: None }
+            Linear {
+                weight: embed.clone(),
+                bias: None,
+            }
         } else {
             l.linear("lm_head", c.hidden_size, c.vocab_size, false, device)?
         };
@@ -112,23 +203,49 @@ impl<B: LlamaBackend> Llama<B> {
                 unused[0]
             )));
         }
-        let rope = Rope::new(c, max_positions.min(c.max_position_embeddings).max(1), device);
-        Ok(Self { config: c.clone(), embed, layers, norm, lm_head, rope })
+        let rope = Rope::new(
+            c,
+            max_positions.min(c.max_position_embeddings).max(1),
+            device,
+        );
+        Ok(Self {
+            config: c.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope,
+        })
     }
 
     /// An empty cache for `batch` sequences of up to `capacity` tokens.
     pub fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache<B>, LlamaError> {
         if capacity > self.rope.max_positions() {
-            return Err(LlamaError::ContextOverflow { tokens: capacity, new: 0, context: self.rope.max_positions() });
+            return Err(LlamaError::ContextOverflow {
+                tokens: capacity,
+                new: 0,
+                context: self.rope.max_positions(),
+            });
         }
         let c = &self.config;
-        Ok(KvCache::new(c.num_hidden_layers, batch, c.num_key_value_heads, capacity, c.head_dim, &self.embed.device()))
+        Ok(KvCache::new(
+            c.num_hidden_layers,
+            batch,
+            c.num_key_value_heads,
+            capacity,
+            c.head_dim,
+            &self.embed.device(),
+        ))
     }
 
     /// Runs new tokens through the model, appending them to `cache`. `tokens[b]` are sequence b's new
     /// tokens (lengths may differ; an empty list leaves that sequence unchanged).
     /// Returns the final-norm hidden states [batch, max_len, hidden], right-padded.
-    pub fn forward(&self, tokens: &[Vec<u32>], cache: &mut KvCache<B>) -> Result<Tensor<B, 3>, LlamaError> {
+    pub fn forward(
+        &self,
+        tokens: &[Vec<u32>],
+        cache: &mut KvCache<B>,
+    ) -> Result<Tensor<B, 3>, LlamaError> {
         let device = self.embed.device();
         let new_lens: Vec<usize> = tokens.iter().map(Vec::len).collect();
         cache.check_room(&new_lens)?;
@@ -141,7 +258,10 @@ impl<B: LlamaBackend> Llama<B> {
         for seq in tokens {
             for &t in seq {
                 if t as usize >= self.config.vocab_size {
-                    return Err(LlamaError::Invalid(format!("token id {t} is outside the vocabulary of {}", self.config.vocab_size)));
+                    return Err(LlamaError::Invalid(format!(
+                        "token id {t} is outside the vocabulary of {}",
+                        self.config.vocab_size
+                    )));
                 }
                 ids.push(t as i64);
             }
@@ -149,8 +269,19 @@ impl<B: LlamaBackend> Llama<B> {
         }
         let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [batch * len]), &device);
         let c = &self.config;
-        let step = Step::new(cache.lens.clone(), new_lens.clone(), c.group_size(), c.num_key_value_heads, self.rope.max_positions(), &device);
-        let mut x = self.embed.clone().select(0, ids).reshape([batch, len, c.hidden_size]);
+        let step = Step::new(
+            cache.lens.clone(),
+            new_lens.clone(),
+            c.group_size(),
+            c.num_key_value_heads,
+            self.rope.max_positions(),
+            &device,
+        );
+        let mut x = self
+            .embed
+            .clone()
+            .select(0, ids)
+            .reshape([batch, len, c.hidden_size]);
         for (block, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = block.forward(x, &self.rope, &step, layer_cache);
         }
@@ -167,10 +298,18 @@ impl<B: LlamaBackend> Llama<B> {
 
     /// Runs `tokens` and returns the logits of each sequence's last new token: [batch, vocab].
     /// A sequence given no new tokens gets the logits of padding row 0 (callers skip it).
-    pub fn forward_last(&self, tokens: &[Vec<u32>], cache: &mut KvCache<B>) -> Result<Tensor<B, 2>, LlamaError> {
+    pub fn forward_last(
+        &self,
+        tokens: &[Vec<u32>],
+        cache: &mut KvCache<B>,
+    ) -> Result<Tensor<B, 2>, LlamaError> {
         let hidden = self.forward(tokens, cache)?;
         let [batch, len, d] = hidden.dims();
-        let last: Vec<i64> = tokens.iter().enumerate().map(|(b, t)| (b * len + t.len().max(1) - 1) as i64).collect();
+        let last: Vec<i64> = tokens
+            .iter()
+            .enumerate()
+            .map(|(b, t)| (b * len + t.len().max(1) - 1) as i64)
+            .collect();
         let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(last, [batch]), &hidden.device());
         let rows = hidden.reshape([batch * len, d]).select(0, idx);
         Ok(self.logits(rows.unsqueeze_dim(1)).squeeze_dim(1))

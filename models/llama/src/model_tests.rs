@@ -9,13 +9,18 @@ use crate::test_util::{tiny_config, SyntheticWeights, TestBackend};
 
 /// y = W·x for W stored [out, in].
 fn matvec(w: &[f32], x: &[f32]) -> Vec<f32> {
-    w.chunks_exact(x.len()).map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum()).collect()
+    w.chunks_exact(x.len())
+        .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum())
+        .collect()
 }
 
 fn rms_norm(x: &[f32], g: &[f32], eps: f64) -> Vec<f32> {
     let ms = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / x.len() as f64;
     let r = 1.0 / (ms + eps).sqrt();
-    x.iter().zip(g).map(|(v, g)| (*v as f64 * r) as f32 * g).collect()
+    x.iter()
+        .zip(g)
+        .map(|(v, g)| (*v as f64 * r) as f32 * g)
+        .collect()
 }
 
 fn rope(x: &mut [f32], pos: usize, theta: f64) {
@@ -34,18 +39,26 @@ fn reference_logits(c: &LlamaConfig, w: &SyntheticWeights, tokens: &[u32]) -> Ve
     let get = |n: &str| &w.0[n].1;
     let (h, d, g) = (c.hidden_size, c.head_dim, c.group_size());
     let emb = get("model.embed_tokens.weight");
-    let mut x: Vec<Vec<f32>> = tokens.iter().map(|&t| emb[t as usize * h..(t as usize + 1) * h].to_vec()).collect();
+    let mut x: Vec<Vec<f32>> = tokens
+        .iter()
+        .map(|&t| emb[t as usize * h..(t as usize + 1) * h].to_vec())
+        .collect();
     for l in 0..c.num_hidden_layers {
         let p = |s: &str| format!("model.layers.{l}.{s}");
-        let xn: Vec<Vec<f32>> = x.iter().map(|v| rms_norm(v, get(&p("input_layernorm.weight")), c.rms_norm_eps)).collect();
+        let xn: Vec<Vec<f32>> = x
+            .iter()
+            .map(|v| rms_norm(v, get(&p("input_layernorm.weight")), c.rms_norm_eps))
+            .collect();
         let mut qs = Vec::new();
         let mut ks = Vec::new();
         let mut vs = Vec::new();
         for (t, v) in xn.iter().enumerate() {
             let mut q = matvec(get(&p("self_attn.q_proj.weight")), v);
             let mut k = matvec(get(&p("self_attn.k_proj.weight")), v);
-            q.chunks_exact_mut(d).for_each(|hq| rope(hq, t, c.rope_theta));
-            k.chunks_exact_mut(d).for_each(|hk| rope(hk, t, c.rope_theta));
+            q.chunks_exact_mut(d)
+                .for_each(|hq| rope(hq, t, c.rope_theta));
+            k.chunks_exact_mut(d)
+                .for_each(|hk| rope(hk, t, c.rope_theta));
             qs.push(q);
             ks.push(k);
             vs.push(matvec(get(&p("self_attn.v_proj.weight")), v));
@@ -56,7 +69,13 @@ fn reference_logits(c: &LlamaConfig, w: &SyntheticWeights, tokens: &[u32]) -> Ve
                 let kvh = head / g;
                 let q = &qs[t][head * d..(head + 1) * d];
                 let scores: Vec<f64> = (0..=t)
-                    .map(|j| q.iter().zip(&ks[j][kvh * d..(kvh + 1) * d]).map(|(a, b)| (a * b) as f64).sum::<f64>() / (d as f64).sqrt())
+                    .map(|j| {
+                        q.iter()
+                            .zip(&ks[j][kvh * d..(kvh + 1) * d])
+                            .map(|(a, b)| (a * b) as f64)
+                            .sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
                     .collect();
                 let m = scores.iter().cloned().fold(f64::MIN, f64::max);
                 let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
@@ -69,15 +88,25 @@ fn reference_logits(c: &LlamaConfig, w: &SyntheticWeights, tokens: &[u32]) -> Ve
             }
             let o = matvec(get(&p("self_attn.o_proj.weight")), &attn);
             x[t].iter_mut().zip(o).for_each(|(a, b)| *a += b);
-            let xn2 = rms_norm(&x[t], get(&p("post_attention_layernorm.weight")), c.rms_norm_eps);
+            let xn2 = rms_norm(
+                &x[t],
+                get(&p("post_attention_layernorm.weight")),
+                c.rms_norm_eps,
+            );
             let gate = matvec(get(&p("mlp.gate_proj.weight")), &xn2);
             let up = matvec(get(&p("mlp.up_proj.weight")), &xn2);
-            let act: Vec<f32> = gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+            let act: Vec<f32> = gate
+                .iter()
+                .zip(&up)
+                .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+                .collect();
             let down = matvec(get(&p("mlp.down_proj.weight")), &act);
             x[t].iter_mut().zip(down).for_each(|(a, b)| *a += b);
         }
     }
-    x.iter().map(|v| matvec(emb, &rms_norm(v, get("model.norm.weight"), c.rms_norm_eps))).collect()
+    x.iter()
+        .map(|v| matvec(emb, &rms_norm(v, get("model.norm.weight"), c.rms_norm_eps)))
+        .collect()
 }
 
 fn load(c: &LlamaConfig, w: &SyntheticWeights) -> Llama<TestBackend> {
@@ -92,7 +121,10 @@ fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: lengths differ");
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= tol * scale, "{what}: element {i}: {x} vs {y} (tolerance {tol} × {scale})");
+        assert!(
+            (x - y).abs() <= tol * scale,
+            "{what}: element {i}: {x} vs {y} (tolerance {tol} × {scale})"
+        );
     }
 }
 
@@ -119,7 +151,9 @@ fn cached_decode_equals_full_forward() {
     let mut cache = model.new_cache(1, 16).unwrap();
     // Prefill 4 tokens, then a chunk of 2, then one token at a time.
     let mut got = to_vec(model.logits(model.forward(&[tokens[..4].to_vec()], &mut cache).unwrap()));
-    got.extend(to_vec(model.logits(model.forward(&[tokens[4..6].to_vec()], &mut cache).unwrap())));
+    got.extend(to_vec(model.logits(
+        model.forward(&[tokens[4..6].to_vec()], &mut cache).unwrap(),
+    )));
     for &t in &tokens[6..] {
         got.extend(to_vec(model.forward_last(&[vec![t]], &mut cache).unwrap()));
     }
@@ -136,11 +170,17 @@ fn ragged_batch_equals_each_prompt_alone() {
     let alone = |p: &[u32], next: u32| {
         let mut cache = model.new_cache(1, 12).unwrap();
         let mut out = to_vec(model.forward_last(&[p.to_vec()], &mut cache).unwrap());
-        out.extend(to_vec(model.forward_last(&[vec![next]], &mut cache).unwrap()));
+        out.extend(to_vec(
+            model.forward_last(&[vec![next]], &mut cache).unwrap(),
+        ));
         out
     };
     let mut cache = model.new_cache(2, 12).unwrap();
-    let first = to_vec(model.forward_last(&[a.clone(), b.clone()], &mut cache).unwrap());
+    let first = to_vec(
+        model
+            .forward_last(&[a.clone(), b.clone()], &mut cache)
+            .unwrap(),
+    );
     let second = to_vec(model.forward_last(&[vec![1], vec![3]], &mut cache).unwrap());
     let v = c.vocab_size;
     let batch_a = [&first[..v], &second[..v]].concat();
@@ -167,10 +207,20 @@ fn missing_and_misshaped_tensors_are_named() {
     let c = tiny_config();
     let mut w = SyntheticWeights::new(&c, 5);
     w.0.remove("model.layers.1.mlp.up_proj.weight");
-    let err = Llama::<TestBackend>::load(&c, &w, 64, &Default::default()).unwrap_err().to_string();
-    assert_eq!(err, "tensor model.layers.1.mlp.up_proj.weight is missing from the checkpoint");
+    let err = Llama::<TestBackend>::load(&c, &w, 64, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "tensor model.layers.1.mlp.up_proj.weight is missing from the checkpoint"
+    );
     let mut w = SyntheticWeights::new(&c, 5);
     w.0.get_mut("model.norm.weight").unwrap().0 = vec![23];
-    let err = Llama::<TestBackend>::load(&c, &w, 64, &Default::default()).unwrap_err().to_string();
-    assert!(err.contains("model.norm.weight: expected shape [24], found [23]"), "{err}");
+    let err = Llama::<TestBackend>::load(&c, &w, 64, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.norm.weight: expected shape [24], found [23]"),
+        "{err}"
+    );
 }

@@ -28,7 +28,10 @@ pub fn hf_to_gguf(hf: &str) -> Option<String> {
         ("mlp.up_proj.weight", "ffn_up.weight"),
         ("mlp.down_proj.weight", "ffn_down.weight"),
     ];
-    per_layer.iter().find(|(h, _)| *h == field).map(|(_, g)| format!("blk.{layer}.{g}"))
+    per_layer
+        .iter()
+        .find(|(h, _)| *h == field)
+        .map(|(_, g)| format!("blk.{layer}.{g}"))
 }
 
 /// GGUF name → HF name (inverse of [`hf_to_gguf`]).
@@ -75,12 +78,19 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for f in ["self_attn.q_proj.weight", "mlp.down_proj.weight", "self_attn.v_proj.bias"] {
+        for f in [
+            "self_attn.q_proj.weight",
+            "mlp.down_proj.weight",
+            "self_attn.v_proj.bias",
+        ] {
             let hf = format!("model.layers.17.{f}");
             let g = hf_to_gguf(&hf).unwrap();
             assert_eq!(gguf_to_hf(&g).as_deref(), Some(hf.as_str()));
         }
-        assert_eq!(hf_to_gguf("model.layers.3.self_attn.q_proj.weight").unwrap(), "blk.3.attn_q.weight");
+        assert_eq!(
+            hf_to_gguf("model.layers.3.self_attn.q_proj.weight").unwrap(),
+            "blk.3.attn_q.weight"
+        );
         assert_eq!(gguf_to_hf("output.weight").unwrap(), "lm_head.weight");
         assert!(gguf_to_hf("blk.0.unknown.weight").is_none());
     }

@@ -11,9 +11,15 @@ use crate::model::Llama;
 pub const DEFAULT_CHUNK: usize = 512;
 
 /// Sum of −log p(token[t+1] | tokens[..=t]) over the window, and the number of predicted tokens.
-pub fn window_nll<B: LlamaBackend>(model: &Llama<B>, tokens: &[u32], chunk: usize) -> Result<(f64, usize), LlamaError> {
+pub fn window_nll<B: LlamaBackend>(
+    model: &Llama<B>,
+    tokens: &[u32],
+    chunk: usize,
+) -> Result<(f64, usize), LlamaError> {
     if tokens.len() < 2 {
-        return Err(LlamaError::Invalid("perplexity needs at least two tokens".into()));
+        return Err(LlamaError::Invalid(
+            "perplexity needs at least two tokens".into(),
+        ));
     }
     let device = model.embed.device();
     let mut cache = model.new_cache(1, tokens.len())?;
@@ -21,9 +27,13 @@ pub fn window_nll<B: LlamaBackend>(model: &Llama<B>, tokens: &[u32], chunk: usiz
     let mut total = 0.0;
     for (i, part) in inputs.chunks(chunk.max(1)).enumerate() {
         let start = i * chunk.max(1);
-        let targets: Vec<i64> = tokens[start + 1..start + 1 + part.len()].iter().map(|&t| t as i64).collect();
+        let targets: Vec<i64> = tokens[start + 1..start + 1 + part.len()]
+            .iter()
+            .map(|&t| t as i64)
+            .collect();
         let logits = model.logits(model.forward(&[part.to_vec()], &mut cache)?); // [1, n, vocab]
-        let targets = Tensor::<B, 3, Int>::from_data(TensorData::new(targets, [1, part.len(), 1]), &device);
+        let targets =
+            Tensor::<B, 3, Int>::from_data(TensorData::new(targets, [1, part.len(), 1]), &device);
         let logp = log_softmax(logits, 2).gather(2, targets);
         // sync: one scalar per chunk.
         total -= logp.sum().into_scalar().to_f64_lossy();
@@ -41,7 +51,11 @@ impl<E: burn::tensor::ElementConversion> ToF64 for E {
 }
 
 /// exp(mean NLL) of one window.
-pub fn perplexity<B: LlamaBackend>(model: &Llama<B>, tokens: &[u32], chunk: usize) -> Result<f64, LlamaError> {
+pub fn perplexity<B: LlamaBackend>(
+    model: &Llama<B>,
+    tokens: &[u32],
+    chunk: usize,
+) -> Result<f64, LlamaError> {
     let (nll, n) = window_nll(model, tokens, chunk)?;
     Ok((nll / n as f64).exp())
 }
@@ -54,11 +68,16 @@ mod tests {
     #[test]
     fn chunking_does_not_change_perplexity() {
         let c = tiny_config();
-        let model = Llama::<TestBackend>::load(&c, &SyntheticWeights::new(&c, 9), 64, &Default::default()).unwrap();
+        let model =
+            Llama::<TestBackend>::load(&c, &SyntheticWeights::new(&c, 9), 64, &Default::default())
+                .unwrap();
         let tokens: Vec<u32> = (0..23).map(|i| (i * 7 % 50) as u32).collect();
         let whole = perplexity(&model, &tokens, 64).unwrap();
         let chunked = perplexity(&model, &tokens, 5).unwrap();
-        assert!((whole - chunked).abs() < 1e-4 * whole, "{whole} vs {chunked}");
+        assert!(
+            (whole - chunked).abs() < 1e-4 * whole,
+            "{whole} vs {chunked}"
+        );
         assert!(whole > 1.0 && whole.is_finite());
     }
 }

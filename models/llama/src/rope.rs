@@ -11,11 +11,18 @@ use crate::config::{LlamaConfig, RopeScaling};
 /// Inverse frequencies θ_i for i in 0..d/2, after scaling.
 pub fn inv_freq(config: &LlamaConfig) -> Vec<f64> {
     let d = config.head_dim;
-    let base: Vec<f64> = (0..d / 2).map(|i| config.rope_theta.powf(-((2 * i) as f64) / d as f64)).collect();
+    let base: Vec<f64> = (0..d / 2)
+        .map(|i| config.rope_theta.powf(-((2 * i) as f64) / d as f64))
+        .collect();
     match &config.rope_scaling {
         None => base,
         Some(RopeScaling::Factors(f)) => base.iter().zip(f).map(|(b, &f)| b / f as f64).collect(),
-        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => {
             let old = *original_max_position_embeddings as f64;
             let (low_wavelen, high_wavelen) = (old / low_freq_factor, old / high_freq_factor);
             base.iter()
@@ -26,7 +33,8 @@ pub fn inv_freq(config: &LlamaConfig) -> Vec<f64> {
                     } else if wavelen > low_wavelen {
                         f / factor
                     } else {
-                        let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * f / factor + smooth * f
                     }
                 })
@@ -50,7 +58,10 @@ impl<B: Backend> Rope<B> {
         let freqs = inv_freq(config);
         let half = freqs.len();
         // Angles in f64: p·θ reaches 1e5 rad at long context, where f32 products lose ~1e-2.
-        let (mut cos, mut sin) = (Vec::with_capacity(max_positions * half), Vec::with_capacity(max_positions * half));
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(max_positions * half),
+            Vec::with_capacity(max_positions * half),
+        );
         for p in 0..max_positions {
             for &f in &freqs {
                 let a = p as f64 * f;
@@ -74,8 +85,16 @@ impl<B: Backend> Rope<B> {
         let [batch, len, _, d] = x.dims();
         let half = d / 2;
         // [batch, len, 1, d/2]: broadcast over heads.
-        let cos = self.cos.clone().select(0, positions.clone()).reshape([batch, len, 1, half]);
-        let sin = self.sin.clone().select(0, positions).reshape([batch, len, 1, half]);
+        let cos = self
+            .cos
+            .clone()
+            .select(0, positions.clone())
+            .reshape([batch, len, 1, half]);
+        let sin = self
+            .sin
+            .clone()
+            .select(0, positions)
+            .reshape([batch, len, 1, half]);
         let x1 = x.clone().narrow(3, 0, half);
         let x2 = x.narrow(3, half, half);
         let out1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
@@ -91,14 +110,25 @@ mod tests {
 
     #[test]
     fn rope_matches_direct_formula() {
-        let config = LlamaConfig { rope_theta: 100_000.0, ..tiny_config() };
+        let config = LlamaConfig {
+            rope_theta: 100_000.0,
+            ..tiny_config()
+        };
         let d = config.head_dim;
         let device = Default::default();
         let rope = Rope::<TestBackend>::new(&config, 300, &device);
         let positions = [0usize, 1, 7, 299];
-        let x: Vec<f32> = (0..positions.len() * d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
-        let xt = Tensor::<TestBackend, 4>::from_data(TensorData::new(x.clone(), [1, positions.len(), 1, d]), &device);
-        let pos = Tensor::from_data(TensorData::new(positions.iter().map(|&p| p as i64).collect::<Vec<_>>(), [4]), &device);
+        let x: Vec<f32> = (0..positions.len() * d)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let xt = Tensor::<TestBackend, 4>::from_data(
+            TensorData::new(x.clone(), [1, positions.len(), 1, d]),
+            &device,
+        );
+        let pos = Tensor::from_data(
+            TensorData::new(positions.iter().map(|&p| p as i64).collect::<Vec<_>>(), [4]),
+            &device,
+        );
         let out = rope.apply(xt, pos).into_data().to_vec::<f32>().unwrap();
         for (r, &p) in positions.iter().enumerate() {
             for i in 0..d / 2 {
@@ -108,7 +138,12 @@ mod tests {
                 let want = [a * c - b * s, b * c + a * s];
                 let got = [out[r * d + i] as f64, out[r * d + i + d / 2] as f64];
                 for k in 0..2 {
-                    assert!((want[k] - got[k]).abs() < 1e-5, "pos {p} dim {i}: want {} got {}", want[k], got[k]);
+                    assert!(
+                        (want[k] - got[k]).abs() < 1e-5,
+                        "pos {p} dim {i}: want {} got {}",
+                        want[k],
+                        got[k]
+                    );
                 }
             }
         }
@@ -128,7 +163,10 @@ mod tests {
             ..tiny_config()
         };
         let scaled = inv_freq(&config);
-        let plain = inv_freq(&LlamaConfig { rope_scaling: None, ..config });
+        let plain = inv_freq(&LlamaConfig {
+            rope_scaling: None,
+            ..config
+        });
         assert_eq!(scaled[0], plain[0]);
         assert!((scaled[63] - plain[63] / 8.0).abs() < 1e-15);
     }

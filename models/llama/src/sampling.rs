@@ -10,7 +10,11 @@ pub enum Sampling {
     Greedy,
     /// Softmax(logits / temperature), optionally restricted to the top k tokens and/or the smallest
     /// set whose probability reaches top_p.
-    Random { temperature: f32, top_k: Option<usize>, top_p: Option<f32> },
+    Random {
+        temperature: f32,
+        top_k: Option<usize>,
+        top_p: Option<f32>,
+    },
 }
 
 impl Sampling {
@@ -19,7 +23,11 @@ impl Sampling {
         if temperature <= 0.0 {
             Self::Greedy
         } else {
-            Self::Random { temperature, top_k: top_k.filter(|&k| k > 0), top_p: top_p.filter(|&p| p < 1.0) }
+            Self::Random {
+                temperature,
+                top_k: top_k.filter(|&k| k > 0),
+                top_p: top_p.filter(|&p| p < 1.0),
+            }
         }
     }
 }
@@ -33,7 +41,11 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(sampling: Sampling, repetition_penalty: f32, seed: u64) -> Self {
-        Self { sampling, repetition_penalty, rng: StdRng::seed_from_u64(seed) }
+        Self {
+            sampling,
+            repetition_penalty,
+            rng: StdRng::seed_from_u64(seed),
+        }
     }
 
     /// Picks a token from `logits` given the tokens seen so far (for the repetition penalty).
@@ -44,17 +56,29 @@ impl Sampler {
             for &t in seen {
                 if let Some(l) = logits.get_mut(t as usize) {
                     if done.insert(t) {
-                        *l = if *l > 0.0 { *l / self.repetition_penalty } else { *l * self.repetition_penalty };
+                        *l = if *l > 0.0 {
+                            *l / self.repetition_penalty
+                        } else {
+                            *l * self.repetition_penalty
+                        };
                     }
                 }
             }
         }
         match self.sampling {
             Sampling::Greedy => argmax(logits),
-            Sampling::Random { temperature, top_k, top_p } => {
+            Sampling::Random {
+                temperature,
+                top_k,
+                top_p,
+            } => {
                 let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
                 // Descending by logit; ties by id so the order (and the draw) is deterministic.
-                let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+                let by_logit = |a: &u32, b: &u32| {
+                    logits[*b as usize]
+                        .total_cmp(&logits[*a as usize])
+                        .then(a.cmp(b))
+                };
                 let k = top_k.unwrap_or(idx.len()).min(idx.len()).max(1);
                 if k < idx.len() {
                     idx.select_nth_unstable_by(k - 1, by_logit);
@@ -62,7 +86,10 @@ impl Sampler {
                 }
                 idx.sort_unstable_by(by_logit);
                 let max = logits[idx[0] as usize];
-                let mut probs: Vec<f64> = idx.iter().map(|&i| (((logits[i as usize] - max) / temperature) as f64).exp()).collect();
+                let mut probs: Vec<f64> = idx
+                    .iter()
+                    .map(|&i| (((logits[i as usize] - max) / temperature) as f64).exp())
+                    .collect();
                 let total: f64 = probs.iter().sum();
                 probs.iter_mut().for_each(|p| *p /= total);
                 if let Some(p) = top_p {
@@ -115,7 +142,9 @@ mod tests {
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
         let draw = |seed| {
             let mut s = Sampler::new(Sampling::from_flags(1.0, Some(3), None), 1.0, seed);
-            (0..50).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| s.sample(&mut logits.clone(), &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
         let mut top3: Vec<u32> = (0..100).collect();

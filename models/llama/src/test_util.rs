@@ -51,19 +51,47 @@ impl SyntheticWeights {
         let mut k = seed;
         let mut add = |name: String, shape: Vec<usize>, scale: f32, offset: f32| {
             k += 1;
-            let data = random_vec(shape.iter().product(), k, scale).into_iter().map(|x| x + offset).collect();
+            let data = random_vec(shape.iter().product(), k, scale)
+                .into_iter()
+                .map(|x| x + offset)
+                .collect();
             m.insert(name, (shape, data));
         };
-        let (h, q, kv, f) = (c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.intermediate_size);
-        add("model.embed_tokens.weight".into(), vec![c.vocab_size, h], 1.0, 0.0);
+        let (h, q, kv, f) = (
+            c.hidden_size,
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+            c.intermediate_size,
+        );
+        add(
+            "model.embed_tokens.weight".into(),
+            vec![c.vocab_size, h],
+            1.0,
+            0.0,
+        );
         add("model.norm.weight".into(), vec![h], 0.1, 1.0);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
             add(format!("{p}.input_layernorm.weight"), vec![h], 0.1, 1.0);
-            add(format!("{p}.post_attention_layernorm.weight"), vec![h], 0.1, 1.0);
+            add(
+                format!("{p}.post_attention_layernorm.weight"),
+                vec![h],
+                0.1,
+                1.0,
+            );
             add(format!("{p}.self_attn.q_proj.weight"), vec![q, h], 0.5, 0.0);
-            add(format!("{p}.self_attn.k_proj.weight"), vec![kv, h], 0.5, 0.0);
-            add(format!("{p}.self_attn.v_proj.weight"), vec![kv, h], 0.5, 0.0);
+            add(
+                format!("{p}.self_attn.k_proj.weight"),
+                vec![kv, h],
+                0.5,
+                0.0,
+            );
+            add(
+                format!("{p}.self_attn.v_proj.weight"),
+                vec![kv, h],
+                0.5,
+                0.0,
+            );
             add(format!("{p}.self_attn.o_proj.weight"), vec![h, q], 0.3, 0.0);
             add(format!("{p}.mlp.gate_proj.weight"), vec![f, h], 0.3, 0.0);
             add(format!("{p}.mlp.up_proj.weight"), vec![f, h], 0.3, 0.0);

@@ -40,7 +40,9 @@ impl ChatTemplate {
             Self::Llama3 => {
                 s += "<|begin_of_text|>";
                 for (role, content) in messages {
-                    s += &format!("<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>");
+                    s += &format!(
+                        "<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>"
+                    );
                 }
                 s += "<|start_header_id|>assistant<|end_header_id|>\n\n";
             }
@@ -88,20 +90,44 @@ impl Tokenizer {
                 .as_array()
                 .ok_or_else(|| err(format!("{key} is not an array")))?
                 .iter()
-                .map(|v| v.as_str().map(String::from).ok_or_else(|| err(format!("{key} holds a non-string"))))
+                .map(|v| {
+                    v.as_str()
+                        .map(String::from)
+                        .ok_or_else(|| err(format!("{key} holds a non-string")))
+                })
                 .collect()
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
         let merges = strings("tokenizer.ggml.merges")?;
-        let types: Vec<u64> = match gguf.metadata.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
+        let types: Vec<u64> = match gguf
+            .metadata
+            .get("tokenizer.ggml.token_type")
+            .and_then(Value::as_array)
+        {
             Some(a) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
             None => vec![1; tokens.len()],
         };
-        let id = |key: &str| gguf.metadata.get(key).and_then(Value::as_u64).map(|v| v as u32);
+        let id = |key: &str| {
+            gguf.metadata
+                .get(key)
+                .and_then(Value::as_u64)
+                .map(|v| v as u32)
+        };
         let bos = id("tokenizer.ggml.bos_token_id");
-        let add_bos = matches!(gguf.metadata.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(true)));
-        let pre = gguf.metadata.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
-        let vocab: serde_json::Map<String, Json> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
+        let add_bos = matches!(
+            gguf.metadata.get("tokenizer.ggml.add_bos_token"),
+            Some(Value::Bool(true))
+        );
+        let pre = gguf
+            .metadata
+            .get("tokenizer.ggml.pre")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let vocab: serde_json::Map<String, Json> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), json!(i)))
+            .collect();
         // token_type 3 = control, 4 = user-defined: matched whole in the input, never split by BPE.
         let added: Vec<Json> = tokens
             .iter()
@@ -116,19 +142,30 @@ impl Tokenizer {
         let split = |pattern: &str| json!({"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false});
         // Pre-tokenizers by llama.cpp's `tokenizer.ggml.pre` name (same regexes as the HF originals).
         let (pre_tokenizer, ignore_merges) = match pre {
-            "smollm" => (json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Digits", "individual_digits": true}, byte_level(true)]}), false),
-            "llama-bpe" | "llama3" => (json!({"type": "Sequence", "pretokenizers": [
+            "smollm" => (
+                json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+                false,
+            ),
+            "llama-bpe" | "llama3" => (
+                json!({"type": "Sequence", "pretokenizers": [
                 split(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"),
-                byte_level(false)]}), true),
-            "qwen2" => (json!({"type": "Sequence", "pretokenizers": [
+                byte_level(false)]}),
+                true,
+            ),
+            "qwen2" => (
+                json!({"type": "Sequence", "pretokenizers": [
                 split(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"),
-                byte_level(false)]}), false),
+                byte_level(false)]}),
+                false,
+            ),
             _ => (byte_level(true), false),
         };
         let post_processor = match (add_bos, bos) {
             (true, Some(b)) => {
-                let t = tokens.get(b as usize).ok_or_else(|| err(format!("bos id {b} is outside the vocabulary")))?;
+                let t = tokens
+                    .get(b as usize)
+                    .ok_or_else(|| err(format!("bos id {b} is outside the vocabulary")))?;
                 json!({"type": "TemplateProcessing",
                     "single": [{"SpecialToken": {"id": t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
                     "pair": [{"SpecialToken": {"id": t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
@@ -144,37 +181,62 @@ impl Tokenizer {
                       "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
                       "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges}
         });
-        let inner: tokenizers::Tokenizer = tokenizer_json
-            .to_string()
-            .parse()
-            .map_err(|e| err(format!("cannot build the tokenizer from GGUF metadata: {e}")))?;
-        let template = ChatTemplate::detect(gguf.metadata.get("tokenizer.chat_template").and_then(Value::as_str));
+        let inner: tokenizers::Tokenizer = tokenizer_json.to_string().parse().map_err(|e| {
+            err(format!(
+                "cannot build the tokenizer from GGUF metadata: {e}"
+            ))
+        })?;
+        let template = ChatTemplate::detect(
+            gguf.metadata
+                .get("tokenizer.chat_template")
+                .and_then(Value::as_str),
+        );
         let mut stop_ids: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().collect();
         if let Some(eot) = id("tokenizer.ggml.eot_token_id") {
             stop_ids.push(eot);
         }
-        Ok(Self::finish(inner, bos.filter(|_| add_bos), stop_ids, template))
+        Ok(Self::finish(
+            inner,
+            bos.filter(|_| add_bos),
+            stop_ids,
+            template,
+        ))
     }
 
     /// Loads `tokenizer.json`; BOS, stop ids and the template come from the HF config files.
-    pub fn from_hf_files(tokenizer_json: &str, tokenizer_config: Option<&str>, eos_ids: Vec<u32>) -> Result<Self, LlamaError> {
-        let inner: tokenizers::Tokenizer =
-            tokenizer_json.parse().map_err(|e| LlamaError::Tokenizer(format!("tokenizer.json: {e}")))?;
-        let cfg: Json = tokenizer_config.and_then(|t| serde_json::from_str(t).ok()).unwrap_or(Json::Null);
+    pub fn from_hf_files(
+        tokenizer_json: &str,
+        tokenizer_config: Option<&str>,
+        eos_ids: Vec<u32>,
+    ) -> Result<Self, LlamaError> {
+        let inner: tokenizers::Tokenizer = tokenizer_json
+            .parse()
+            .map_err(|e| LlamaError::Tokenizer(format!("tokenizer.json: {e}")))?;
+        let cfg: Json = tokenizer_config
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or(Json::Null);
         let template = ChatTemplate::detect(cfg.get("chat_template").and_then(Json::as_str));
         // tokenizer.json's own post-processor adds BOS where the model wants it (Llama 3); Llama 2's
         // tokenizer_config says add_bos_token instead.
         let bos = match cfg.get("add_bos_token").and_then(Json::as_bool) {
             Some(true) => cfg
                 .get("bos_token")
-                .and_then(|b| b.as_str().or_else(|| b.get("content").and_then(Json::as_str)))
+                .and_then(|b| {
+                    b.as_str()
+                        .or_else(|| b.get("content").and_then(Json::as_str))
+                })
                 .and_then(|t| inner.token_to_id(t)),
             _ => None,
         };
         Ok(Self::finish(inner, bos, eos_ids, template))
     }
 
-    fn finish(inner: tokenizers::Tokenizer, bos: Option<u32>, mut stop_ids: Vec<u32>, template: ChatTemplate) -> Self {
+    fn finish(
+        inner: tokenizers::Tokenizer,
+        bos: Option<u32>,
+        mut stop_ids: Vec<u32>,
+        template: ChatTemplate,
+    ) -> Self {
         // The end-of-turn marker ends a chat reply; "<|endoftext|>" ends a document in completion
         // mode even when the checkpoint names only the chat EOS.
         for t in template.end_of_turn().into_iter().chain(["<|endoftext|>"]) {
@@ -184,12 +246,20 @@ impl Tokenizer {
         stop_ids.dedup();
         // BOS via a post-processor is already in `inner`; `bos` is only for tokenizers without one.
         let has_post = inner.get_post_processor().is_some();
-        Self { inner, bos: if has_post { None } else { bos }, stop_ids, template }
+        Self {
+            inner,
+            bos: if has_post { None } else { bos },
+            stop_ids,
+            template,
+        }
     }
 
     /// Tokens of `text`; `special` adds BOS (plain prompts), chat prompts already carry theirs.
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>, LlamaError> {
-        let enc = self.inner.encode(text, special).map_err(|e| LlamaError::Tokenizer(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, special)
+            .map_err(|e| LlamaError::Tokenizer(e.to_string()))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if special {
             ids.extend(self.bos);
@@ -199,7 +269,9 @@ impl Tokenizer {
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String, LlamaError> {
-        self.inner.decode(ids, true).map_err(|e| LlamaError::Tokenizer(e.to_string()))
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| LlamaError::Tokenizer(e.to_string()))
     }
 
     /// Number of ids the tokenizer can produce (its largest id + 1).
@@ -221,7 +293,11 @@ impl Tokenizer {
     /// Streams text as tokens arrive: byte-level BPE tokens can split a UTF-8 character, so text is
     /// emitted only once the decoded prefix is valid and stable.
     pub fn stream(&self) -> TextStream<'_> {
-        TextStream { tokenizer: self, ids: Vec::new(), printed: 0 }
+        TextStream {
+            tokenizer: self,
+            ids: Vec::new(),
+            printed: 0,
+        }
     }
 }
 
@@ -240,7 +316,9 @@ impl TextStream<'_> {
         if text.ends_with('\u{fffd}') || text.len() < self.printed {
             return Ok(String::new()); // an incomplete UTF-8 sequence: wait for the next token
         }
-        let Some(new) = text.get(self.printed..).map(String::from) else { return Ok(String::new()) };
+        let Some(new) = text.get(self.printed..).map(String::from) else {
+            return Ok(String::new());
+        };
         self.printed = text.len();
         Ok(new)
     }

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (after prepare.sh's two carries): joins and verifies the model, then
+# checks cuda against cpu and benchmarks generation. Everything lands in $OUT.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+: "${OUT:?run this through the device tool}"
+export CUDA_PATH="${CUDA_PATH:-/usr/local/cuda}"
+export SPOTLIGHT_HOME=/tmp/spotlight-home
+export SPOTLIGHT_COMMIT="$(cat .gpu/commit)"
+mkdir -p "$SPOTLIGHT_HOME/models" "$SPOTLIGHT_HOME/texts/moby-dick"
+model="$SPOTLIGHT_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+cat .gpu1/model.part1 .gpu2/model.part2 > "$model"
+echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $model" | sha256sum -c -
+# The cache is laid out as `spotlight fetch` leaves it (the marker says it was verified).
+echo verified > "$SPOTLIGHT_HOME/models/.verified"
+cp .gpu/moby-dick.txt "$SPOTLIGHT_HOME/texts/moby-dick/data.txt"
+echo verified > "$SPOTLIGHT_HOME/texts/moby-dick/.verified"
+gunzip -c .gpu/spotlight.gz > /tmp/spotlight && chmod +x /tmp/spotlight
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+
+echo "== the user's command, on cuda"
+/tmp/spotlight generate --backend cuda --prompt "The capital of France is" --max-tokens 8 --temperature 0 2>&1 | tee "$OUT/generate_cuda.txt"
+
+echo "== cpu vs cuda: logits, greedy tokens, perplexity on 4096 Moby-Dick tokens"
+/tmp/spotlight check --backends cpu,cuda --ppl-tokens 4096 --json "$OUT/check_cuda.json" 2>&1 | tee "$OUT/check_cuda.txt"
+
+echo "== benchmark: prefill and decode tokens/s on cuda"
+/tmp/spotlight bench generate --backend cuda --batch 1,8 --prompt-tokens 512,4096 --new-tokens 64 --runs 5 \
+  --out "$OUT/generate_cuda.json" 2>&1 | tail -n 30
+
+echo "== device-to-device copy bandwidth (PyTorch), for the byte floor"
+python3 benches/peers/copy_bandwidth.py --json "$OUT/copy_bandwidth.json" || echo "copy bandwidth probe failed"

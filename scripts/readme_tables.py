@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Regenerates the README's results section from benches/results/*.json (never typed by hand)."""
+import glob
+import json
+import os
+import re
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+RESULTS = os.path.join(ROOT, "benches", "results")
+# f32 weights of SmolLM2-135M read once per decode step (134.5 M parameters; the tied head is shared).
+SMOLLM2_F32_BYTES = 134_515_008 * 4
+
+
+def load(pattern):
+    out = []
+    for path in sorted(glob.glob(os.path.join(RESULTS, pattern))):
+        with open(path) as f:
+            out.append((os.path.basename(path), json.load(f)))
+    return out
+
+
+def checks():
+    lines = []
+    for name, d in load("check_*.json"):
+        lines += [f"**Backend agreement** (`{name}`, {d.get('date') or '?'}, commit {d.get('commit') or '?'}): "
+                  f"prompt {d['prompt']!r}; perplexity on the first {d['ppl_tokens']} tokens of Moby-Dick.", "",
+                  f"    {d.get('command', '')}", "",
+                  "| backend | greedy continuation | max logit diff (rel.) | same tokens | perplexity | ppl diff |",
+                  "|---|---|---|---|---|---|"]
+        for r in d["results"]:
+            ppl = f"{r['ppl']:.3f}" if r.get("ppl") is not None else "-"
+            dppl = f"{100 * r['ppl_rel_diff']:.3f}%" if r.get("ppl_rel_diff") is not None else "(reference)"
+            lines.append(f"| {r['backend']} | {r['greedy_text']!r} | {r['logits_max_rel_diff']:.1e} | "
+                         f"{r['same_greedy_tokens']} | {ppl} | {dppl} |")
+        lines.append("")
+    return lines
+
+
+def ppls():
+    rows = load("ppl_*.json")
+    if not rows:
+        return []
+    lines = ["**Dense perplexity**", "", "| file | text | backend | window | start | perplexity | command |", "|---|---|---|---|---|---|---|"]
+    for name, d in rows:
+        lines.append(f"| `{name}` | {os.path.basename(d['text'])} | {d['backend']} | {d['window']} | {d['start']} | "
+                     f"{d['ppl']:.3f} | `{d.get('command', '')}` |")
+    return lines + [""]
+
+
+def generation():
+    copy = {d["device"]: d["copy_gbps"] for _, d in load("copy_bandwidth*.json")}
+    lines = []
+    for name, d in load("generate_*.json"):
+        bw = copy.get(d["device"])
+        floor = f"; weights-read floor per decode step {SMOLLM2_F32_BYTES / (bw * 1e9) * 1e3:.3f} ms at the measured copy rate {bw:.0f} GB/s" if bw else ""
+        lines += [f"**Generation throughput** (`{name}`): {d['device']}, backend {d['backend']}, {d['dtype']}, "
+                  f"commit {d['commit']}, {d['date']}{floor}.", "", f"    {d.get('command', '')}", "",
+                  "| batch | prompt tokens | prefill s | prefill tok/s | decode tok/s | ms / decode step |"
+                  + (" floor ratio |" if bw else ""),
+                  "|---|---|---|---|---|---|" + ("---|" if bw else "")]
+        for r in d["rows"]:
+            ratio = f" {SMOLLM2_F32_BYTES / (bw * 1e9) * 1e3 / r['decode_ms_per_step']:.1%} |" if bw else ""
+            lines.append(f"| {r['batch']} | {r['prompt_tokens']} | {r['prefill_s_median']:.3f} | {r['prefill_tok_s']:.0f} | "
+                         f"{r['decode_tok_s']:.1f} | {r['decode_ms_per_step']:.2f} |{ratio}")
+        lines.append("")
+    return lines
+
+
+def main():
+    body = "\n".join(checks() + ppls() + generation()).strip() or "(no results yet)"
+    path = os.path.join(ROOT, "README.md")
+    text = open(path).read()
+    new = re.sub(r"<!-- results:begin -->.*<!-- results:end -->",
+                 lambda _: f"<!-- results:begin -->\n{body}\n<!-- results:end -->", text, flags=re.S)
+    open(path, "w").write(new)
+    print(f"README results section: {len(body.splitlines())} lines")
+
+
+if __name__ == "__main__":
+    main()
