@@ -25,12 +25,13 @@ def checks():
         lines += [f"**Backend agreement** (`{name}`, {d.get('date') or '?'}, commit {d.get('commit') or '?'}): "
                   f"prompt {d['prompt']!r}; perplexity on the first {d['ppl_tokens']} tokens of Moby-Dick.", "",
                   f"    {d.get('command', '')}", "",
-                  "| backend | greedy continuation | max logit diff (rel.) | same tokens | perplexity | ppl diff |",
-                  "|---|---|---|---|---|---|"]
+                  "| backend | greedy continuation | max logit diff (rel.) | L2 logit diff (rel.) | same tokens | perplexity | ppl diff |",
+                  "|---|---|---|---|---|---|---|"]
         for r in d["results"]:
             ppl = f"{r['ppl']:.3f}" if r.get("ppl") is not None else "-"
             dppl = f"{100 * r['ppl_rel_diff']:.3f}%" if r.get("ppl_rel_diff") is not None else "(reference)"
-            lines.append(f"| {r['backend']} | {r['greedy_text']!r} | {r['logits_max_rel_diff']:.1e} | "
+            l2 = f"{r['logits_l2_rel_diff']:.1e}" if "logits_l2_rel_diff" in r else "-"
+            lines.append(f"| {r['backend']} | {r['greedy_text']!r} | {r['logits_max_rel_diff']:.1e} | {l2} | "
                          f"{r['same_greedy_tokens']} | {ppl} | {dppl} |")
         lines.append("")
     return lines
@@ -66,8 +67,23 @@ def generation():
     return lines
 
 
+def peers():
+    lines = []
+    for name, d in load("peer_hf_transformers_*.json"):
+        lines += [f"**Independent reference and PyTorch peer** (`{name}`): Hugging Face transformers {d['dtype']} on "
+                  f"{d['device']}, torch {d['torch']}, loading the same GGUF with its own dequantiser and Llama code "
+                  "(`benches/peers/hf_reference.py`, run by `scripts/gpu/run.sh` in the same job).", "",
+                  f"- prompt ids {d['prompt_ids']}, greedy continuation {d['greedy_text']!r}",
+                  f"- perplexity on the first {d['ppl_tokens']} tokens of Moby-Dick: {d['ppl']:.4f}", ""]
+        lines += ["| batch | prompt tokens | new tokens | `generate` tok/s (prefill included) |", "|---|---|---|---|"]
+        for r in d["generate"]:
+            lines.append(f"| {r['batch']} | {r['prompt_tokens']} | {r['new_tokens']} | {r['tok_s_including_prefill']:.1f} |")
+        lines.append("")
+    return lines
+
+
 def main():
-    body = "\n".join(checks() + ppls() + generation()).strip() or "(no results yet)"
+    body = "\n".join(checks() + ppls() + generation() + peers()).strip() or "(no results yet)"
     path = os.path.join(ROOT, "README.md")
     text = open(path).read()
     new = re.sub(r"<!-- results:begin -->.*<!-- results:end -->",

@@ -16,7 +16,7 @@ cp target/release/spotlight .gpu/spotlight
 strip .gpu/spotlight
 gzip -9 .gpu/spotlight
 cp "$home/texts/moby-dick/data.txt" .gpu/moby-dick.txt
-git rev-parse --short HEAD > .gpu/commit
+git describe --always --dirty --abbrev=7 > .gpu/commit
 model="$home/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 head -c 45000000 "$model" > .gpu1/model.part1
 tail -c +45000001 "$model" > .gpu2/model.part2

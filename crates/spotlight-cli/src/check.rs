@@ -41,6 +41,8 @@ pub struct BackendResult {
     pub ppl: Option<f64>,
     /// max |logit − reference logit| / max |reference logit|
     pub logits_max_rel_diff: f64,
+    /// ‖logits − reference logits‖₂ / ‖reference logits‖₂
+    pub logits_l2_rel_diff: f64,
     pub same_greedy_tokens: bool,
     pub ppl_rel_diff: Option<f64>,
     #[serde(skip)]
@@ -103,6 +105,7 @@ impl OnBackend for Job<'_> {
             greedy_ids: greedy,
             ppl,
             logits_max_rel_diff: 0.0,
+            logits_l2_rel_diff: 0.0,
             same_greedy_tokens: true,
             ppl_rel_diff: None,
             logits,
@@ -149,6 +152,16 @@ pub fn run(args: CheckArgs) -> Result<()> {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
             r.logits_max_rel_diff = (worst / scale) as f64;
+            let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
+            let diff = norm(
+                &mut reference
+                    .logits
+                    .iter()
+                    .zip(&r.logits)
+                    .map(|(a, b)| (a - b) as f64),
+            );
+            r.logits_l2_rel_diff =
+                diff / norm(&mut reference.logits.iter().map(|&a| a as f64)).max(1e-30);
             r.same_greedy_tokens = r.greedy_ids == reference.greedy_ids;
             r.ppl_rel_diff = match (r.ppl, reference.ppl) {
                 (Some(p), Some(q)) => Some((p - q).abs() / q),
@@ -156,12 +169,13 @@ pub fn run(args: CheckArgs) -> Result<()> {
             };
         }
         println!(
-            "{:<5} greedy {:?}  ppl({} tok) {}  logits rel diff {:.2e}  same tokens {}",
+            "{:<5} greedy {:?}  ppl({} tok) {}  logits rel diff max {:.2e} L2 {:.2e}  same tokens {}",
             r.backend,
             r.greedy_text,
             args.ppl_tokens,
             r.ppl.map_or("-".into(), |p| format!("{p:.4}")),
             r.logits_max_rel_diff,
+            r.logits_l2_rel_diff,
             r.same_greedy_tokens
         );
         results.push(r);

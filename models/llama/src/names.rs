@@ -1,70 +1,56 @@
 //! Checkpoint tensor names: the HF names are ours; GGUF names map onto them in one table.
 
+/// Whole-model tensors: (HF name, GGUF name).
+const MODEL_NAMES: [(&str, &str); 3] = [
+    ("model.embed_tokens.weight", "token_embd.weight"),
+    ("model.norm.weight", "output_norm.weight"),
+    ("lm_head.weight", "output.weight"),
+];
+
+/// Per-layer tensors: `model.layers.{i}.<HF>` ↔ `blk.{i}.<GGUF>`.
+const LAYER_NAMES: [(&str, &str); 12] = [
+    ("input_layernorm.weight", "attn_norm.weight"),
+    ("self_attn.q_proj.weight", "attn_q.weight"),
+    ("self_attn.k_proj.weight", "attn_k.weight"),
+    ("self_attn.v_proj.weight", "attn_v.weight"),
+    ("self_attn.q_proj.bias", "attn_q.bias"),
+    ("self_attn.k_proj.bias", "attn_k.bias"),
+    ("self_attn.v_proj.bias", "attn_v.bias"),
+    ("self_attn.o_proj.weight", "attn_output.weight"),
+    ("post_attention_layernorm.weight", "ffn_norm.weight"),
+    ("mlp.gate_proj.weight", "ffn_gate.weight"),
+    ("mlp.up_proj.weight", "ffn_up.weight"),
+    ("mlp.down_proj.weight", "ffn_down.weight"),
+];
+
+/// Maps a name through the tables; `forward` = HF → GGUF.
+fn translate(name: &str, forward: bool) -> Option<String> {
+    let pick = |(h, g): &(&'static str, &'static str)| if forward { (*h, *g) } else { (*g, *h) };
+    if let Some((_, to)) = MODEL_NAMES.iter().map(pick).find(|(from, _)| *from == name) {
+        return Some(to.to_string());
+    }
+    let (prefix_from, prefix_to) = if forward {
+        ("model.layers.", "blk.")
+    } else {
+        ("blk.", "model.layers.")
+    };
+    let (layer, field) = name.strip_prefix(prefix_from)?.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    LAYER_NAMES
+        .iter()
+        .map(pick)
+        .find(|(from, _)| *from == field)
+        .map(|(_, to)| format!("{prefix_to}{layer}.{to}"))
+}
+
 /// HF name → GGUF name, or None for names GGUF does not have.
 pub fn hf_to_gguf(hf: &str) -> Option<String> {
-    let fixed = [
-        ("model.embed_tokens.weight", "token_embd.weight"),
-        ("model.norm.weight", "output_norm.weight"),
-        ("lm_head.weight", "output.weight"),
-    ];
-    if let Some((_, g)) = fixed.iter().find(|(h, _)| *h == hf) {
-        return Some(g.to_string());
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, field) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    // Map layers.[i].<HF field> -> blk.[i].<GGUF field>
-    let per_layer = [
-        ("input_layernorm.weight", "attn_norm.weight"),
-        ("self_attn.q_proj.weight", "attn_q.weight"),
-        ("self_attn.k_proj.weight", "attn_k.weight"),
-        ("self_attn.v_proj.weight", "attn_v.weight"),
-        ("self_attn.q_proj.bias", "attn_q.bias"),
-        ("self_attn.k_proj.bias", "attn_k.bias"),
-        ("self_attn.v_proj.bias", "attn_v.bias"),
-        ("self_attn.o_proj.weight", "attn_output.weight"),
-        ("post_attention_layernorm.weight", "ffn_norm.weight"),
-        ("mlp.gate_proj.weight", "ffn_gate.weight"),
-        ("mlp.up_proj.weight", "ffn_up.weight"),
-        ("mlp.down_proj.weight", "ffn_down.weight"),
-    ];
-    per_layer
-        .iter()
-        .find(|(h, _)| *h == field)
-        .map(|(_, g)| format!("blk.{layer}.{g}"))
+    translate(hf, true)
 }
 
 /// GGUF name → HF name (inverse of [`hf_to_gguf`]).
 pub fn gguf_to_hf(gguf: &str) -> Option<String> {
-    let fixed = [
-        ("token_embd.weight", "model.embed_tokens.weight"),
-        ("output_norm.weight", "model.norm.weight"),
-        ("output.weight", "lm_head.weight"),
-    ];
-    if let Some((_, h)) = fixed.iter().find(|(g, _)| *g == gguf) {
-        return Some(h.to_string());
-    }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer, field) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let candidate = [
-        "input_layernorm.weight",
-        "self_attn.q_proj.weight",
-        "self_attn.k_proj.weight",
-        "self_attn.v_proj.weight",
-        "self_attn.q_proj.bias",
-        "self_attn.k_proj.bias",
-        "self_attn.v_proj.bias",
-        "self_attn.o_proj.weight",
-        "post_attention_layernorm.weight",
-        "mlp.gate_proj.weight",
-        "mlp.up_proj.weight",
-        "mlp.down_proj.weight",
-    ]
-    .iter()
-    .map(|f| format!("model.layers.{layer}.{f}"))
-    .find(|h| hf_to_gguf(h).as_deref() == Some(&format!("blk.{layer}.{field}")));
-    candidate
+    translate(gguf, false)
 }
 
 /// Names that checkpoints carry but the model computes itself.
