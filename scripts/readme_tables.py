@@ -82,8 +82,20 @@ def peers():
     return lines
 
 
+def profiles():
+    lines = []
+    for name, d in load("cuda_decode_kernel_profile_*.json"):
+        lines += [f"**Where CUDA decode time goes** (`{name}`, {d['device']}): {d['launches_per_forward']:.0f} kernel launches "
+                  f"per forward ({d['launches_per_layer_per_forward']:.1f} per layer). {d['what']}.", "",
+                  "| kernel | launches / forward | median µs (profiled) |", "|---|---|---|"]
+        for r in d["kernels"]:
+            lines.append(f"| {r['kernel']} | {r['per_forward']:.1f} | {r['median_us']:.1f} |")
+        lines.append("")
+    return lines
+
+
 def main():
-    body = "\n".join(checks() + ppls() + generation() + peers()).strip() or "(no results yet)"
+    body = "\n".join(checks() + ppls() + generation() + profiles() + peers()).strip() or "(no results yet)"
     path = os.path.join(ROOT, "README.md")
     text = open(path).read()
     new = re.sub(r"<!-- results:begin -->.*<!-- results:end -->",

@@ -14,6 +14,9 @@ fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 echo "== building"
 cargo build --workspace --all-targets --locked
 

@@ -34,7 +34,7 @@ fn run<B: LlamaBackend>(device: &B::Device) -> (Vec<f32>, Vec<u32>) {
     let mut cache = m.model.new_cache(1, ids.len()).unwrap();
     let logits = m
         .model
-        .forward_last(&[ids.clone()], &mut cache)
+        .forward_last(std::slice::from_ref(&ids), &mut cache)
         .unwrap()
         .into_data()
         .to_vec::<f32>()

@@ -73,7 +73,7 @@ impl OnBackend for Job<'_> {
         // sync: read the logits once.
         let logits = m
             .model
-            .forward_last(&[ids.clone()], &mut cache)?
+            .forward_last(std::slice::from_ref(&ids), &mut cache)?
             .into_data()
             .to_vec::<f32>()
             .map_err(|e| CliError::Io(format!("{e:?}")))?;
@@ -84,7 +84,7 @@ impl OnBackend for Job<'_> {
             seed: 0,
             stop_ids: vec![],
         };
-        let (greedy, _) = generate(&m.model, &[ids.clone()], &config, |_, _| Ok(()))?;
+        let (greedy, _) = generate(&m.model, std::slice::from_ref(&ids), &config, |_, _| Ok(()))?;
         let greedy = greedy.into_iter().next().unwrap_or_default();
         let ppl = match &self.text {
             Some(text) if a.ppl_tokens >= 2 => {

@@ -219,13 +219,16 @@ impl LlamaConfig {
         {
             return fail("heads and layers must be non-zero".into());
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return fail(format!(
                 "{} query heads are not a multiple of {} KV heads",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return fail(format!(
                 "head_dim {} must be even and non-zero (RoPE rotates pairs)",
                 self.head_dim

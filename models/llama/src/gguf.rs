@@ -446,58 +446,6 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn h(x: f32) -> [u8; 2] {
-        f16::from_f32(x).to_le_bytes()
-    }
-
-    #[test]
-    fn q8_0_block_by_hand() {
-        let mut b = h(0.5).to_vec();
-        b.extend((0..32).map(|i| (i as i8 - 16) as u8));
-        let x = dequantize(GgmlType::Q8_0, &b);
-        assert_eq!(x.len(), 32);
-        assert_eq!(x[0], -8.0); // 0.5 · (0 − 16)
-        assert_eq!(x[31], 7.5); // 0.5 · 15
-    }
-
-    #[test]
-    fn q4_1_block_by_hand() {
-        let mut b = h(2.0).to_vec();
-        b.extend(h(-1.0));
-        // byte j = (high nibble 15 − j%16) << 4 | low nibble j
-        b.extend((0..16u8).map(|j| ((15 - j) << 4) | j));
-        let x = dequantize(GgmlType::Q4_1, &b);
-        assert_eq!(x[0], -1.0); // 2·0 − 1
-        assert_eq!(x[15], 29.0); // 2·15 − 1
-        assert_eq!(x[16], 29.0); // high nibble of byte 0 = 15
-        assert_eq!(x[31], -1.0); // high nibble of byte 15 = 0
-    }
-
-    #[test]
-    fn q4_0_block_by_hand() {
-        let mut b = h(0.25).to_vec();
-        b.extend((0..16u8).map(|j| (j << 4) | (15 - j)));
-        let x = dequantize(GgmlType::Q4_0, &b);
-        assert_eq!(x[0], 0.25 * 7.0); // low nibble 15 → 15 − 8
-        assert_eq!(x[16], 0.25 * -8.0); // high nibble 0 → −8
-        assert_eq!(x[31], 0.25 * 7.0);
-    }
-
-    #[test]
-    fn float_types() {
-        assert_eq!(dequantize(GgmlType::F32, &1.5f32.to_le_bytes()), vec![1.5]);
-        assert_eq!(dequantize(GgmlType::F16, &h(-3.0)), vec![-3.0]);
-        assert_eq!(
-            dequantize(GgmlType::BF16, &bf16::from_f32(0.75).to_le_bytes()),
-            vec![0.75]
-        );
-    }
-}
-
 /// Writes a GGUF v3 file: used by tests and by tools that make small synthetic checkpoints.
 /// `tensors` are (name, row-major shape, type, raw bytes of whole blocks).
 pub fn write(
@@ -582,4 +530,56 @@ pub fn write(
         out.resize(out.len().div_ceil(32) * 32, 0);
     }
     std::fs::write(path, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(x: f32) -> [u8; 2] {
+        f16::from_f32(x).to_le_bytes()
+    }
+
+    #[test]
+    fn q8_0_block_by_hand() {
+        let mut b = h(0.5).to_vec();
+        b.extend((0..32).map(|i| (i as i8 - 16) as u8));
+        let x = dequantize(GgmlType::Q8_0, &b);
+        assert_eq!(x.len(), 32);
+        assert_eq!(x[0], -8.0); // 0.5 · (0 − 16)
+        assert_eq!(x[31], 7.5); // 0.5 · 15
+    }
+
+    #[test]
+    fn q4_1_block_by_hand() {
+        let mut b = h(2.0).to_vec();
+        b.extend(h(-1.0));
+        // byte j = (high nibble 15 − j%16) << 4 | low nibble j
+        b.extend((0..16u8).map(|j| ((15 - j) << 4) | j));
+        let x = dequantize(GgmlType::Q4_1, &b);
+        assert_eq!(x[0], -1.0); // 2·0 − 1
+        assert_eq!(x[15], 29.0); // 2·15 − 1
+        assert_eq!(x[16], 29.0); // high nibble of byte 0 = 15
+        assert_eq!(x[31], -1.0); // high nibble of byte 15 = 0
+    }
+
+    #[test]
+    fn q4_0_block_by_hand() {
+        let mut b = h(0.25).to_vec();
+        b.extend((0..16u8).map(|j| (j << 4) | (15 - j)));
+        let x = dequantize(GgmlType::Q4_0, &b);
+        assert_eq!(x[0], 0.25 * 7.0); // low nibble 15 → 15 − 8
+        assert_eq!(x[16], 0.25 * -8.0); // high nibble 0 → −8
+        assert_eq!(x[31], 0.25 * 7.0);
+    }
+
+    #[test]
+    fn float_types() {
+        assert_eq!(dequantize(GgmlType::F32, &1.5f32.to_le_bytes()), vec![1.5]);
+        assert_eq!(dequantize(GgmlType::F16, &h(-3.0)), vec![-3.0]);
+        assert_eq!(
+            dequantize(GgmlType::BF16, &bf16::from_f32(0.75).to_le_bytes()),
+            vec![0.75]
+        );
+    }
 }

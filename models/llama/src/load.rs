@@ -10,10 +10,13 @@ use crate::error::LlamaError;
 use crate::gguf::GgufFile;
 use crate::names;
 
+/// A tensor read from a checkpoint: row-major shape and f32 values.
+pub type HostTensor = (Vec<usize>, Vec<f32>);
+
 /// A checkpoint, addressed by HF tensor names.
 pub trait WeightSource {
     /// The tensor `name` as (shape, data), or None if the checkpoint lacks it.
-    fn get(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, LlamaError>;
+    fn get(&self, name: &str) -> Result<Option<HostTensor>, LlamaError>;
     /// Every tensor in the checkpoint (HF names where known), to report tensors nobody used.
     fn names(&self) -> Vec<String>;
 }
@@ -62,7 +65,7 @@ pub fn unpermute_rows(data: &[f32], heads: usize, row_len: usize) -> Vec<f32> {
 }
 
 impl WeightSource for GgufSource<'_> {
-    fn get(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, LlamaError> {
+    fn get(&self, name: &str) -> Result<Option<HostTensor>, LlamaError> {
         let Some(gname) = names::hf_to_gguf(name) else {
             return Ok(None);
         };
@@ -158,7 +161,7 @@ impl SafetensorsSource {
 }
 
 impl WeightSource for SafetensorsSource {
-    fn get(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, LlamaError> {
+    fn get(&self, name: &str) -> Result<Option<HostTensor>, LlamaError> {
         let Some(&i) = self.index.get(name) else {
             return Ok(None);
         };

@@ -135,7 +135,13 @@ fn model_matches_plain_rust_reference() {
     let model = load(&c, &w);
     let tokens: Vec<u32> = vec![3, 17, 42, 0, 9, 9, 31];
     let mut cache = model.new_cache(1, 16).unwrap();
-    let got = to_vec(model.logits(model.forward(&[tokens.clone()], &mut cache).unwrap()));
+    let got = to_vec(
+        model.logits(
+            model
+                .forward(std::slice::from_ref(&tokens), &mut cache)
+                .unwrap(),
+        ),
+    );
     let want: Vec<f32> = reference_logits(&c, &w, &tokens).concat();
     // f32 throughout; differences come from summation order only.
     assert_close(&got, &want, 1e-4, "logits vs reference");
@@ -147,7 +153,13 @@ fn cached_decode_equals_full_forward() {
     let model = load(&c, &SyntheticWeights::new(&c, 2));
     let tokens: Vec<u32> = vec![5, 1, 44, 12, 7, 30, 2, 19, 8];
     let mut full_cache = model.new_cache(1, 16).unwrap();
-    let full = to_vec(model.logits(model.forward(&[tokens.clone()], &mut full_cache).unwrap()));
+    let full = to_vec(
+        model.logits(
+            model
+                .forward(std::slice::from_ref(&tokens), &mut full_cache)
+                .unwrap(),
+        ),
+    );
     let mut cache = model.new_cache(1, 16).unwrap();
     // Prefill 4 tokens, then a chunk of 2, then one token at a time.
     let mut got = to_vec(model.logits(model.forward(&[tokens[..4].to_vec()], &mut cache).unwrap()));

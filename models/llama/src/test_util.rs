@@ -102,7 +102,7 @@ impl SyntheticWeights {
 }
 
 impl WeightSource for SyntheticWeights {
-    fn get(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, LlamaError> {
+    fn get(&self, name: &str) -> Result<Option<crate::load::HostTensor>, LlamaError> {
         Ok(self.0.get(name).cloned())
     }
     fn names(&self) -> Vec<String> {
