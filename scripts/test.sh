@@ -21,7 +21,7 @@ echo "== building"
 cargo build --workspace --all-targets --locked
 
 echo "== fetching the default model and texts (cached in \${SPOTLIGHT_HOME:-~/.cache/spotlight})"
-./target/debug/spotlight fetch
+cargo run --quiet --locked -p spotlight-cli --bin spotlight -- fetch
 
 echo "== tests"
 cargo test --workspace --all-targets --locked -- --test-threads 2
