@@ -21,7 +21,7 @@ echo "== building"
 cargo build --workspace --all-targets --locked
 
 echo "== fetching the default model and texts (cached in \${SPOTLIGHT_HOME:-~/.cache/spotlight})"
-cargo run --quiet --locked -p spotlight-cli --bin spotlight -- fetch
+"${CARGO_TARGET_DIR:-target}/debug/spotlight" fetch   # the binary just built (no feature-specific rebuild)
 
 echo "== tests"
 cargo test --workspace --all-targets --locked -- --test-threads 2
