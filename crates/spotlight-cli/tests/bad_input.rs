@@ -144,6 +144,19 @@ fn check(path: &Path, needle: &str) {
     assert_one_line_error(&refs, needle);
 }
 
+/// `spotlight generate --model PATH --prompt PROMPT` plus `extra` must fail with `needle`.
+fn check_generate(path: &Path, prompt: &str, extra: &[&str], needle: &str) {
+    let mut args = vec![
+        "generate",
+        "--model",
+        path.to_str().unwrap(),
+        "--prompt",
+        prompt,
+    ];
+    args.extend_from_slice(extra);
+    assert_one_line_error(&args, needle);
+}
+
 #[test]
 fn the_tiny_synthetic_model_is_valid() {
     let dir = tempfile::tempdir().unwrap();
@@ -203,18 +216,12 @@ fn missing_tensor() {
     let path = write_tiny(dir.path(), "x.gguf", |_, t| {
         t.retain(|(n, ..)| n != "blk.0.ffn_up.weight")
     });
-    let args = [
-        "generate",
-        "--backend",
-        "cpu",
-        "--model",
-        path.to_str().unwrap(),
-        "--prompt",
+    check_generate(
+        &path,
         "t1",
-        "--max-tokens",
-        "2",
-    ];
-    assert_one_line_error(&args, "tensor model.layers.0.mlp.up_proj.weight is missing");
+        &["--backend", "cpu", "--max-tokens", "2"],
+        "tensor model.layers.0.mlp.up_proj.weight is missing",
+    );
 }
 
 #[test]
@@ -228,18 +235,12 @@ fn shape_mismatch() {
         e.1 = vec![HIDDEN, FFN - 32];
         e.3 = f32_bytes(HIDDEN * (FFN - 32), 1);
     });
-    let args = [
-        "generate",
-        "--backend",
-        "cpu",
-        "--model",
-        path.to_str().unwrap(),
-        "--prompt",
+    check_generate(
+        &path,
         "t1",
-        "--max-tokens",
-        "2",
-    ];
-    assert_one_line_error(&args, "expected shape [32, 64], found [32, 32]");
+        &["--backend", "cpu", "--max-tokens", "2"],
+        "expected shape [32, 64], found [32, 32]",
+    );
 }
 
 #[test]
@@ -278,16 +279,12 @@ fn cuda_without_gpu() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = write_tiny(dir.path(), "c.gguf", |_, _| {});
-    let args = [
-        "generate",
-        "--backend",
-        "cuda",
-        "--model",
-        path.to_str().unwrap(),
-        "--prompt",
+    check_generate(
+        &path,
         "t1",
-    ];
-    assert_one_line_error(&args, "--backend cuda is not usable here");
+        &["--backend", "cuda"],
+        "--backend cuda is not usable here",
+    );
 }
 
 #[test]
@@ -296,16 +293,10 @@ fn prompt_over_the_context() {
     let path = write_tiny(dir.path(), "o.gguf", |_, _| {});
     // "t1" repeated: one token each (the tiny vocabulary has no merges across tokens).
     let prompt = "t1".repeat(70);
-    let args = [
-        "generate",
-        "--backend",
-        "cpu",
-        "--model",
-        path.to_str().unwrap(),
-        "--prompt",
+    check_generate(
+        &path,
         &prompt,
-        "--max-tokens",
-        "1",
-    ];
-    assert_one_line_error(&args, "exceeds the context of 64 tokens");
+        &["--backend", "cpu", "--max-tokens", "1"],
+        "exceeds the context of 64 tokens",
+    );
 }
