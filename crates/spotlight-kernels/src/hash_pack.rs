@@ -1,0 +1,156 @@
+//! hash_pack: the per-head residual hash MLP, then sign and pack (METHOD.md "Hash function").
+//!
+//! One cube per (tile of rows, head), one unit per output coordinate j. The x tile and h1 live in
+//! shared memory; each unit streams column j of W (coalesced across units) once per tile and keeps
+//! the tile's accumulators in registers.
+
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+
+use crate::device::{arg, upload_f32};
+use crate::reference::HashWeights;
+use crate::KernelError;
+
+/// Rows hashed per cube: the weights are read once per tile.
+const TILE: usize = 16;
+
+#[cube(launch)]
+fn hash_pack_kernel(
+    x: &Array<f32>,
+    w1: &Array<f32>,
+    b1: &Array<f32>,
+    w2: &Array<f32>,
+    b2: &Array<f32>,
+    codes: &mut Array<u32>,
+    rows: u32,
+    #[comptime] heads: usize,
+    #[comptime] d: usize,
+) {
+    let head = CUBE_POS_Y as usize;
+    let row0 = CUBE_POS_X as usize * TILE;
+    let j = UNIT_POS as usize;
+    let rows = rows as usize;
+    let mut xs = SharedMemory::<f32>::new(TILE * d);
+    let mut hs = SharedMemory::<f32>::new(TILE * d);
+
+    for r in 0..TILE {
+        let row = row0 + r;
+        let mut value = 0.0f32;
+        if row < rows {
+            value = x[(row * heads + head) * d + j];
+        }
+        xs[r * d + j] = value;
+    }
+    sync_cube();
+
+    // Layer 1: h1 = x + SiLU(x·W1 + b1).
+    let mut acc = Array::<f32>::new(TILE);
+    let bias1 = b1[head * d + j];
+    for r in 0..TILE {
+        acc[r] = bias1;
+    }
+    for i in 0..d {
+        let w = w1[(head * d + i) * d + j];
+        for r in 0..TILE {
+            acc[r] += xs[r * d + i] * w;
+        }
+    }
+    for r in 0..TILE {
+        let a = acc[r];
+        hs[r * d + j] = xs[r * d + j] + a / (1.0 + f32::exp(-a));
+    }
+    sync_cube();
+
+    // Layer 2: h2 = h1 + (h1·W2 + b2); only its sign is kept, as a 0/1 flag in xs.
+    let bias2 = b2[head * d + j];
+    for r in 0..TILE {
+        acc[r] = bias2;
+    }
+    for i in 0..d {
+        let w = w2[(head * d + i) * d + j];
+        for r in 0..TILE {
+            acc[r] += hs[r * d + i] * w;
+        }
+    }
+    for r in 0..TILE {
+        let mut bit = 0.0f32;
+        if hs[r * d + j] + acc[r] > 0.0 {
+            bit = 1.0;
+        }
+        xs[r * d + j] = bit;
+    }
+    sync_cube();
+
+    // Pack: unit (r, w) gathers 32 flags into one word, LSB first.
+    let words = d / 32;
+    if j < TILE * words {
+        let r = j / words;
+        let w = j % words;
+        let row = row0 + r;
+        if row < rows {
+            let mut word = 0u32;
+            for b in 0..32 {
+                if xs[r * d + w * 32 + b] > 0.5 {
+                    word |= 1u32 << (b as u32);
+                }
+            }
+            codes[(row * heads + head) * words + w] = word;
+        }
+    }
+}
+
+/// Hash weights resident on the device.
+pub struct DeviceHashWeights {
+    pub heads: usize,
+    pub dim: usize,
+    w1: Handle,
+    b1: Handle,
+    w2: Handle,
+    b2: Handle,
+}
+
+impl DeviceHashWeights {
+    pub fn upload<R: Runtime>(client: &ComputeClient<R>, w: &HashWeights) -> Self {
+        Self {
+            heads: w.heads,
+            dim: w.dim,
+            w1: upload_f32(client, &w.w1),
+            b1: upload_f32(client, &w.b1),
+            w2: upload_f32(client, &w.w2),
+            b2: upload_f32(client, &w.b2),
+        }
+    }
+}
+
+/// Codes `[rows][heads][d/32]` (u32) into `codes` for vectors `x` `[rows][heads][d]` (f32).
+pub fn hash_pack<R: Runtime>(
+    client: &ComputeClient<R>,
+    weights: &DeviceHashWeights,
+    x: &Handle,
+    rows: usize,
+    codes: &Handle,
+) -> Result<(), KernelError> {
+    let (h, d) = (weights.heads, weights.dim);
+    if d == 0 || d % 32 != 0 || d > 256 {
+        return Err(KernelError::HeadDim(d));
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    let n = h * d;
+    hash_pack_kernel::launch::<R>(
+        client,
+        CubeCount::Static((rows as u32).div_ceil(TILE as u32), h as u32, 1),
+        CubeDim::new_1d(d as u32),
+        arg(x, rows * n),
+        arg(&weights.w1, n * d),
+        arg(&weights.b1, n),
+        arg(&weights.w2, n * d),
+        arg(&weights.b2, n),
+        arg(codes, rows * h * d / 32),
+        rows as u32,
+        h,
+        d,
+    );
+    Ok(())
+}

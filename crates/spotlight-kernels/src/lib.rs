@@ -1,0 +1,32 @@
+//! Spotlight's decode-side retrieval kernels, written once in CubeCL, each with a plain-Rust
+//! reference that is both the test oracle and the cpu implementation.
+//!
+//! The pipeline for one decoder layer and one decode step (METHOD.md, "Decoding"):
+//! 1. [`hash_pack`]: the per-head residual MLP over the new query (and, at cache insert, keys),
+//!    then sign and pack into `u32` words.
+//! 2. [`select`]: XOR+popcount score of every cached key code against the query codes of its
+//!    group, a histogram over the small integer scores, a threshold, and an ordered compaction
+//!    into index lists (sink + top-k of the middle + window).
+//! 3. [`attend`]: split-K decode attention over the selected rows (or over all rows: the dense
+//!    baseline, and causal prefill).
+//!
+//! Layouts (all row-major, innermost last):
+//! - query vectors `[rows][q_heads][d]` f32; key codes per sequence `[cap][sets][words]`;
+//! - K and V `[batch][kv_heads][cap][d]` (f32, f16 or bf16), as in the model's KV cache;
+//! - a *set* is one key-code set: `sets == kv_heads` in the group layout (one code per KV head,
+//!   scores summed over its `G = q_heads / sets` query heads), `sets == q_heads` in the authors'
+//!   faithful layout (one code per query head, `G = 1`).
+
+pub mod attend;
+pub mod budget;
+pub mod copy;
+pub mod device;
+pub mod error;
+pub mod hash_pack;
+pub mod reference;
+pub mod select;
+pub mod shape;
+
+pub use budget::{Budget, SequencePlan};
+pub use error::KernelError;
+pub use shape::{AttendShape, CodeShape};

@@ -1,0 +1,11 @@
+//! Plain-Rust references: the oracle every kernel is tested against, and the cpu implementation.
+//! Written for clarity, not speed; the algorithms deliberately differ from the kernels' (full sorts
+//! instead of histograms, one row at a time instead of split-K) so that agreement means something.
+
+pub mod attend;
+pub mod hash_pack;
+pub mod select;
+
+pub use attend::attend;
+pub use hash_pack::{hash_pack, HashWeights};
+pub use select::{scores, select};

@@ -1,0 +1,397 @@
+//! Every kernel against its plain-Rust reference on wgpu (lavapipe in CI), on fresh random inputs
+//! at awkward sizes. Outputs are poisoned before each run so unwritten elements fail.
+//! A failing case prints its seed; rerun with SPOTLIGHT_SEED=<seed> to reproduce.
+
+use cubecl::prelude::*;
+use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use spotlight_kernels::attend::{attend, KvLayout, QueryRow};
+use spotlight_kernels::device::{
+    filled_f32, filled_u32, read_f32, read_u32, upload_f32, upload_u32,
+};
+use spotlight_kernels::hash_pack::{hash_pack, DeviceHashWeights};
+use spotlight_kernels::reference::{self, HashWeights};
+use spotlight_kernels::select::{Selection, Selector};
+use spotlight_kernels::{AttendShape, Budget, CodeShape, SequencePlan};
+
+const POISON: u32 = 0xDEAD_BEEF;
+
+fn client() -> ComputeClient<WgpuRuntime> {
+    WgpuRuntime::client(&WgpuDevice::default())
+}
+
+fn rng(test: &str) -> StdRng {
+    let seed = std::env::var("SPOTLIGHT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("{test}: SPOTLIGHT_SEED={seed}");
+    StdRng::seed_from_u64(seed)
+}
+
+fn normal(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
+    // Sum of uniforms: close enough to Gaussian for test inputs.
+    (0..n)
+        .map(|_| (0..4).map(|_| rng.random::<f32>() - 0.5).sum::<f32>() * std * 1.73)
+        .collect()
+}
+
+#[test]
+fn hash_pack_matches_reference() {
+    let client = client();
+    let mut rng = rng("hash_pack");
+    for (heads, d, rows) in [(1, 64, 1), (3, 64, 17), (2, 128, 40), (1, 256, 5)] {
+        let w = HashWeights::new(
+            heads,
+            d,
+            normal(&mut rng, heads * d * d, 0.1),
+            normal(&mut rng, heads * d, 0.1),
+            normal(&mut rng, heads * d * d, 0.1),
+            normal(&mut rng, heads * d, 0.1),
+        )
+        .unwrap();
+        let x = normal(&mut rng, rows * heads * d, 1.0);
+        let words = d / 32;
+        let out = filled_u32(&client, rows * heads * words, POISON);
+        let dev = DeviceHashWeights::upload(&client, &w);
+        hash_pack(&client, &dev, &upload_f32(&client, &x), rows, &out).unwrap();
+        let got = read_u32(&client, out, rows * heads * words);
+        let want = reference::hash_pack(&w, &x);
+        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+            let diff = g ^ e;
+            if diff == 0 {
+                continue;
+            }
+            // A bit may only differ where h2 is so close to zero that summation order decides it.
+            let (row, head, word) = (i / (heads * words), (i / words) % heads, i % words);
+            let h2 = w.forward(head, &x[(row * heads + head) * d..][..d]);
+            for b in 0..32 {
+                if diff >> b & 1 == 1 {
+                    let v = h2[word * 32 + b];
+                    assert!(
+                        v.abs() < 1e-4,
+                        "heads {heads} d {d} rows {rows}: bit {b} of word {i} differs, h2 = {v}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Random key codes, or, with `ties`, codes drawn from only two patterns so scores tie everywhere.
+fn codes(rng: &mut StdRng, n: usize, ties: bool) -> Vec<u32> {
+    if ties {
+        let a: u32 = rng.random();
+        (0..n).map(|i| if i % 5 == 0 { !a } else { a }).collect()
+    } else {
+        (0..n).map(|_| rng.random()).collect()
+    }
+}
+
+fn check_select(shape: CodeShape, lens: &[usize], budget: Budget, ties: bool, rng: &mut StdRng) {
+    let client = client();
+    let (w, b) = (shape.words(), lens.len());
+    let cap = lens.iter().copied().max().unwrap_or(0).max(1) + 3;
+    let q = codes(rng, b * shape.q_heads * w, false);
+    let k = codes(rng, b * cap * shape.sets * w, ties);
+    let plans: Vec<SequencePlan> = lens.iter().map(|&n| budget.plan(n)).collect();
+    let index_cap = plans.iter().map(|p| p.selected()).max().unwrap().max(1);
+    let selector = Selector::new(&client, shape, b, cap).unwrap();
+    let sel = Selection::new(&client, b, shape.sets, index_cap, POISON);
+    let (qh, kh) = (upload_u32(&client, &q), upload_u32(&client, &k));
+    // Twice: the second run checks that the first left the workspace clean.
+    for _ in 0..2 {
+        let sel = Selection::new(&client, b, shape.sets, index_cap, POISON);
+        selector.run(&client, &qh, &kh, &plans, &sel).unwrap();
+        let counts = read_u32(&client, sel.counts.clone(), b * shape.sets);
+        let indices = read_u32(&client, sel.indices.clone(), b * shape.sets * index_cap);
+        for (seq, plan) in plans.iter().enumerate() {
+            let qs = &q[seq * shape.q_heads * w..][..shape.q_heads * w];
+            let ks = &k[seq * cap * shape.sets * w..][..cap * shape.sets * w];
+            for set in 0..shape.sets {
+                let scores = reference::scores(&shape, qs, ks, plan.len, set);
+                let want = reference::select(&scores, plan);
+                let list = seq * shape.sets + set;
+                let ctx =
+                    format!("{shape:?} lens {lens:?} ties {ties} {budget:?}: seq {seq} set {set}");
+                assert_eq!(counts[list] as usize, want.len(), "{ctx}: count");
+                assert_eq!(
+                    &indices[list * index_cap..][..want.len()],
+                    &want[..],
+                    "{ctx}: indices"
+                );
+            }
+        }
+    }
+    drop(sel);
+}
+
+#[test]
+fn select_matches_reference() {
+    let mut rng = rng("select");
+    let budget = Budget::default();
+    for (q_heads, sets, bits) in [
+        (9, 3, 64),
+        (4, 1, 128),
+        (7, 1, 64),
+        (8, 8, 128),
+        (28, 4, 128),
+        (2, 2, 256),
+    ] {
+        let shape = CodeShape::new(q_heads, sets, bits).unwrap();
+        for lens in [
+            vec![1],
+            vec![31],
+            vec![1000],
+            vec![4097],
+            vec![1000, 31, 4097, 0, 69],
+        ] {
+            check_select(shape, &lens, budget, false, &mut rng);
+        }
+    }
+}
+
+#[test]
+fn select_handles_ties_and_budgets_beyond_the_sequence() {
+    let mut rng = rng("select_ties");
+    let shape = CodeShape::new(4, 1, 128).unwrap();
+    for budget in [
+        Budget::default(),
+        Budget {
+            fraction: 1.0,
+            ..Budget::default()
+        },
+        Budget {
+            fraction: 0.1,
+            min_tokens: 20,
+            sink: 0,
+            window: 0,
+        },
+        Budget {
+            fraction: 0.0,
+            min_tokens: 0,
+            sink: 4,
+            window: 64,
+        },
+        Budget {
+            fraction: 0.5,
+            min_tokens: 20,
+            sink: 5000,
+            window: 0,
+        },
+    ] {
+        for ties in [false, true] {
+            check_select(shape, &[4097, 1, 1000, 20, 9000], budget, ties, &mut rng);
+        }
+    }
+}
+
+struct Kv {
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+fn check_attend(shape: AttendShape, lens: &[usize], sparse: bool, rng: &mut StdRng) {
+    let client = client();
+    let d = shape.head_dim;
+    let b = lens.len();
+    let cap = lens.iter().copied().max().unwrap().max(1) + 2;
+    let kv = Kv {
+        k: normal(rng, b * shape.kv_heads * cap * d, 1.0),
+        v: normal(rng, b * shape.kv_heads * cap * d, 1.0),
+    };
+    let q = normal(rng, b * shape.q_heads * d, 1.0);
+    let rows: Vec<QueryRow> = lens
+        .iter()
+        .enumerate()
+        .map(|(seq, &len)| QueryRow { seq, len })
+        .collect();
+    // Sparse lists: a random subset of each sequence, ascending, plus its last token.
+    let lists: Vec<Vec<Vec<u32>>> = lens
+        .iter()
+        .map(|&len| {
+            (0..shape.sets)
+                .map(|_| {
+                    (0..len as u32)
+                        .filter(|&t| !sparse || t + 1 == len as u32 || rng.random::<f32>() < 0.1)
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    let out = filled_f32(&client, b * shape.q_heads * d, f32::NAN);
+    let (kh, vh, qh) = (
+        upload_f32(&client, &kv.k),
+        upload_f32(&client, &kv.v),
+        upload_f32(&client, &q),
+    );
+    let layout = KvLayout { batch: b, cap };
+    if sparse {
+        let index_cap = lists
+            .iter()
+            .flatten()
+            .map(|l| l.len())
+            .max()
+            .unwrap()
+            .max(1);
+        let mut flat = vec![POISON; b * shape.sets * index_cap];
+        let mut counts = vec![0u32; b * shape.sets];
+        for (seq, sets) in lists.iter().enumerate() {
+            for (set, list) in sets.iter().enumerate() {
+                flat[(seq * shape.sets + set) * index_cap..][..list.len()].copy_from_slice(list);
+                counts[seq * shape.sets + set] = list.len() as u32;
+            }
+        }
+        let sel = Selection {
+            batch: b,
+            sets: shape.sets,
+            index_cap,
+            indices: upload_u32(&client, &flat),
+            counts: upload_u32(&client, &counts),
+        };
+        attend::<WgpuRuntime, f32>(
+            &client,
+            &shape,
+            &qh,
+            &kh,
+            &vh,
+            layout,
+            &rows,
+            Some((&sel, index_cap)),
+            &out,
+        )
+        .unwrap();
+    } else {
+        attend::<WgpuRuntime, f32>(&client, &shape, &qh, &kh, &vh, layout, &rows, None, &out)
+            .unwrap();
+    }
+    let got = read_f32(&client, out, b * shape.q_heads * d);
+    for (seq, &len) in lens.iter().enumerate() {
+        let per_seq = shape.kv_heads * cap * d;
+        let want = reference::attend(
+            &shape,
+            &q[seq * shape.q_heads * d..][..shape.q_heads * d],
+            &kv.k[seq * per_seq..][..per_seq],
+            &kv.v[seq * per_seq..][..per_seq],
+            cap,
+            &lists[seq],
+        );
+        for (i, (g, e)) in got[seq * shape.q_heads * d..][..shape.q_heads * d]
+            .iter()
+            .zip(&want)
+            .enumerate()
+        {
+            assert!((g - e).abs() <= 1e-5 * (1.0 + e.abs()), "{shape:?} lens {lens:?} sparse {sparse}: seq {seq} (len {len}) element {i}: {g} vs {e}");
+        }
+    }
+}
+
+#[test]
+fn attend_matches_reference() {
+    let mut rng = rng("attend");
+    for shape in [
+        AttendShape::dense(9, 3, 64).unwrap(),
+        AttendShape::dense(4, 1, 128).unwrap(),
+        AttendShape::dense(7, 1, 64).unwrap(),
+        AttendShape::new(8, 2, 8, 128).unwrap(), // faithful layout: one list per query head
+        AttendShape::dense(2, 2, 256).unwrap(),
+    ] {
+        for lens in [vec![1], vec![31], vec![1000], vec![4097], vec![0, 1000, 31]] {
+            for sparse in [false, true] {
+                check_attend(shape, &lens, sparse, &mut rng);
+            }
+        }
+    }
+}
+
+#[test]
+fn causal_prefill_is_dense_attention_per_position() {
+    let client = client();
+    let mut rng = rng("prefill");
+    let shape = AttendShape::dense(9, 3, 64).unwrap();
+    let (len, d) = (77, 64);
+    let k = normal(&mut rng, shape.kv_heads * len * d, 1.0);
+    let v = normal(&mut rng, shape.kv_heads * len * d, 1.0);
+    let q = normal(&mut rng, len * shape.q_heads * d, 1.0);
+    let rows: Vec<QueryRow> = (0..len).map(|t| QueryRow { seq: 0, len: t + 1 }).collect();
+    let out = filled_f32(&client, len * shape.q_heads * d, f32::NAN);
+    let (kh, vh, qh) = (
+        upload_f32(&client, &k),
+        upload_f32(&client, &v),
+        upload_f32(&client, &q),
+    );
+    attend::<WgpuRuntime, f32>(
+        &client,
+        &shape,
+        &qh,
+        &kh,
+        &vh,
+        KvLayout { batch: 1, cap: len },
+        &rows,
+        None,
+        &out,
+    )
+    .unwrap();
+    let got = read_f32(&client, out, len * shape.q_heads * d);
+    for t in 0..len {
+        let lists = vec![(0..=t as u32).collect::<Vec<_>>(); shape.sets];
+        let want = reference::attend(
+            &shape,
+            &q[t * shape.q_heads * d..][..shape.q_heads * d],
+            &k,
+            &v,
+            len,
+            &lists,
+        );
+        for (g, e) in got[t * shape.q_heads * d..][..shape.q_heads * d]
+            .iter()
+            .zip(&want)
+        {
+            assert!(
+                (g - e).abs() <= 1e-5 * (1.0 + e.abs()),
+                "position {t}: {g} vs {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn copy_moves_every_word() {
+    let client = client();
+    let mut rng = rng("copy");
+    for n in [1usize, 255, 1 << 20] {
+        let src: Vec<u32> = (0..n).map(|_| rng.random()).collect();
+        let dst = filled_u32(&client, n, POISON);
+        spotlight_kernels::copy::copy(&client, &upload_u32(&client, &src), &dst, n);
+        assert_eq!(read_u32(&client, dst, n), src);
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors_not_panics() {
+    let client = client();
+    assert!(CodeShape::new(9, 2, 64).is_err());
+    assert!(CodeShape::new(9, 3, 48).is_err());
+    assert!(AttendShape::new(32, 8, 2, 128).is_err());
+    assert!(AttendShape::dense(64, 4, 128).is_err()); // group of 16
+    let shape = CodeShape::new(4, 1, 128).unwrap();
+    let selector = Selector::new(&client, shape, 1, 100).unwrap();
+    let sel = Selection::new(&client, 1, 1, 200, 0);
+    let q = upload_u32(&client, &[0; 16]);
+    let err = selector
+        .run(&client, &q, &q, &[Budget::default().plan(101)], &sel)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "sequence 0 has 101 tokens, more than the cache capacity 100"
+    );
+    let err = selector.run(&client, &q, &q, &[], &sel).unwrap_err();
+    assert!(err.to_string().contains("sequence plans"), "{err}");
+    assert!(Selector::new(&client, CodeShape::new(64, 64, 128).unwrap(), 1, 10).is_err());
+}
