@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the release binary here and stages what the GPU machine needs in git-ignored folders:
+# Builds the binary here (the dev profile: optimised, the same build the tests use, so no second
+# cold build) and stages what the GPU machine needs in git-ignored folders:
 #   .gpu/   the stripped, gzipped `spotlight` binary, Moby-Dick, the commit id   (carried in call 1)
 #   .gpu1/  first part of the default model's GGUF                             (carried in call 1)
 #   .gpu2/  second part of the GGUF                                             (carried in call 2)
@@ -7,16 +8,22 @@
 # parts and checks the sha256 there. See scripts/gpu/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build --release -p spotlight-cli --bin spotlight
-./target/release/spotlight fetch >/dev/null
+# With --no-model only .gpu/ is staged (enough for `retrieval.sh`).
+cargo build -p spotlight-cli --bin spotlight
+bin="${CARGO_TARGET_DIR:-target}/debug/spotlight"
+"$bin" fetch >/dev/null
 home="${SPOTLIGHT_HOME:-$HOME/.cache/spotlight}"
 rm -rf .gpu .gpu1 .gpu2
 mkdir -p .gpu .gpu1 .gpu2
-cp target/release/spotlight .gpu/spotlight
+cp "$bin" .gpu/spotlight
 strip .gpu/spotlight
 gzip -9 .gpu/spotlight
 cp "$home/texts/moby-dick/data.txt" .gpu/moby-dick.txt
 git describe --always --dirty --abbrev=7 > .gpu/commit
+if [ "${1:-}" = "--no-model" ]; then
+  du -sh .gpu
+  exit 0
+fi
 model="$home/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 head -c 45000000 "$model" > .gpu1/model.part1
 tail -c +45000001 "$model" > .gpu2/model.part2

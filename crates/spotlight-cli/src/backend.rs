@@ -120,7 +120,7 @@ pub fn cuda_ready() -> std::result::Result<(), String> {
 }
 
 /// The wgpu device to use: the default one, after checking that it initialises.
-fn wgpu_device() -> std::result::Result<WgpuDevice, String> {
+pub(crate) fn wgpu_device() -> std::result::Result<WgpuDevice, String> {
     probe_wgpu(&[WgpuDevice::DefaultDevice]).ok_or_else(|| {
         "no wgpu adapter found (on Linux without a GPU: apt-get install mesa-vulkan-drivers libvulkan1)".to_string()
     })

@@ -15,6 +15,8 @@ use crate::model_args::{self, ModelArgs};
 pub enum BenchCommand {
     /// Prefill and decode tokens/s of dense generation.
     Generate(GenerateBenchArgs),
+    /// Retrieval kernels (hash, score+select, sparse and dense decode attention) per stage.
+    Retrieval(crate::bench_retrieval::RetrievalBenchArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -66,7 +68,10 @@ struct Report {
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
-    let BenchCommand::Generate(args) = cmd;
+    let args = match cmd {
+        BenchCommand::Generate(args) => args,
+        BenchCommand::Retrieval(args) => return crate::bench_retrieval::run(args),
+    };
     if args.runs == 0 || args.new_tokens < 2 || args.batch.contains(&0) {
         return Err(CliError::Usage(
             "--runs ≥ 1, --new-tokens ≥ 2 and batch sizes ≥ 1 are required".into(),
@@ -96,7 +101,7 @@ struct Job {
     path: PathBuf,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -177,11 +182,11 @@ pub(crate) fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn git_commit() -> String {
+pub(crate) fn git_commit() -> String {
     command_output("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into())
 }
 
-fn device_name(backend: BackendKind) -> String {
+pub(crate) fn device_name(backend: BackendKind) -> String {
     match backend {
         BackendKind::Cuda => {
             command_output("nvidia-smi", &["--query-gpu=name", "--format=csv,noheader"])

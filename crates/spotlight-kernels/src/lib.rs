@@ -22,6 +22,7 @@ pub mod budget;
 pub mod copy;
 pub mod device;
 pub mod error;
+pub mod fill;
 pub mod hash_pack;
 pub mod reference;
 pub mod select;
