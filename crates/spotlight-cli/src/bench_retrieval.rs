@@ -1,8 +1,10 @@
 //! `spotlight bench retrieval`: the decode-side retrieval kernels at long context, per stage, next
 //! to dense attention and the byte floor (copy bandwidth measured in the same run).
 //!
-//! Device-side timings (CUDA events through CubeCL's profiler), median of `--runs` after two
-//! warm-up passes; inputs rotate over enough copies that L2 cannot hold them. Codes and K/V are
+//! Device-side timings (CUDA events through CubeCL's profiler): each timed region issues 10 calls
+//! back to back, as a decode loop would, so launch latency overlaps with work the way it does in
+//! generation; median of `--runs` regions after two warm-up passes; inputs rotate over enough
+//! copies that L2 cannot hold them. Codes and K/V are
 //! deterministic pseudo-random fills (synthetic: timings do not depend on the values, except the
 //! histogram's spread). The smallest context of every shape is also checked against the
 //! plain-Rust references on this device before timing.
@@ -27,6 +29,8 @@ use crate::error::{CliError, Result};
 
 /// Rotate inputs over copies totalling at least this many bytes (4× the H200's 50 MB L2).
 const ROTATE_BYTES: usize = 200 << 20;
+/// Calls per timed region.
+const REPS: usize = 10;
 /// The kernels index with 32-bit offsets: larger K/V buffers are not measured (noted in the JSON).
 const MAX_KV_ELEMS: usize = 1 << 31;
 
@@ -36,10 +40,18 @@ pub struct RetrievalBenchArgs {
     #[arg(long, value_enum, default_value = "cuda")]
     pub backend: BackendKind,
     /// Cached tokens per sequence.
-    #[arg(long, value_delimiter = ',', default_value = "4096,32768,131072,524288,1048576")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "4096,32768,131072,524288,1048576"
+    )]
     pub tokens: Vec<usize>,
     /// Head layouts as q_heads/kv_heads/head_dim (Llama-3-8B, Qwen2.5-7B, SmolLM2-135M).
-    #[arg(long, value_delimiter = ',', default_value = "32/8/128,28/4/128,9/3/64")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "32/8/128,28/4/128,9/3/64"
+    )]
     pub shapes: Vec<String>,
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     pub batch: Vec<usize>,
@@ -119,30 +131,52 @@ struct Report {
 }
 
 pub fn run(args: RetrievalBenchArgs) -> Result<()> {
-    let budget = Budget { fraction: args.fraction, min_tokens: 20, sink: args.sink, window: args.window };
-    budget.validate().map_err(|e| CliError::Usage(e.to_string()))?;
+    let budget = Budget {
+        fraction: args.fraction,
+        min_tokens: 20,
+        sink: args.sink,
+        window: args.window,
+    };
+    budget
+        .validate()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     if args.runs == 0 || args.batch.contains(&0) || args.tokens.contains(&0) {
-        return Err(CliError::Usage("--runs, batch sizes and token counts must be ≥ 1".into()));
+        return Err(CliError::Usage(
+            "--runs, batch sizes and token counts must be ≥ 1".into(),
+        ));
     }
-    let shapes = args.shapes.iter().map(|s| parse_shape(s)).collect::<Result<Vec<_>>>()?;
+    let shapes = args
+        .shapes
+        .iter()
+        .map(|s| parse_shape(s))
+        .collect::<Result<Vec<_>>>()?;
     let report = match args.backend {
         BackendKind::Cuda => {
-            crate::backend::cuda_ready().map_err(|why| CliError::Backend(format!("--backend cuda is not usable here: {why}")))?;
+            crate::backend::cuda_ready().map_err(|why| {
+                CliError::Backend(format!("--backend cuda is not usable here: {why}"))
+            })?;
             let client = cubecl::cuda::CudaRuntime::client(&Default::default());
             bench(&client, &args, &shapes, budget)?
         }
         BackendKind::Wgpu => {
-            crate::backend::wgpu_device().map_err(|why| CliError::Backend(format!("--backend wgpu is not usable here: {why}")))?;
+            crate::backend::wgpu_device().map_err(|why| {
+                CliError::Backend(format!("--backend wgpu is not usable here: {why}"))
+            })?;
             let client = cubecl::wgpu::WgpuRuntime::client(&Default::default());
             bench(&client, &args, &shapes, budget)?
         }
-        BackendKind::Cpu => return Err(CliError::Usage("bench retrieval runs the GPU kernels: --backend cuda or wgpu".into())),
+        BackendKind::Cpu => {
+            return Err(CliError::Usage(
+                "bench retrieval runs the GPU kernels: --backend cuda or wgpu".into(),
+            ))
+        }
     };
     let json = serde_json::to_string_pretty(&report).expect("plain data serialises");
     if let Some(dir) = args.out.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    std::fs::write(&args.out, json + "\n").map_err(|e| CliError::Io(format!("cannot write {}: {e}", args.out.display())))?;
+    std::fs::write(&args.out, json + "\n")
+        .map_err(|e| CliError::Io(format!("cannot write {}: {e}", args.out.display())))?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
 }
@@ -154,14 +188,19 @@ fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
             AttendShape::dense(q, kv, d).map_err(|e| CliError::Usage(format!("shape {s}: {e}")))?;
             Ok((q, kv, d))
         }
-        _ => Err(CliError::Usage(format!("shape {s:?}: expected q_heads/kv_heads/head_dim"))),
+        _ => Err(CliError::Usage(format!(
+            "shape {s:?}: expected q_heads/kv_heads/head_dim"
+        ))),
     }
 }
 
 /// Device time of the launches in `f`, in microseconds.
 fn time<R: Runtime>(client: &ComputeClient<R>, f: impl FnOnce() + Send) -> f64 {
     let (_, duration) = client.profile(f, "bench").expect("profiling is supported");
-    cubecl::future::block_on(duration.resolve()).duration().as_secs_f64() * 1e6
+    cubecl::future::block_on(duration.resolve())
+        .duration()
+        .as_secs_f64()
+        * 1e6
 }
 
 fn copy_gbps<R: Runtime>(client: &ComputeClient<R>, mib: usize, runs: usize) -> f64 {
@@ -169,11 +208,24 @@ fn copy_gbps<R: Runtime>(client: &ComputeClient<R>, mib: usize, runs: usize) -> 
     let src = random_bits(client, words, 1);
     let dst = client.empty(4 * words);
     spotlight_kernels::copy::copy(client, &src, &dst, words);
-    let t = median((0..runs).map(|_| time(client, || spotlight_kernels::copy::copy(client, &src, &dst, words))).collect());
+    let t = median(
+        (0..runs)
+            .map(|_| {
+                time(client, || {
+                    spotlight_kernels::copy::copy(client, &src, &dst, words)
+                })
+            })
+            .collect(),
+    );
     (2 * 4 * words) as f64 / (t * 1e-6) / 1e9
 }
 
-fn bench<R: Runtime>(client: &ComputeClient<R>, args: &RetrievalBenchArgs, shapes: &[(usize, usize, usize)], budget: Budget) -> Result<Report> {
+fn bench<R: Runtime>(
+    client: &ComputeClient<R>,
+    args: &RetrievalBenchArgs,
+    shapes: &[(usize, usize, usize)],
+    budget: Budget,
+) -> Result<Report> {
     let gbps = copy_gbps(client, args.copy_mib.max(1), args.runs);
     eprintln!("copy: {gbps:.0} GB/s (read + write)");
     let mut rows = Vec::new();
@@ -184,9 +236,15 @@ fn bench<R: Runtime>(client: &ComputeClient<R>, args: &RetrievalBenchArgs, shape
                 let dims = (q_heads, kv_heads, d);
                 let verify = n == smallest;
                 let row = match args.kv_dtype {
-                    KvDtype::Bf16 => bench_one::<R, bf16>(client, args, budget, dims, batch, n, gbps, verify)?,
-                    KvDtype::F16 => bench_one::<R, half::f16>(client, args, budget, dims, batch, n, gbps, verify)?,
-                    KvDtype::F32 => bench_one::<R, f32>(client, args, budget, dims, batch, n, gbps, verify)?,
+                    KvDtype::Bf16 => {
+                        bench_one::<R, bf16>(client, args, budget, dims, batch, n, gbps, verify)?
+                    }
+                    KvDtype::F16 => bench_one::<R, half::f16>(
+                        client, args, budget, dims, batch, n, gbps, verify,
+                    )?,
+                    KvDtype::F32 => {
+                        bench_one::<R, f32>(client, args, budget, dims, batch, n, gbps, verify)?
+                    }
                 };
                 eprintln!(
                     "{q_heads}/{kv_heads}/{d} b{batch} n{n}: hash q {:.1} µs, score+select {:.1} µs (floor {:.1}), sparse {:.1} µs, dense {} µs{}",
@@ -211,7 +269,7 @@ fn bench<R: Runtime>(client: &ComputeClient<R>, args: &RetrievalBenchArgs, shape
         copy_gbps: gbps,
         kv_dtype: args.kv_dtype.name(),
         budget: format!("{budget:?}"),
-        note: "device time (CUDA events) per stage, median over runs; score_select = score_hist + threshold + count + compact in one timed region; synthetic codes and K/V; attention is not measured (null) where K/V exceed 2^31 elements (32-bit indexing)",
+        note: "device time (CUDA events) per call: regions of 10 back-to-back calls, median over runs; score_select = score_hist + threshold + count + compact in one timed region; synthetic codes and K/V; attention is not measured (null) where K/V exceed 2^31 elements (32-bit indexing)",
         rows,
     })
 }
@@ -233,7 +291,9 @@ fn bench_one<R: Runtime, F: Float + CubeElement>(
     let words = shape.words();
     let code_words = batch * n * kv_heads * words;
     let copies = ROTATE_BYTES.div_ceil(4 * code_words).clamp(1, 16);
-    let k_codes: Vec<Handle> = (0..copies).map(|i| random_bits(client, code_words, 100 + i as u32)).collect();
+    let k_codes: Vec<Handle> = (0..copies)
+        .map(|i| random_bits(client, code_words, 100 + i as u32))
+        .collect();
     let q_codes = random_bits(client, batch * q_heads * words, 7);
     let q = random_uniform::<R, f32>(client, batch * q_heads * d, 8);
 
@@ -267,9 +327,18 @@ fn bench_one<R: Runtime, F: Float + CubeElement>(
     let kv_elems = batch * kv_heads * n * d;
     let dense_fits = kv_elems < MAX_KV_ELEMS;
     let kv_bytes = 2 * core::mem::size_of::<F>() * kv_elems;
-    let kv_copies = if dense_fits { ROTATE_BYTES.div_ceil(kv_bytes).clamp(1, 8) } else { 0 };
+    let kv_copies = if dense_fits {
+        ROTATE_BYTES.div_ceil(kv_bytes).clamp(1, 8)
+    } else {
+        0
+    };
     let kv: Vec<(Handle, Handle)> = (0..kv_copies)
-        .map(|i| (random_uniform::<R, F>(client, kv_elems, 200 + i as u32), random_uniform::<R, F>(client, kv_elems, 300 + i as u32)))
+        .map(|i| {
+            (
+                random_uniform::<R, F>(client, kv_elems, 200 + i as u32),
+                random_uniform::<R, F>(client, kv_elems, 300 + i as u32),
+            )
+        })
         .collect();
     let rows: Vec<QueryRow> = (0..batch).map(|seq| QueryRow { seq, len: n }).collect();
     let layout = KvLayout { batch, cap: n };
@@ -283,7 +352,18 @@ fn bench_one<R: Runtime, F: Float + CubeElement>(
     };
     let sparse = |i: usize| {
         let (k, v) = &kv[i % kv_copies];
-        attend::<R, F>(client, &attn, &q, k, v, layout, &rows, Some((&selection, plan.selected())), &out).expect("shapes checked");
+        attend::<R, F>(
+            client,
+            &attn,
+            &q,
+            k,
+            v,
+            layout,
+            &rows,
+            Some((&selection, plan.selected())),
+            &out,
+        )
+        .expect("shapes checked");
     };
     let dense = |i: usize| {
         let (k, v) = &kv[i % kv_copies];
@@ -298,12 +378,33 @@ fn bench_one<R: Runtime, F: Float + CubeElement>(
             dense(i);
         }
     }
-    let verified = verify && verify_against_reference(client, &shape, &q_codes, &k_codes[0], n, batch, &plans, &selector, &selection);
+    let verified = verify
+        && verify_against_reference(
+            client,
+            &shape,
+            &q_codes,
+            &k_codes[0],
+            n,
+            batch,
+            &plans,
+            &selector,
+            &selection,
+        );
 
     let runs = args.runs;
-    let t = |f: &(dyn Fn(usize) + Sync)| median((0..runs).map(|i| time(client, || f(i))).collect());
-    let hash_q_us = t(&|_| hash_pack(client, &dev_weights, &q, batch, &q_codes_out).expect("checked"));
-    let score_hist_us = t(&|i| selector.score_hist(client, &q_codes, &k_codes[i % copies], &plan_handle, n));
+    // Each timed region runs REPS calls back to back (as a decode loop issues them) over rotating
+    // inputs; the per-call time is the region's device time over REPS.
+    let t = |f: &(dyn Fn(usize) + Sync)| {
+        median(
+            (0..runs)
+                .map(|i| time(client, || (0..REPS).for_each(|r| f(i * REPS + r))) / REPS as f64)
+                .collect(),
+        )
+    };
+    let hash_q_us =
+        t(&|_| hash_pack(client, &dev_weights, &q, batch, &q_codes_out).expect("checked"));
+    let score_hist_us =
+        t(&|i| selector.score_hist(client, &q_codes, &k_codes[i % copies], &plan_handle, n));
     let threshold_us = t(&|_| selector.threshold(client, &plan_handle, &selection));
     let count_us = t(&|_| selector.count(client, &plan_handle, n));
     let compact_us = t(&|_| selector.compact(client, &plan_handle, n, &selection));
@@ -349,18 +450,32 @@ fn verify_against_reference<R: Runtime>(
     let w = shape.words();
     let q = read_u32(client, q_codes.clone(), batch * shape.q_heads * w);
     let k = read_u32(client, k_codes.clone(), batch * n * shape.sets * w);
-    if selector.run(client, q_codes, k_codes, plans, selection).is_err() {
+    if selector
+        .run(client, q_codes, k_codes, plans, selection)
+        .is_err()
+    {
         return false;
     }
     let counts = read_u32(client, selection.counts.clone(), batch * shape.sets);
-    let indices = read_u32(client, selection.indices.clone(), batch * shape.sets * selection.index_cap);
+    let indices = read_u32(
+        client,
+        selection.indices.clone(),
+        batch * shape.sets * selection.index_cap,
+    );
     let _ = upload_f32(client, &[]);
     (0..batch).all(|b| {
         (0..shape.sets).all(|s| {
-            let scores = reference::scores(shape, &q[b * shape.q_heads * w..][..shape.q_heads * w], &k[b * n * shape.sets * w..][..n * shape.sets * w], n, s);
+            let scores = reference::scores(
+                shape,
+                &q[b * shape.q_heads * w..][..shape.q_heads * w],
+                &k[b * n * shape.sets * w..][..n * shape.sets * w],
+                n,
+                s,
+            );
             let want = reference::select(&scores, &plans[b]);
             let list = b * shape.sets + s;
-            counts[list] as usize == want.len() && indices[list * selection.index_cap..][..want.len()] == want[..]
+            counts[list] as usize == want.len()
+                && indices[list * selection.index_cap..][..want.len()] == want[..]
         })
     })
 }

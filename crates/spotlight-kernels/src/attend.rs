@@ -97,6 +97,7 @@ fn partial_kernel<F: Float>(
             rows = tile;
         }
         // Gather the tile's K and V rows together, so both are in flight at once.
+        #[unroll]
         for it in 0..comptime!(TILE_ELEMS / 256usize) {
             let e = it * 256usize + unit;
             let rr = e / d;
@@ -119,6 +120,7 @@ fn partial_kernel<F: Float>(
                 let rr = u % tile;
                 if rr < rows {
                     let mut dot = 0.0f32;
+                    #[unroll]
                     for i in 0..d {
                         dot += qs[g * d + i] * ks[rr * stride + i];
                     }

@@ -5,20 +5,39 @@ use cubecl::server::Handle;
 
 use crate::device::arg;
 
+/// Words each unit moves per step; loads are issued together so several are in flight.
+const UNROLL: usize = 4;
+
 #[cube(launch)]
 fn copy_kernel(src: &Array<u32>, dst: &mut Array<u32>, n: u32) {
-    // Grid-stride: a fixed number of cubes, each unit moving several words.
     let stride = (CUBE_COUNT_X * CUBE_DIM_X) as usize;
-    let mut i = ABSOLUTE_POS_X as usize;
-    while i < n as usize {
-        dst[i] = src[i];
-        i += stride;
+    let n = n as usize;
+    let mut base = ABSOLUTE_POS_X as usize;
+    while base < n {
+        let mut words = Array::<u32>::new(UNROLL);
+        #[unroll]
+        for u in 0..UNROLL {
+            let i = base + u * stride;
+            if i < n {
+                words[u] = src[i];
+            }
+        }
+        #[unroll]
+        for u in 0..UNROLL {
+            let i = base + u * stride;
+            if i < n {
+                dst[i] = words[u];
+            }
+        }
+        base += UNROLL * stride;
     }
 }
 
 /// Copies `words` u32 from `src` to `dst` (same length or longer).
 pub fn copy<R: Runtime>(client: &ComputeClient<R>, src: &Handle, dst: &Handle, words: usize) {
-    let cubes = (words as u32).div_ceil(256).clamp(1, 132 * 16);
+    let cubes = (words as u32)
+        .div_ceil(256 * UNROLL as u32)
+        .clamp(1, 132 * 8);
     copy_kernel::launch::<R>(
         client,
         CubeCount::Static(cubes, 1, 1),

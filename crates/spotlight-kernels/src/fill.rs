@@ -46,13 +46,31 @@ fn grid(n: usize) -> CubeCount {
 /// `n` random u32 words (key or query codes).
 pub fn random_bits<R: Runtime>(client: &ComputeClient<R>, n: usize, seed: u32) -> Handle {
     let out = client.empty(4 * n.max(1));
-    fill_bits_kernel::launch::<R>(client, grid(n), CubeDim::new_1d(256), arg(&out, n), n as u32, seed);
+    fill_bits_kernel::launch::<R>(
+        client,
+        grid(n),
+        CubeDim::new_1d(256),
+        arg(&out, n),
+        n as u32,
+        seed,
+    );
     out
 }
 
 /// `n` values uniform in [−1, 1) of element type `F` (K, V, queries).
-pub fn random_uniform<R: Runtime, F: Float + CubeElement>(client: &ComputeClient<R>, n: usize, seed: u32) -> Handle {
+pub fn random_uniform<R: Runtime, F: Float + CubeElement>(
+    client: &ComputeClient<R>,
+    n: usize,
+    seed: u32,
+) -> Handle {
     let out = client.empty(core::mem::size_of::<F>() * n.max(1));
-    fill_uniform_kernel::launch::<F, R>(client, grid(n), CubeDim::new_1d(256), arg(&out, n), n as u32, seed);
+    fill_uniform_kernel::launch::<F, R>(
+        client,
+        grid(n),
+        CubeDim::new_1d(256),
+        arg(&out, n),
+        n as u32,
+        seed,
+    );
     out
 }

@@ -33,6 +33,7 @@ fn hash_pack_kernel(
     let mut xs = SharedMemory::<f32>::new(TILE * d);
     let mut hs = SharedMemory::<f32>::new(TILE * d);
 
+    #[unroll]
     for r in 0..TILE {
         let row = row0 + r;
         let mut value = 0.0f32;
@@ -46,15 +47,19 @@ fn hash_pack_kernel(
     // Layer 1: h1 = x + SiLU(x·W1 + b1).
     let mut acc = Array::<f32>::new(TILE);
     let bias1 = b1[head * d + j];
+    #[unroll]
     for r in 0..TILE {
         acc[r] = bias1;
     }
+    #[unroll]
     for i in 0..d {
         let w = w1[(head * d + i) * d + j];
+        #[unroll]
         for r in 0..TILE {
             acc[r] += xs[r * d + i] * w;
         }
     }
+    #[unroll]
     for r in 0..TILE {
         let a = acc[r];
         hs[r * d + j] = xs[r * d + j] + a / (1.0 + f32::exp(-a));
@@ -63,15 +68,19 @@ fn hash_pack_kernel(
 
     // Layer 2: h2 = h1 + (h1·W2 + b2); only its sign is kept, as a 0/1 flag in xs.
     let bias2 = b2[head * d + j];
+    #[unroll]
     for r in 0..TILE {
         acc[r] = bias2;
     }
+    #[unroll]
     for i in 0..d {
         let w = w2[(head * d + i) * d + j];
+        #[unroll]
         for r in 0..TILE {
             acc[r] += hs[r * d + i] * w;
         }
     }
+    #[unroll]
     for r in 0..TILE {
         let mut bit = 0.0f32;
         if hs[r * d + j] + acc[r] > 0.0 {

@@ -80,13 +80,16 @@ fn score_hist_kernel(
                     let p = idx / sets;
                     let s = idx % sets;
                     let mut word = 0u32;
+                    #[unroll]
                     for e in 0..2usize {
                         let t = t0 + 2 * p + e;
                         if t < len {
                             let base = ((b * cap as usize + t) * sets + s) * words;
                             let mut differ = 0u32;
+                            #[unroll]
                             for w in 0..words {
                                 let kw = k_codes[base + w];
+                                #[unroll]
                                 for g in 0..group {
                                     differ += (qs[(s * group + g) * words + w] ^ kw).count_ones();
                                 }
@@ -220,10 +223,12 @@ fn tally(
 ) -> u32 {
     let mut beat = 0u32;
     let mut tied = 0u32;
+    #[unroll]
     for i in 0..comptime!(PER_UNIT / 2) {
         let t = t0 + 2 * i;
         if t < len {
             let word = scores[row + t / 2];
+            #[unroll]
             for e in 0..2usize {
                 let te = t + e;
                 let score = (word >> (16 * e as u32)) & 0xFFFFu32;
@@ -345,10 +350,12 @@ fn compact_kernel(
 
     if mine > 0 {
         let out = list + sink;
+        #[unroll]
         for i in 0..comptime!(PER_UNIT / 2) {
             let t = t0 + 2 * i;
             if t < len {
                 let word = scores[row + t / 2];
+                #[unroll]
                 for e in 0..2usize {
                     let te = t + e;
                     let score = (word >> (16 * e as u32)) & 0xFFFFu32;
