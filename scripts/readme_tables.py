@@ -94,8 +94,32 @@ def profiles():
     return lines
 
 
+def fmt(v):
+    return "–" if v is None else f"{v:.1f}"
+
+
+def retrieval():
+    lines = []
+    for name, d in load("retrieval*.json"):
+        lines += [f"**Retrieval kernels** (`{name}`, {d['device']}, {d['date']}, commit {d['commit']}; torch {d.get('torch', '?')}): "
+                  f"µs per call (device time, regions of 10 back-to-back calls, median of 20). Budget {d['budget']}; "
+                  f"K/V {d['kv_dtype']}; floor = code bytes at our copy rate {d['copy_gbps']:.0f} GB/s. Synthetic codes and K/V.", "",
+                  f"    {d['command']}   # then: python3 benches/peers/retrieval_torch.py", "",
+                  "| q/kv/d | batch | N | hash q | score+select | floor | torch scan+topk | ×torch | sparse attend | dense attend | dense GB/s | torch SDPA dense | torch pipeline |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in d["rows"]:
+            sel_x = r.get("speedup_select_vs_torch")
+            gbps = "–" if r.get("dense_gbps") is None else f"{r['dense_gbps']:.0f}"
+            lines.append(f"| {r['q_heads']}/{r['kv_heads']}/{r['bits']} | {r['batch']} | {r['n']} | {r['hash_q_us']:.1f} | "
+                         f"{r['score_select_us']:.1f} | {r['floor_us']:.1f} | {fmt(r.get('torch_select_us'))} | "
+                         f"{'–' if sel_x is None else f'{sel_x:.1f}×'} | {fmt(r.get('sparse_attend_us'))} | {fmt(r.get('dense_attend_us'))} | "
+                         f"{gbps} | {fmt(r.get('torch_dense_us'))} | {fmt(r.get('torch_pipeline_us'))} |")
+        lines.append("")
+    return lines
+
+
 def main():
-    body = "\n".join(checks() + ppls() + generation() + profiles() + peers()).strip() or "(no results yet)"
+    body = "\n".join(checks() + ppls() + generation() + profiles() + retrieval() + peers()).strip() or "(no results yet)"
     path = os.path.join(ROOT, "README.md")
     text = open(path).read()
     new = re.sub(r"<!-- results:begin -->.*<!-- results:end -->",

@@ -140,7 +140,7 @@ pub fn hash_pack<R: Runtime>(
     codes: &Handle,
 ) -> Result<(), KernelError> {
     let (h, d) = (weights.heads, weights.dim);
-    if d == 0 || d % 32 != 0 || d > 256 {
+    if d == 0 || !d.is_multiple_of(32) || d > 256 {
         return Err(KernelError::HeadDim(d));
     }
     if rows == 0 {

@@ -281,7 +281,7 @@ fn count_kernel(
 }
 
 #[cube(launch)]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::manual_div_ceil)] // div_ceil is not a cube function
 fn compact_kernel(
     scores: &Array<u32>,
     plan: &Array<u32>,

@@ -14,10 +14,10 @@ pub struct CodeShape {
 
 impl CodeShape {
     pub fn new(q_heads: usize, sets: usize, bits: usize) -> Result<Self, KernelError> {
-        if bits == 0 || bits % 32 != 0 || bits > 256 {
+        if bits == 0 || !bits.is_multiple_of(32) || bits > 256 {
             return Err(KernelError::HeadDim(bits));
         }
-        if sets == 0 || q_heads == 0 || q_heads % sets != 0 {
+        if sets == 0 || q_heads == 0 || !q_heads.is_multiple_of(sets) {
             return Err(KernelError::Groups { q_heads, sets });
         }
         Ok(Self {
@@ -56,13 +56,13 @@ impl AttendShape {
         sets: usize,
         head_dim: usize,
     ) -> Result<Self, KernelError> {
-        if head_dim == 0 || head_dim % 32 != 0 || head_dim > 256 {
+        if head_dim == 0 || !head_dim.is_multiple_of(32) || head_dim > 256 {
             return Err(KernelError::HeadDim(head_dim));
         }
-        if sets == 0 || q_heads % sets != 0 {
+        if sets == 0 || !q_heads.is_multiple_of(sets) {
             return Err(KernelError::Groups { q_heads, sets });
         }
-        if kv_heads == 0 || sets % kv_heads != 0 || q_heads % kv_heads != 0 {
+        if kv_heads == 0 || !sets.is_multiple_of(kv_heads) || !q_heads.is_multiple_of(kv_heads) {
             return Err(KernelError::SetsVsKvHeads { sets, kv_heads });
         }
         if q_heads / sets > 8 {

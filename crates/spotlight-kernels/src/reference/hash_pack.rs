@@ -22,7 +22,7 @@ impl HashWeights {
         w2: Vec<f32>,
         b2: Vec<f32>,
     ) -> Result<Self, KernelError> {
-        if dim == 0 || dim % 32 != 0 || dim > 256 {
+        if dim == 0 || !dim.is_multiple_of(32) || dim > 256 {
             return Err(KernelError::HeadDim(dim));
         }
         for (what, v, n) in [
