@@ -20,6 +20,8 @@ pub enum KernelError {
     OverCapacity { seq: usize, len: usize, cap: usize },
     #[error("histogram of {0} bins per set does not fit in shared memory (reduce sets or bits)")]
     TooManyBins(usize),
+    #[error("the selection kernel needs {needed} bytes of shared memory per cube, this device offers {available}")]
+    SharedMemory { needed: usize, available: usize },
     #[error("budget fraction {0} is outside [0, 1]")]
     Fraction(f64),
 }

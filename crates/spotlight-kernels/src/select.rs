@@ -457,6 +457,12 @@ impl Selector {
         if shape.sets * shape.bins() > MAX_LOCAL_BINS || shape.bins() > 65535 {
             return Err(KernelError::TooManyBins(shape.bins()));
         }
+        // Checked up front: a launch over the device's shared memory fails silently on some runtimes.
+        let needed = 4 * (shape.q_heads * shape.words() + shape.sets * shape.bins() + STAGED_WORDS);
+        let available = client.properties().hardware.max_shared_memory_size;
+        if needed > available {
+            return Err(KernelError::SharedMemory { needed, available });
+        }
         let cap_pairs = cap.div_ceil(2).max(1);
         let count_chunks = cap.div_ceil(COUNT_CHUNK).max(1);
         // Tokens per score_hist chunk: the staged scores of all sets fill STAGED_WORDS words.

@@ -394,4 +394,9 @@ fn bad_shapes_are_errors_not_panics() {
     let err = selector.run(&client, &q, &q, &[], &sel).unwrap_err();
     assert!(err.to_string().contains("sequence plans"), "{err}");
     assert!(Selector::new(&client, CodeShape::new(64, 64, 128).unwrap(), 1, 10).is_err());
+    // Whatever the device offers, a layout is either accepted or refused with a one-line reason.
+    match Selector::new(&client, CodeShape::new(32, 8, 128).unwrap(), 1, 10) {
+        Ok(_) => {}
+        Err(e) => assert!(e.to_string().contains("shared memory"), "{e}"),
+    }
 }
