@@ -86,13 +86,18 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             path,
         },
     )?;
-    let json = serde_json::to_string_pretty(&report).expect("plain data serialises");
-    if let Some(dir) = args.out.parent() {
+    write_report(&args.out, &report)
+}
+
+/// Writes a benchmark report as pretty JSON, creating the folder if needed.
+pub(crate) fn write_report(path: &std::path::Path, report: &impl Serialize) -> Result<()> {
+    let json = serde_json::to_string_pretty(report).expect("plain data serialises");
+    if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    std::fs::write(&args.out, json + "\n")
-        .map_err(|e| CliError::Io(format!("cannot write {}: {e}", args.out.display())))?;
-    eprintln!("wrote {}", args.out.display());
+    std::fs::write(path, json + "\n")
+        .map_err(|e| CliError::Io(format!("cannot write {}: {e}", path.display())))?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }
 

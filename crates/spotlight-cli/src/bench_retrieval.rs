@@ -16,7 +16,7 @@ use cubecl::server::Handle;
 use half::bf16;
 use serde::Serialize;
 use spotlight_kernels::attend::{attend, KvLayout, QueryRow};
-use spotlight_kernels::device::{read_u32, upload_f32};
+use spotlight_kernels::device::read_u32;
 use spotlight_kernels::fill::{random_bits, random_uniform};
 use spotlight_kernels::hash_pack::{hash_pack, DeviceHashWeights};
 use spotlight_kernels::reference::{self, HashWeights};
@@ -24,7 +24,7 @@ use spotlight_kernels::select::{Selection, Selector};
 use spotlight_kernels::{AttendShape, Budget, CodeShape};
 
 use crate::backend::BackendKind;
-use crate::bench::{command_output, device_name, git_commit, median};
+use crate::bench::{command_output, device_name, git_commit, median, write_report};
 use crate::error::{CliError, Result};
 
 /// Rotate inputs over copies totalling at least this many bytes (4× the H200's 50 MB L2).
@@ -171,14 +171,7 @@ pub fn run(args: RetrievalBenchArgs) -> Result<()> {
             ))
         }
     };
-    let json = serde_json::to_string_pretty(&report).expect("plain data serialises");
-    if let Some(dir) = args.out.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    std::fs::write(&args.out, json + "\n")
-        .map_err(|e| CliError::Io(format!("cannot write {}: {e}", args.out.display())))?;
-    eprintln!("wrote {}", args.out.display());
-    Ok(())
+    write_report(&args.out, &report)
 }
 
 fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
@@ -345,10 +338,14 @@ fn bench_one<R: Runtime, F: Float + CubeElement>(
     let out = client.empty(4 * batch * q_heads * d);
 
     let stages = |i: usize| {
-        selector.score_hist(client, &q_codes, &k_codes[i % copies], &plan_handle, n);
-        selector.threshold(client, &plan_handle, &selection);
-        selector.count(client, &plan_handle, n);
-        selector.compact(client, &plan_handle, n, &selection);
+        selector.run_uploaded(
+            client,
+            &q_codes,
+            &k_codes[i % copies],
+            &plan_handle,
+            n,
+            &selection,
+        )
     };
     let sparse = |i: usize| {
         let (k, v) = &kv[i % kv_copies];
@@ -462,7 +459,6 @@ fn verify_against_reference<R: Runtime>(
         selection.indices.clone(),
         batch * shape.sets * selection.index_cap,
     );
-    let _ = upload_f32(client, &[]);
     (0..batch).all(|b| {
         (0..shape.sets).all(|s| {
             let scores = reference::scores(

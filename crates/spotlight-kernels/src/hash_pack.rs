@@ -14,6 +14,33 @@ use crate::KernelError;
 /// Rows hashed per cube: the weights are read once per tile.
 const TILE: usize = 16;
 
+/// Column j of `input · W + b` for the tile's rows: W's column is read once, coalesced across units.
+#[cube]
+fn linear_column(
+    input: &SharedMemory<f32>,
+    w: &Array<f32>,
+    b: &Array<f32>,
+    head: usize,
+    j: usize,
+    #[comptime] d: usize,
+) -> Array<f32> {
+    let mut acc = Array::<f32>::new(TILE);
+    let bias = b[head * d + j];
+    #[unroll]
+    for r in 0..TILE {
+        acc[r] = bias;
+    }
+    #[unroll]
+    for i in 0..d {
+        let weight = w[(head * d + i) * d + j];
+        #[unroll]
+        for r in 0..TILE {
+            acc[r] += input[r * d + i] * weight;
+        }
+    }
+    acc
+}
+
 #[cube(launch)]
 fn hash_pack_kernel(
     x: &Array<f32>,
@@ -45,20 +72,7 @@ fn hash_pack_kernel(
     sync_cube();
 
     // Layer 1: h1 = x + SiLU(x·W1 + b1).
-    let mut acc = Array::<f32>::new(TILE);
-    let bias1 = b1[head * d + j];
-    #[unroll]
-    for r in 0..TILE {
-        acc[r] = bias1;
-    }
-    #[unroll]
-    for i in 0..d {
-        let w = w1[(head * d + i) * d + j];
-        #[unroll]
-        for r in 0..TILE {
-            acc[r] += xs[r * d + i] * w;
-        }
-    }
+    let acc = linear_column(&xs, w1, b1, head, j, d);
     #[unroll]
     for r in 0..TILE {
         let a = acc[r];
@@ -67,19 +81,7 @@ fn hash_pack_kernel(
     sync_cube();
 
     // Layer 2: h2 = h1 + (h1·W2 + b2); only its sign is kept, as a 0/1 flag in xs.
-    let bias2 = b2[head * d + j];
-    #[unroll]
-    for r in 0..TILE {
-        acc[r] = bias2;
-    }
-    #[unroll]
-    for i in 0..d {
-        let w = w2[(head * d + i) * d + j];
-        #[unroll]
-        for r in 0..TILE {
-            acc[r] += hs[r * d + i] * w;
-        }
-    }
+    let acc = linear_column(&hs, w2, b2, head, j, d);
     #[unroll]
     for r in 0..TILE {
         let mut bit = 0.0f32;

@@ -46,9 +46,8 @@ fn score_hist_kernel(
 ) {
     let b = CUBE_POS_Y as usize;
     let unit = UNIT_POS as usize;
-    let len = plan[b * 4] as usize;
-    let sink = plan[b * 4 + 1] as usize;
-    let mid_end = len - plan[b * 4 + 2] as usize;
+    let middle = read_plan(plan, b);
+    let (len, sink, mid_end) = (middle.len, middle.sink, middle.mid_end);
     let half = comptime!(chunk / 2);
     let q_words = comptime!(sets * group * words);
     let all_bits = comptime!((group * words * 32) as u32);
@@ -210,6 +209,24 @@ fn threshold_kernel(
     }
 }
 
+/// A sequence's plan as the kernels read it: middle tokens are `[sink, mid_end)`.
+#[derive(CubeType)]
+struct Middle {
+    len: usize,
+    sink: usize,
+    mid_end: usize,
+}
+
+#[cube]
+fn read_plan(plan: &Array<u32>, b: usize) -> Middle {
+    let len = plan[b * 4] as usize;
+    Middle {
+        len,
+        sink: plan[b * 4 + 1] as usize,
+        mid_end: len - plan[b * 4 + 2] as usize,
+    }
+}
+
 /// (beat T, tied with T) among one unit's middle tokens, packed as `beat | tied << 16`.
 #[cube]
 fn tally(
@@ -259,9 +276,8 @@ fn count_kernel(
     let s = CUBE_POS_Y as usize;
     let b = CUBE_POS_Z as usize;
     let unit = UNIT_POS as usize;
-    let len = plan[b * 4] as usize;
-    let sink = plan[b * 4 + 1] as usize;
-    let mid_end = len - plan[b * 4 + 2] as usize;
+    let middle = read_plan(plan, b);
+    let (len, sink, mid_end) = (middle.len, middle.sink, middle.mid_end);
     let threshold = meta[(b * sets + s) * 4];
     let row = (b * sets + s) * cap_pairs as usize;
     let total = SharedMemory::<Atomic<u32>>::new(1usize);
@@ -297,10 +313,9 @@ fn compact_kernel(
     let s = CUBE_POS_Y as usize;
     let b = CUBE_POS_Z as usize;
     let unit = UNIT_POS as usize;
-    let len = plan[b * 4] as usize;
-    let sink = plan[b * 4 + 1] as usize;
-    let window = plan[b * 4 + 2] as usize;
-    let mid_end = len - window;
+    let middle = read_plan(plan, b);
+    let (len, sink, mid_end) = (middle.len, middle.sink, middle.mid_end);
+    let window = len - mid_end;
     let m = (b * sets + s) * 4;
     let threshold = meta[m];
     let skip = meta[m + 2];
@@ -537,11 +552,25 @@ impl Selector {
         self.check(plans, selection)?;
         let plan = self.upload_plans(client, plans);
         let max_len = plans.iter().map(|p| p.len).max().unwrap_or(0);
-        self.score_hist(client, q_codes, k_codes, &plan, max_len);
-        self.threshold(client, &plan, selection);
-        self.count(client, &plan, max_len);
-        self.compact(client, &plan, max_len, selection);
+        self.run_uploaded(client, q_codes, k_codes, &plan, max_len, selection);
         Ok(())
+    }
+
+    /// The four stages over plans already on the device (from [`Self::upload_plans`], checked by
+    /// the caller): what a decode loop calls when the plans did not change.
+    pub fn run_uploaded<R: Runtime>(
+        &self,
+        client: &ComputeClient<R>,
+        q_codes: &Handle,
+        k_codes: &Handle,
+        plan: &Handle,
+        max_len: usize,
+        selection: &Selection,
+    ) {
+        self.score_hist(client, q_codes, k_codes, plan, max_len);
+        self.threshold(client, plan, selection);
+        self.count(client, plan, max_len);
+        self.compact(client, plan, max_len, selection);
     }
 
     pub fn score_hist<R: Runtime>(

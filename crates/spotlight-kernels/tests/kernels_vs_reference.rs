@@ -103,7 +103,6 @@ fn check_select(shape: CodeShape, lens: &[usize], budget: Budget, ties: bool, rn
     let plans: Vec<SequencePlan> = lens.iter().map(|&n| budget.plan(n)).collect();
     let index_cap = plans.iter().map(|p| p.selected()).max().unwrap().max(1);
     let selector = Selector::new(&client, shape, b, cap).unwrap();
-    let sel = Selection::new(&client, b, shape.sets, index_cap, POISON);
     let (qh, kh) = (upload_u32(&client, &q), upload_u32(&client, &k));
     // Twice: the second run checks that the first left the workspace clean.
     for _ in 0..2 {
@@ -129,7 +128,6 @@ fn check_select(shape: CodeShape, lens: &[usize], budget: Budget, ties: bool, rn
             }
         }
     }
-    drop(sel);
 }
 
 #[test]
