@@ -2,9 +2,8 @@
 //! selected rows of each set (sparse) or the first `len` rows (dense; causal prefill is dense with
 //! one query row per position).
 //!
-//! `partial` — one cube per (split, set, query row): tiles of K and V rows are gathered into shared
-//! memory (converted to f32), the G query heads of the set score them, and an online softmax keeps
-//! (max, sum, accumulator) per head. `combine` merges the splits.
+//! `partial` — one cube per (split, set, query row), one plane (warp) per K/V row at a time, no
+//! barriers in the row loop (see the kernel). `combine` merges the splits.
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
@@ -13,14 +12,24 @@ use crate::device::{arg, upload_u32};
 use crate::select::Selection;
 use crate::{AttendShape, KernelError};
 
-/// K/V elements per tile (rows = TILE_ELEMS / d): 16 KiB of f32 K+V in shared memory whatever
-/// the head size, which fits the 32 KiB that every runtime we target offers.
-const TILE_ELEMS: usize = 2048;
+/// Planes (warps) per cube at most; fewer when G·d is large, so the in-cube merge fits in 32 KiB.
+const MAX_PLANES: usize = 8;
+/// Rows each plane has in flight per step (loads of all of them are issued before any math).
+const ROWS_IN_FLIGHT: usize = 2;
 /// Fewer rows than this per split is not worth a cube.
 const MIN_ROWS_PER_SPLIT: usize = 128;
-/// Aim for about this many cubes in `partial`.
-const TARGET_CUBES: usize = 528;
+/// Cubes per SM to aim for.
+const CUBES_PER_SM: usize = 4;
 
+/// Planes per cube for a group of `group` heads of size `d`: the merge keeps planes·G·d floats.
+fn planes_per_cube(group: usize, d: usize) -> usize {
+    (8192 / (group * d)).clamp(1, MAX_PLANES)
+}
+
+/// One cube per (split, set, query row); each plane walks its own rows of the split with no
+/// barrier: lane l holds elements [l·e, (l+1)·e) of the K/V row (e = d / plane size), a plane sum
+/// gives each head's logit, and an online softmax keeps (max, sum, accumulator) per head in
+/// registers. At the end the planes merge through shared memory into one partial per cube.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn partial_kernel<F: Float>(
@@ -42,15 +51,19 @@ fn partial_kernel<F: Float>(
     #[comptime] kv_heads: usize,
     #[comptime] sets: usize,
     #[comptime] d: usize,
+    #[comptime] plane: usize,
+    #[comptime] planes: usize,
     #[comptime] sparse: bool,
 ) {
     let split = CUBE_POS_X as usize;
     let s = CUBE_POS_Y as usize;
     let r = CUBE_POS_Z as usize;
     let unit = UNIT_POS as usize;
+    let lane = unit % plane;
+    let plane_id = unit / plane;
     let group = comptime!(q_heads / sets);
-    let tile = comptime!(TILE_ELEMS / d);
-    let stride = comptime!(d + 1); // padded rows: units reading one column hit distinct banks
+    let per_lane = comptime!(d / plane);
+    let threads = comptime!(plane * planes);
     let kv = s * kv_heads / sets;
     let seq = row_seq[r] as usize;
     let kv_base = (seq * kv_heads + kv) * cap as usize;
@@ -64,120 +77,127 @@ fn partial_kernel<F: Float>(
         end = total;
     }
 
-    let mut qs = SharedMemory::<f32>::new(group * d);
-    let mut ks = SharedMemory::<f32>::new(tile * stride);
-    let mut vs = SharedMemory::<f32>::new(tile * stride);
-    let mut ps = SharedMemory::<f32>::new(group * tile);
-    let mut run_max = SharedMemory::<f32>::new(group);
-    let mut run_sum = SharedMemory::<f32>::new(group);
-    let mut rescale = SharedMemory::<f32>::new(group);
-
-    for it in 0..comptime!((group * d).div_ceil(256)) {
-        let i = it * 256usize + unit;
-        if i < group * d {
-            qs[i] = q[(r * q_heads + s * group) * d + i];
+    // The queries, pre-scaled by 1/√d.
+    let mut qr = Array::<f32>::new(group * per_lane);
+    #[unroll]
+    for g in 0..group {
+        #[unroll]
+        for e in 0..per_lane {
+            qr[g * per_lane + e] =
+                q[(r * q_heads + s * group + g) * d + lane * per_lane + e] * scale;
         }
     }
-    if unit < group {
+    let mut m = Array::<f32>::new(group);
+    let mut l = Array::<f32>::new(group);
+    let mut acc = Array::<f32>::new(group * per_lane);
+    #[unroll]
+    for g in 0..group {
         // A finite start for the running max, so exp(m_old − m_new) never sees inf − inf.
-        run_max[unit] = -1.0e30f32;
-        run_sum[unit] = 0.0;
+        m[g] = -1.0e30f32;
+        l[g] = 0.0;
     }
-    let owned = comptime!((group * d).div_ceil(256));
-    let mut acc = Array::<f32>::new(owned);
-    for i in 0..owned {
+    #[unroll]
+    for i in 0..group * per_lane {
         acc[i] = 0.0;
     }
-    sync_cube();
 
-    let mut t0 = start;
+    let mut kr = Array::<f32>::new(ROWS_IN_FLIGHT * per_lane);
+    let mut vr = Array::<f32>::new(ROWS_IN_FLIGHT * per_lane);
+    let mut t0 = start + plane_id;
     while t0 < end {
-        let mut rows = end - t0;
-        if rows > tile {
-            rows = tile;
-        }
-        // Gather the tile's K and V rows together, so both are in flight at once.
+        // Issue every load of the step first.
         #[unroll]
-        for it in 0..comptime!(TILE_ELEMS / 256usize) {
-            let e = it * 256usize + unit;
-            let rr = e / d;
-            let j = e % d;
-            if rr < rows {
-                let mut t = t0 + rr;
+        for f in 0..ROWS_IN_FLIGHT {
+            let t = t0 + f * planes;
+            if t < end {
+                let mut row = t;
                 if comptime!(sparse) {
-                    t = indices[(r * sets + s) * index_cap as usize + t] as usize;
+                    row = indices[(r * sets + s) * index_cap as usize + t] as usize;
                 }
-                let at = (kv_base + t) * d + j;
-                ks[rr * stride + j] = f32::cast_from(k[at]);
-                vs[rr * stride + j] = f32::cast_from(v[at]);
+                let at = (kv_base + row) * d + lane * per_lane;
+                #[unroll]
+                for e in 0..per_lane {
+                    kr[f * per_lane + e] = f32::cast_from(k[at + e]);
+                    vr[f * per_lane + e] = f32::cast_from(v[at + e]);
+                }
             }
         }
-        sync_cube();
-        for it in 0..comptime!((group * tile).div_ceil(256)) {
-            let u = it * 256usize + unit;
-            if u < group * tile {
-                let g = u / tile;
-                let rr = u % tile;
-                if rr < rows {
+        #[unroll]
+        for f in 0..ROWS_IN_FLIGHT {
+            if t0 + f * planes < end {
+                #[unroll]
+                for g in 0..group {
                     let mut dot = 0.0f32;
                     #[unroll]
-                    for i in 0..d {
-                        dot += qs[g * d + i] * ks[rr * stride + i];
+                    for e in 0..per_lane {
+                        dot += qr[g * per_lane + e] * kr[f * per_lane + e];
                     }
-                    ps[u] = dot * scale;
-                } else {
-                    ps[u] = -1.0e30f32;
+                    let logit = plane_sum(dot);
+                    // Uniform across the plane: every lane holds the same logit.
+                    if logit > m[g] {
+                        let alpha = f32::exp(m[g] - logit);
+                        m[g] = logit;
+                        l[g] = l[g] * alpha + 1.0;
+                        #[unroll]
+                        for e in 0..per_lane {
+                            acc[g * per_lane + e] =
+                                acc[g * per_lane + e] * alpha + vr[f * per_lane + e];
+                        }
+                    } else {
+                        let p = f32::exp(logit - m[g]);
+                        l[g] += p;
+                        #[unroll]
+                        for e in 0..per_lane {
+                            acc[g * per_lane + e] += p * vr[f * per_lane + e];
+                        }
+                    }
                 }
             }
         }
-        sync_cube();
-        if unit < group {
-            let old = run_max[unit];
-            let mut best = old;
-            for rr in 0..rows {
-                let p = ps[unit * tile + rr];
-                if p > best {
-                    best = p;
+        t0 += ROWS_IN_FLIGHT * planes;
+    }
+
+    // Merge the planes' states into the cube's partial.
+    let mut sm = SharedMemory::<f32>::new(planes * group);
+    let mut sl = SharedMemory::<f32>::new(planes * group);
+    let mut sacc = SharedMemory::<f32>::new(planes * group * d);
+    #[unroll]
+    for g in 0..group {
+        if lane == 0 {
+            sm[plane_id * group + g] = m[g];
+            sl[plane_id * group + g] = l[g];
+        }
+        #[unroll]
+        for e in 0..per_lane {
+            sacc[(plane_id * group + g) * d + lane * per_lane + e] = acc[g * per_lane + e];
+        }
+    }
+    sync_cube();
+    let part = ((r * sets + s) * splits as usize + split) * group;
+    for it in 0..comptime!((group * d).div_ceil(threads)) {
+        let i = it * threads + unit;
+        if i < group * d {
+            let g = i / d;
+            let mut best = sm[g];
+            for p in 1..planes {
+                let mp = sm[p * group + g];
+                if mp > best {
+                    best = mp;
                 }
             }
             let mut sum = 0.0f32;
-            for rr in 0..rows {
-                let p = f32::exp(ps[unit * tile + rr] - best);
-                ps[unit * tile + rr] = p;
-                sum += p;
+            let mut value = 0.0f32;
+            for p in 0..planes {
+                let w = f32::exp(sm[p * group + g] - best);
+                sum += w * sl[p * group + g];
+                value += w * sacc[p * group * d + i];
             }
-            let alpha = f32::exp(old - best);
-            rescale[unit] = alpha;
-            run_sum[unit] = run_sum[unit] * alpha + sum;
-            run_max[unit] = best;
-        }
-        sync_cube();
-        for i in 0..owned {
-            let e = i * 256usize + unit;
-            if e < group * d {
-                let g = e / d;
-                let j = e % d;
-                let mut a = acc[i] * rescale[g];
-                for rr in 0..rows {
-                    a += ps[g * tile + rr] * vs[rr * stride + j];
-                }
-                acc[i] = a;
+            part_acc[part * d + i] = value;
+            if i % d == 0 {
+                part_ml[(part + g) * 2] = best;
+                part_ml[(part + g) * 2 + 1] = sum;
             }
         }
-        sync_cube();
-        t0 += tile;
-    }
-
-    let part = ((r * sets + s) * splits as usize + split) * group;
-    for i in 0..owned {
-        let e = i * 256usize + unit;
-        if e < group * d {
-            part_acc[part * d + e] = acc[i];
-        }
-    }
-    if unit < group {
-        part_ml[(part + unit) * 2] = run_max[unit];
-        part_ml[(part + unit) * 2 + 1] = run_sum[unit];
     }
 }
 
@@ -285,7 +305,17 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
         Some((_, longest)) => longest,
         None => rows.iter().map(|r| r.len).max().unwrap_or(0),
     };
-    let wanted = (TARGET_CUBES / (rows.len() * sets)).max(1);
+    let props = &client.properties().hardware;
+    let plane = props.plane_size_max as usize;
+    if plane == 0 || props.plane_size_min != props.plane_size_max || d % plane != 0 || plane > d {
+        return Err(KernelError::PlaneSize {
+            plane: props.plane_size_max as usize,
+            d,
+        });
+    }
+    let planes = planes_per_cube(group, d);
+    let sms = props.num_streaming_multiprocessors.unwrap_or(16) as usize;
+    let wanted = (sms * CUBES_PER_SM / (rows.len() * sets)).max(1);
     let splits = longest.div_ceil(MIN_ROWS_PER_SPLIT).clamp(1, wanted);
     let rows_per_split = longest.div_ceil(splits).max(1);
 
@@ -309,7 +339,7 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
     partial_kernel::launch::<F, R>(
         client,
         CubeCount::Static(splits as u32, sets as u32, n as u32),
-        CubeDim::new_1d(256),
+        CubeDim::new_1d((plane * planes) as u32),
         arg(q, n * shape.q_heads * d),
         arg(k, kv_len),
         arg(v, kv_len),
@@ -328,6 +358,8 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
         shape.kv_heads,
         sets,
         d,
+        plane,
+        planes,
         selection.is_some(),
     );
     combine_kernel::launch::<R>(

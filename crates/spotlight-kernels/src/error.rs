@@ -22,6 +22,8 @@ pub enum KernelError {
     TooManyBins(usize),
     #[error("the selection kernel needs {needed} bytes of shared memory per cube, this device offers {available}")]
     SharedMemory { needed: usize, available: usize },
+    #[error("plane (warp) size {plane} does not divide head_dim {d} (or varies on this device)")]
+    PlaneSize { plane: usize, d: usize },
     #[error("budget fraction {0} is outside [0, 1]")]
     Fraction(f64),
 }
