@@ -21,17 +21,17 @@ const PER_UNIT: usize = 16;
 /// Tokens per chunk of `count` / `compact`.
 const COUNT_CHUNK: usize = 256 * PER_UNIT;
 /// u32 words of packed scores a `score_hist` cube stages in shared memory per chunk.
-const STAGED_WORDS: usize = 4096;
+const STAGED_WORDS: usize = 2048;
 /// Shared-memory budget for the per-cube histograms, in u32 bins.
 const MAX_LOCAL_BINS: usize = 8192;
-/// Aim for about this many `score_hist` cubes (a few per SM on the largest GPUs we target).
-const TARGET_CUBES: usize = 528;
+/// `score_hist` cubes to aim for per SM (one resident wave, no tail).
+const CUBES_PER_SM: usize = 3;
 
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn score_hist_kernel(
+fn score_hist_kernel<N: Size>(
     q_codes: &Array<u32>,
-    k_codes: &Array<u32>,
+    k_codes: &Array<Vector<u32, N>>,
     plan: &Array<u32>,
     scores: &mut Array<u32>,
     hist: &mut Array<Atomic<u32>>,
@@ -41,6 +41,7 @@ fn score_hist_kernel(
     #[comptime] sets: usize,
     #[comptime] group: usize,
     #[comptime] words: usize,
+    #[comptime] vec: usize,
     #[comptime] chunk: usize,
     #[comptime] bins: usize,
 ) {
@@ -52,45 +53,50 @@ fn score_hist_kernel(
     let q_words = comptime!(sets * group * words);
     let all_bits = comptime!((group * words * 32) as u32);
 
-    let mut qs = SharedMemory::<u32>::new(q_words);
     let local = SharedMemory::<Atomic<u32>>::new(sets * bins);
     let mut staged = SharedMemory::<u32>::new(sets * half);
-    for it in 0..comptime!(q_words.div_ceil(256)) {
-        let i = it * 256usize + unit;
-        if i < q_words {
-            qs[i] = q_codes[b * q_words + i];
-        }
-    }
     for it in 0..comptime!((sets * bins).div_ceil(256)) {
         let i = it * 256usize + unit;
         if i < sets * bins {
             local[i].store(0u32);
         }
     }
+    // Each unit keeps one set for the whole cube, so its query codes live in registers.
+    let slots = comptime!(256 / sets);
+    let s = unit % sets;
+    let slot = unit / sets;
+    let vecs = comptime!(words / vec);
+    let mut qr = Array::<u32>::new(group * words);
+    #[unroll]
+    for i in 0..group * words {
+        qr[i] = q_codes[b * q_words + s * group * words + i];
+    }
     sync_cube();
 
     for c in 0..chunks_per_cube as usize {
         let t0 = (CUBE_POS_X as usize * chunks_per_cube as usize + c) * chunk;
         if t0 < len {
-            // Unit → (pair of tokens, set): neighbouring units read neighbouring codes.
-            for it in 0..comptime!((sets * half).div_ceil(256)) {
-                let idx = it * 256usize + unit;
-                if idx < sets * half {
-                    let p = idx / sets;
-                    let s = idx % sets;
+            // Neighbouring units read neighbouring codes: (pair of tokens, set), set fastest.
+            for it in 0..comptime!(half.div_ceil(slots)) {
+                let p = it * slots + slot;
+                if slot < slots && p < half {
                     let mut word = 0u32;
                     #[unroll]
                     for e in 0..2usize {
                         let t = t0 + 2 * p + e;
                         if t < len {
-                            let base = ((b * cap as usize + t) * sets + s) * words;
+                            let base = ((b * cap as usize + t) * sets + s) * vecs;
                             let mut differ = 0u32;
                             #[unroll]
-                            for w in 0..words {
-                                let kw = k_codes[base + w];
+                            for vi in 0..vecs {
+                                let kv = k_codes[base + vi];
                                 #[unroll]
-                                for g in 0..group {
-                                    differ += (qs[(s * group + g) * words + w] ^ kw).count_ones();
+                                for x in 0..vec {
+                                    let kw = kv[x];
+                                    #[unroll]
+                                    for g in 0..group {
+                                        differ += (qr[g * words + vi * vec + x] ^ kw).count_ones();
+                                    }
                                 }
                             }
                             let score = all_bits - differ;
@@ -473,7 +479,7 @@ impl Selector {
             return Err(KernelError::TooManyBins(shape.bins()));
         }
         // Checked up front: a launch over the device's shared memory fails silently on some runtimes.
-        let needed = 4 * (shape.q_heads * shape.words() + shape.sets * shape.bins() + STAGED_WORDS);
+        let needed = 4 * (shape.sets * shape.bins() + STAGED_WORDS);
         let available = client.properties().hardware.max_shared_memory_size;
         if needed > available {
             return Err(KernelError::SharedMemory { needed, available });
@@ -584,13 +590,21 @@ impl Selector {
         let s = self.shape;
         let (b, w) = (self.batch, s.words());
         let chunks = max_len.div_ceil(self.chunk).max(1);
-        let per_cube = (chunks * b).div_ceil(TARGET_CUBES).max(1);
+        let sms = client
+            .properties()
+            .hardware
+            .num_streaming_multiprocessors
+            .unwrap_or(16) as usize;
+        let per_cube = (chunks * b).div_ceil(sms * CUBES_PER_SM).max(1);
+        // Codes are read as vectors of up to 4 words (16-byte loads).
+        let vector = w.min(4);
         score_hist_kernel::launch::<R>(
             client,
             CubeCount::Static(chunks.div_ceil(per_cube) as u32, b as u32, 1),
             CubeDim::new_1d(256),
+            vector,
             arg(q_codes, b * s.q_heads * w),
-            arg(k_codes, b * self.cap * s.sets * w),
+            arg(k_codes, b * self.cap * s.sets * w / vector),
             arg(plan, b * 4),
             arg(&self.scores, b * s.sets * self.cap_pairs),
             arg(&self.hist, b * s.sets * s.bins()),
@@ -600,6 +614,7 @@ impl Selector {
             s.sets,
             s.group(),
             w,
+            vector,
             self.chunk,
             s.bins(),
         );
