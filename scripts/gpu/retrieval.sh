@@ -9,5 +9,6 @@ export SPOTLIGHT_COMMIT="$(cat .gpu/commit)"
 gunzip -c .gpu/spotlight.gz > /tmp/spotlight && chmod +x /tmp/spotlight
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 /tmp/spotlight bench retrieval --backend cuda ${RETRIEVAL_ARGS:-} --out "$OUT/retrieval_ours.json" 2>&1 | grep -v '^\s*$'
+[ "${PEER:-1}" = 0 ] && exit 0  # quick iteration: ours only
 python3 benches/peers/retrieval_torch.py --ours "$OUT/retrieval_ours.json" --out "$OUT/retrieval.json"
 python3 benches/peers/copy_bandwidth.py --json "$OUT/copy_bandwidth_torch.json" || echo "torch copy probe failed"

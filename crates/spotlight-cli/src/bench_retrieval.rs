@@ -102,7 +102,6 @@ struct Row {
     selected: usize,
     hash_q_us: f64,
     score_hist_us: f64,
-    threshold_us: f64,
     count_us: f64,
     compact_us: f64,
     score_select_us: f64,
@@ -262,7 +261,7 @@ fn bench<R: Runtime>(
         copy_gbps: gbps,
         kv_dtype: args.kv_dtype.name(),
         budget: format!("{budget:?}"),
-        note: "device time (CUDA events) per call: regions of 10 back-to-back calls, median over runs; score_select = score_hist + threshold + count + compact in one timed region; synthetic codes and K/V; attention is not measured (null) where K/V exceed 2^31 elements (32-bit indexing)",
+        note: "device time (CUDA events) per call: regions of 10 back-to-back calls, median over runs; score_select = score_hist + count (with the threshold) + compact in one timed region; synthetic codes and K/V; attention is not measured (null) where K/V exceed 2^31 elements (32-bit indexing)",
         rows,
     })
 }
@@ -402,8 +401,7 @@ fn bench_one<R: Runtime, F: Float + CubeElement>(
         t(&|_| hash_pack(client, &dev_weights, &q, batch, &q_codes_out).expect("checked"));
     let score_hist_us =
         t(&|i| selector.score_hist(client, &q_codes, &k_codes[i % copies], &plan_handle, n));
-    let threshold_us = t(&|_| selector.threshold(client, &plan_handle, &selection));
-    let count_us = t(&|_| selector.count(client, &plan_handle, n));
+    let count_us = t(&|_| selector.count(client, &plan_handle, n, &selection));
     let compact_us = t(&|_| selector.compact(client, &plan_handle, n, &selection));
     let score_select_us = t(&|i| stages(i));
     let sparse_attend_us = dense_fits.then(|| t(&|i| sparse(i)));
@@ -418,7 +416,6 @@ fn bench_one<R: Runtime, F: Float + CubeElement>(
         selected: plan.selected(),
         hash_q_us,
         score_hist_us,
-        threshold_us,
         count_us,
         compact_us,
         score_select_us,

@@ -15,7 +15,7 @@ use crate::{AttendShape, KernelError};
 /// Planes (warps) per cube at most; fewer when G·d is large, so the in-cube merge fits in 32 KiB.
 const MAX_PLANES: usize = 8;
 /// Rows each plane has in flight per step (loads of all of them are issued before any math).
-const ROWS_IN_FLIGHT: usize = 2;
+const ROWS_IN_FLIGHT: usize = 4;
 /// Fewer rows than this per split is not worth a cube.
 const MIN_ROWS_PER_SPLIT: usize = 128;
 /// Cubes per SM to aim for.
@@ -30,7 +30,7 @@ fn planes_per_cube(group: usize, d: usize) -> usize {
 /// barrier: lane l holds elements [l·e, (l+1)·e) of the K/V row (e = d / plane size), a plane sum
 /// gives each head's logit, and an online softmax keeps (max, sum, accumulator) per head in
 /// registers. At the end the planes merge through shared memory into one partial per cube.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn partial_kernel<F: Float>(
     q: &Array<f32>,
@@ -122,37 +122,50 @@ fn partial_kernel<F: Float>(
                 }
             }
         }
+        // All logits of the step first (independent plane sums pipeline), then one online-softmax
+        // update per head for the whole step.
+        let mut logits = Array::<f32>::new(ROWS_IN_FLIGHT * group);
         #[unroll]
         for f in 0..ROWS_IN_FLIGHT {
-            if t0 + f * planes < end {
+            #[unroll]
+            for g in 0..group {
+                let mut dot = 0.0f32;
                 #[unroll]
-                for g in 0..group {
-                    let mut dot = 0.0f32;
+                for e in 0..per_lane {
+                    dot += qr[g * per_lane + e] * kr[f * per_lane + e];
+                }
+                logits[f * group + g] = plane_sum(dot);
+            }
+        }
+        #[unroll]
+        for g in 0..group {
+            // Uniform across the plane: every lane holds the same logits.
+            let mut best = m[g];
+            #[unroll]
+            for f in 0..ROWS_IN_FLIGHT {
+                if t0 + f * planes < end && logits[f * group + g] > best {
+                    best = logits[f * group + g];
+                }
+            }
+            let alpha = f32::exp(m[g] - best);
+            m[g] = best;
+            let mut sum = l[g] * alpha;
+            #[unroll]
+            for e in 0..per_lane {
+                acc[g * per_lane + e] *= alpha;
+            }
+            #[unroll]
+            for f in 0..ROWS_IN_FLIGHT {
+                if t0 + f * planes < end {
+                    let p = f32::exp(logits[f * group + g] - best);
+                    sum += p;
                     #[unroll]
                     for e in 0..per_lane {
-                        dot += qr[g * per_lane + e] * kr[f * per_lane + e];
-                    }
-                    let logit = plane_sum(dot);
-                    // Uniform across the plane: every lane holds the same logit.
-                    if logit > m[g] {
-                        let alpha = f32::exp(m[g] - logit);
-                        m[g] = logit;
-                        l[g] = l[g] * alpha + 1.0;
-                        #[unroll]
-                        for e in 0..per_lane {
-                            acc[g * per_lane + e] =
-                                acc[g * per_lane + e] * alpha + vr[f * per_lane + e];
-                        }
-                    } else {
-                        let p = f32::exp(logit - m[g]);
-                        l[g] += p;
-                        #[unroll]
-                        for e in 0..per_lane {
-                            acc[g * per_lane + e] += p * vr[f * per_lane + e];
-                        }
+                        acc[g * per_lane + e] += p * vr[f * per_lane + e];
                     }
                 }
             }
+            l[g] = sum;
         }
         t0 += ROWS_IN_FLIGHT * planes;
     }
@@ -193,7 +206,7 @@ fn partial_kernel<F: Float>(
                 value += w * sacc[p * group * d + i];
             }
             part_acc[part * d + i] = value;
-            if i % d == 0 {
+            if i == g * d {
                 part_ml[(part + g) * 2] = best;
                 part_ml[(part + g) * 2 + 1] = sum;
             }
@@ -201,7 +214,7 @@ fn partial_kernel<F: Float>(
     }
 }
 
-#[cube(launch)]
+#[cube(launch_unchecked)]
 fn combine_kernel(
     part_ml: &Array<f32>,
     part_acc: &Array<f32>,
@@ -307,7 +320,11 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
     };
     let props = &client.properties().hardware;
     let plane = props.plane_size_max as usize;
-    if plane == 0 || props.plane_size_min != props.plane_size_max || d % plane != 0 || plane > d {
+    if plane == 0
+        || props.plane_size_min != props.plane_size_max
+        || !d.is_multiple_of(plane)
+        || plane > d
+    {
         return Err(KernelError::PlaneSize {
             plane: props.plane_size_max as usize,
             d,
@@ -336,43 +353,49 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
         None => (row_seq.clone(), row_len.clone(), 1),
     };
     let kv_len = kv.batch * shape.kv_heads * kv.cap * d;
-    partial_kernel::launch::<F, R>(
-        client,
-        CubeCount::Static(splits as u32, sets as u32, n as u32),
-        CubeDim::new_1d((plane * planes) as u32),
-        arg(q, n * shape.q_heads * d),
-        arg(k, kv_len),
-        arg(v, kv_len),
-        arg(&row_seq, n),
-        arg(&row_len, n),
-        arg(&indices, n * sets * index_cap),
-        arg(&counts, n * sets),
-        arg(&part_ml, 2 * parts),
-        arg(&part_acc, d * parts),
-        kv.cap as u32,
-        index_cap as u32,
-        rows_per_split as u32,
-        splits as u32,
-        1.0 / (d as f32).sqrt(),
-        shape.q_heads,
-        shape.kv_heads,
-        sets,
-        d,
-        plane,
-        planes,
-        selection.is_some(),
-    );
-    combine_kernel::launch::<R>(
-        client,
-        CubeCount::Static(shape.q_heads as u32, n as u32, 1),
-        CubeDim::new_1d(d as u32),
-        arg(&part_ml, 2 * parts),
-        arg(&part_acc, d * parts),
-        arg(out, n * shape.q_heads * d),
-        splits as u32,
-        shape.q_heads,
-        sets,
-        d,
-    );
+    // Safety: indices stay within the lengths passed (crate docs, "Unchecked launches").
+    unsafe {
+        partial_kernel::launch_unchecked::<F, R>(
+            client,
+            CubeCount::Static(splits as u32, sets as u32, n as u32),
+            CubeDim::new_1d((plane * planes) as u32),
+            arg(q, n * shape.q_heads * d),
+            arg(k, kv_len),
+            arg(v, kv_len),
+            arg(&row_seq, n),
+            arg(&row_len, n),
+            arg(&indices, n * sets * index_cap),
+            arg(&counts, n * sets),
+            arg(&part_ml, 2 * parts),
+            arg(&part_acc, d * parts),
+            kv.cap as u32,
+            index_cap as u32,
+            rows_per_split as u32,
+            splits as u32,
+            1.0 / (d as f32).sqrt(),
+            shape.q_heads,
+            shape.kv_heads,
+            sets,
+            d,
+            plane,
+            planes,
+            selection.is_some(),
+        )
+    };
+    // Safety: indices stay within the lengths passed (crate docs, "Unchecked launches").
+    unsafe {
+        combine_kernel::launch_unchecked::<R>(
+            client,
+            CubeCount::Static(shape.q_heads as u32, n as u32, 1),
+            CubeDim::new_1d(d as u32),
+            arg(&part_ml, 2 * parts),
+            arg(&part_acc, d * parts),
+            arg(out, n * shape.q_heads * d),
+            splits as u32,
+            shape.q_heads,
+            sets,
+            d,
+        )
+    };
     Ok(())
 }

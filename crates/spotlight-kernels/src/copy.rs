@@ -8,7 +8,7 @@ use crate::device::arg;
 /// Words each unit moves per step; loads are issued together so several are in flight.
 const UNROLL: usize = 4;
 
-#[cube(launch)]
+#[cube(launch_unchecked)]
 fn copy_kernel(src: &Array<u32>, dst: &mut Array<u32>, n: u32) {
     let stride = (CUBE_COUNT_X * CUBE_DIM_X) as usize;
     let n = n as usize;
@@ -38,12 +38,15 @@ pub fn copy<R: Runtime>(client: &ComputeClient<R>, src: &Handle, dst: &Handle, w
     let cubes = (words as u32)
         .div_ceil(256 * UNROLL as u32)
         .clamp(1, 132 * 8);
-    copy_kernel::launch::<R>(
-        client,
-        CubeCount::Static(cubes, 1, 1),
-        CubeDim::new_1d(256),
-        arg(src, words),
-        arg(dst, words),
-        words as u32,
-    );
+    // Safety: indices stay within the lengths passed (crate docs, "Unchecked launches").
+    unsafe {
+        copy_kernel::launch_unchecked::<R>(
+            client,
+            CubeCount::Static(cubes, 1, 1),
+            CubeDim::new_1d(256),
+            arg(src, words),
+            arg(dst, words),
+            words as u32,
+        )
+    };
 }

@@ -18,7 +18,7 @@ fn mix(x: u32) -> u32 {
     h
 }
 
-#[cube(launch)]
+#[cube(launch_unchecked)]
 fn fill_bits_kernel(out: &mut Array<u32>, n: u32, seed: u32) {
     let stride = (CUBE_COUNT_X * CUBE_DIM_X) as usize;
     let mut i = ABSOLUTE_POS_X as usize;
@@ -28,7 +28,7 @@ fn fill_bits_kernel(out: &mut Array<u32>, n: u32, seed: u32) {
     }
 }
 
-#[cube(launch)]
+#[cube(launch_unchecked)]
 fn fill_uniform_kernel<F: Float>(out: &mut Array<F>, n: u32, seed: u32) {
     let stride = (CUBE_COUNT_X * CUBE_DIM_X) as usize;
     let mut i = ABSOLUTE_POS_X as usize;
@@ -46,14 +46,17 @@ fn grid(n: usize) -> CubeCount {
 /// `n` random u32 words (key or query codes).
 pub fn random_bits<R: Runtime>(client: &ComputeClient<R>, n: usize, seed: u32) -> Handle {
     let out = client.empty(4 * n.max(1));
-    fill_bits_kernel::launch::<R>(
-        client,
-        grid(n),
-        CubeDim::new_1d(256),
-        arg(&out, n),
-        n as u32,
-        seed,
-    );
+    // Safety: indices stay within the lengths passed (crate docs, "Unchecked launches").
+    unsafe {
+        fill_bits_kernel::launch_unchecked::<R>(
+            client,
+            grid(n),
+            CubeDim::new_1d(256),
+            arg(&out, n),
+            n as u32,
+            seed,
+        )
+    };
     out
 }
 
@@ -64,13 +67,16 @@ pub fn random_uniform<R: Runtime, F: Float + CubeElement>(
     seed: u32,
 ) -> Handle {
     let out = client.empty(core::mem::size_of::<F>() * n.max(1));
-    fill_uniform_kernel::launch::<F, R>(
-        client,
-        grid(n),
-        CubeDim::new_1d(256),
-        arg(&out, n),
-        n as u32,
-        seed,
-    );
+    // Safety: indices stay within the lengths passed (crate docs, "Unchecked launches").
+    unsafe {
+        fill_uniform_kernel::launch_unchecked::<F, R>(
+            client,
+            grid(n),
+            CubeDim::new_1d(256),
+            arg(&out, n),
+            n as u32,
+            seed,
+        )
+    };
     out
 }

@@ -41,7 +41,7 @@ fn linear_column(
     acc
 }
 
-#[cube(launch)]
+#[cube(launch_unchecked)]
 fn hash_pack_kernel(
     x: &Array<f32>,
     w1: &Array<f32>,
@@ -149,19 +149,22 @@ pub fn hash_pack<R: Runtime>(
         return Ok(());
     }
     let n = h * d;
-    hash_pack_kernel::launch::<R>(
-        client,
-        CubeCount::Static((rows as u32).div_ceil(TILE as u32), h as u32, 1),
-        CubeDim::new_1d(d as u32),
-        arg(x, rows * n),
-        arg(&weights.w1, n * d),
-        arg(&weights.b1, n),
-        arg(&weights.w2, n * d),
-        arg(&weights.b2, n),
-        arg(codes, rows * h * d / 32),
-        rows as u32,
-        h,
-        d,
-    );
+    // Safety: indices stay within the lengths passed (crate docs, "Unchecked launches").
+    unsafe {
+        hash_pack_kernel::launch_unchecked::<R>(
+            client,
+            CubeCount::Static((rows as u32).div_ceil(TILE as u32), h as u32, 1),
+            CubeDim::new_1d(d as u32),
+            arg(x, rows * n),
+            arg(&weights.w1, n * d),
+            arg(&weights.b1, n),
+            arg(&weights.w2, n * d),
+            arg(&weights.b2, n),
+            arg(codes, rows * h * d / 32),
+            rows as u32,
+            h,
+            d,
+        )
+    };
     Ok(())
 }

@@ -16,6 +16,11 @@
 //! - a *set* is one key-code set: `sets == kv_heads` in the group layout (one code per KV head,
 //!   scores summed over its `G = q_heads / sets` query heads), `sets == q_heads` in the authors'
 //!   faithful layout (one code per query head, `G = 1`).
+//!
+//! Unchecked launches: kernels are launched without CubeCL's per-access bounds checks, which cost
+//! a compare and select on every load and store in the hot loops. Each host function checks the
+//! shapes it is given and every index a kernel forms stays within the lengths passed; the tests
+//! compare against the references at awkward sizes (N = 0, 1, non-multiples of every tile).
 
 pub mod attend;
 pub mod budget;

@@ -1,14 +1,14 @@
 //! select: group scores by XOR+popcount, then the budget's top-k by histogram, never a sort.
 //!
-//! Four launches per (layer, step), each reading little more than it must:
+//! Three launches per (layer, step), each reading little more than it must:
 //! 1. `score_hist`: every key code is read once; scores (≤ 16 bits) are written packed two per
 //!    word, set-major, and counted into a per-(sequence, set) histogram over the middle tokens.
-//! 2. `threshold`: per (sequence, set) the score T of the k-th best middle token, how many beat it,
-//!    and how many of the tokens tied at T to skip (the oldest: ties prefer recent tokens).
-//!    It also zeroes the histogram for the next call.
-//! 3. `count`: per chunk of 4096 tokens, how many scores beat T and how many tie it.
-//! 4. `compact`: each chunk writes its chosen tokens at their final positions (earlier chunks'
-//!    counts + an in-cube scan), so index lists come out sorted and identical on every run.
+//! 2. `count`: every cube first finds, from the small histogram (in L2), the score T of the k-th
+//!    best middle token, how many beat it, and how many of the tokens tied at T to skip (the
+//!    oldest: ties prefer recent tokens); then per chunk of 4096 tokens, how many beat and tie T.
+//! 3. `compact`: each chunk writes its chosen tokens at their final positions (earlier chunks'
+//!    counts + an in-cube scan), so index lists come out sorted and identical on every run. It
+//!    also zeroes the histogram for the next call.
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
@@ -27,7 +27,7 @@ const MAX_LOCAL_BINS: usize = 8192;
 /// `score_hist` cubes to aim for per SM (one resident wave, no tail).
 const CUBES_PER_SM: usize = 3;
 
-#[cube(launch)]
+#[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn score_hist_kernel<N: Size>(
     q_codes: &Array<u32>,
@@ -136,31 +136,28 @@ fn score_hist_kernel<N: Size>(
     }
 }
 
-#[cube(launch)]
-fn threshold_kernel(
-    hist: &mut Array<u32>,
-    plan: &Array<u32>,
-    meta: &mut Array<u32>,
-    counts: &mut Array<u32>,
-    #[comptime] sets: usize,
+/// The k-th best middle score T of one (sequence, set), how many beat it, and how many of the
+/// tokens tied at T to skip (the oldest), into `found[0..3]` for every unit of the cube.
+#[cube]
+fn find_threshold(
+    hist: &Array<u32>,
+    base: usize,
+    top_k: u32,
+    found: &mut SharedMemory<u32>,
     #[comptime] bins: usize,
 ) {
-    let s = CUBE_POS_X as usize;
-    let b = CUBE_POS_Y as usize;
     let unit = UNIT_POS as usize;
     let per = comptime!(bins.div_ceil(256));
-    let base = (b * sets + s) * bins;
     let mut h = SharedMemory::<u32>::new(per * 256usize);
     let mut suffix = SharedMemory::<u32>::new(256usize);
 
-    // Each unit owns bins [unit·per, (unit+1)·per); read them and leave zeros for the next call.
+    // Each unit owns bins [unit·per, (unit+1)·per).
     let mut own = 0u32;
     for i in 0..per {
         let v_idx = unit * per + i;
         let mut v = 0u32;
         if v_idx < bins {
             v = hist[base + v_idx];
-            hist[base + v_idx] = 0u32;
         }
         h[v_idx] = v;
         own += v;
@@ -180,15 +177,12 @@ fn threshold_kernel(
         step *= 2;
     }
 
-    let top_k = plan[b * 4 + 3];
-    let out = (b * sets + s) * 4;
     let after = suffix[unit] - own;
     if top_k == 0 {
         if unit == 0 {
-            meta[out] = bins as u32;
-            meta[out + 1] = 0u32;
-            meta[out + 2] = 0u32;
-            meta[out + 3] = 0u32;
+            found[0usize] = bins as u32;
+            found[1usize] = 0u32;
+            found[2usize] = 0u32;
         }
     } else if after < top_k && after + own >= top_k {
         // The k-th best score lies in this unit's segment: walk it from the top.
@@ -199,20 +193,16 @@ fn threshold_kernel(
             if !done && v_idx < bins {
                 let c = h[v_idx];
                 if cum + c >= top_k {
-                    let need = top_k - cum;
-                    meta[out] = v_idx as u32;
-                    meta[out + 1] = cum;
-                    meta[out + 2] = c - need;
-                    meta[out + 3] = top_k;
+                    found[0usize] = v_idx as u32;
+                    found[1usize] = cum;
+                    found[2usize] = c - (top_k - cum);
                     done = true;
                 }
                 cum += c;
             }
         }
     }
-    if unit == 0 {
-        counts[b * sets + s] = plan[b * 4 + 1] + top_k + plan[b * 4 + 2];
-    }
+    sync_cube();
 }
 
 /// A sequence's plan as the kernels read it: middle tokens are `[sink, mid_end)`.
@@ -268,15 +258,19 @@ fn tally(
     beat | (tied << 16)
 }
 
-#[cube(launch)]
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 fn count_kernel(
     scores: &Array<u32>,
     plan: &Array<u32>,
-    meta: &Array<u32>,
+    hist: &Array<u32>,
+    meta: &mut Array<u32>,
+    counts: &mut Array<u32>,
     chunk_counts: &mut Array<u32>,
     cap_pairs: u32,
     chunks: u32,
     #[comptime] sets: usize,
+    #[comptime] bins: usize,
 ) {
     let c = CUBE_POS_X as usize;
     let s = CUBE_POS_Y as usize;
@@ -284,7 +278,19 @@ fn count_kernel(
     let unit = UNIT_POS as usize;
     let middle = read_plan(plan, b);
     let (len, sink, mid_end) = (middle.len, middle.sink, middle.mid_end);
-    let threshold = meta[(b * sets + s) * 4];
+    let top_k = plan[b * 4 + 3];
+    // Every cube finds the threshold itself (the histogram is small and in L2): one launch fewer.
+    let mut found = SharedMemory::<u32>::new(3usize);
+    find_threshold(hist, (b * sets + s) * bins, top_k, &mut found, bins);
+    let threshold = found[0usize];
+    if c == 0 && unit == 0 {
+        let m = (b * sets + s) * 4;
+        meta[m] = threshold;
+        meta[m + 1] = found[1usize];
+        meta[m + 2] = found[2usize];
+        meta[m + 3] = top_k;
+        counts[b * sets + s] = plan[b * 4 + 1] + top_k + plan[b * 4 + 2];
+    }
     let row = (b * sets + s) * cap_pairs as usize;
     let total = SharedMemory::<Atomic<u32>>::new(1usize);
     if unit == 0 {
@@ -302,10 +308,11 @@ fn count_kernel(
     }
 }
 
-#[cube(launch)]
+#[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments, clippy::manual_div_ceil)] // div_ceil is not a cube function
 fn compact_kernel(
     scores: &Array<u32>,
+    hist: &mut Array<u32>,
     plan: &Array<u32>,
     meta: &Array<u32>,
     chunk_counts: &Array<u32>,
@@ -314,6 +321,7 @@ fn compact_kernel(
     chunks: u32,
     index_cap: u32,
     #[comptime] sets: usize,
+    #[comptime] bins: usize,
 ) {
     let c = CUBE_POS_X as usize;
     let s = CUBE_POS_Y as usize;
@@ -401,8 +409,15 @@ fn compact_kernel(
         }
     }
 
-    // The forced sink and window, written once per list.
+    // The forced sink and window, written once per list; the histogram left at zero for the
+    // next call (`count`, its only reader, has finished).
     if c == 0 {
+        for it in 0..comptime!(bins.div_ceil(256)) {
+            let i = it * 256usize + unit;
+            if i < bins {
+                hist[(b * sets + s) * bins + i] = 0u32;
+            }
+        }
         for it in 0..(sink + 255usize) / 256usize {
             let i = it * 256usize + unit;
             if i < sink {
@@ -574,8 +589,7 @@ impl Selector {
         selection: &Selection,
     ) {
         self.score_hist(client, q_codes, k_codes, plan, max_len);
-        self.threshold(client, plan, selection);
-        self.count(client, plan, max_len);
+        self.count(client, plan, max_len, selection);
         self.compact(client, plan, max_len, selection);
     }
 
@@ -598,64 +612,59 @@ impl Selector {
         let per_cube = (chunks * b).div_ceil(sms * CUBES_PER_SM).max(1);
         // Codes are read as vectors of up to 4 words (16-byte loads).
         let vector = w.min(4);
-        score_hist_kernel::launch::<R>(
-            client,
-            CubeCount::Static(chunks.div_ceil(per_cube) as u32, b as u32, 1),
-            CubeDim::new_1d(256),
-            vector,
-            arg(q_codes, b * s.q_heads * w),
-            arg(k_codes, b * self.cap * s.sets * w / vector),
-            arg(plan, b * 4),
-            arg(&self.scores, b * s.sets * self.cap_pairs),
-            arg(&self.hist, b * s.sets * s.bins()),
-            self.cap as u32,
-            self.cap_pairs as u32,
-            per_cube as u32,
-            s.sets,
-            s.group(),
-            w,
-            vector,
-            self.chunk,
-            s.bins(),
-        );
+        // Safety: indices stay within the lengths passed (crate docs, "Unchecked launches").
+        unsafe {
+            score_hist_kernel::launch_unchecked::<R>(
+                client,
+                CubeCount::Static(chunks.div_ceil(per_cube) as u32, b as u32, 1),
+                CubeDim::new_1d(256),
+                vector,
+                arg(q_codes, b * s.q_heads * w),
+                arg(k_codes, b * self.cap * s.sets * w / vector),
+                arg(plan, b * 4),
+                arg(&self.scores, b * s.sets * self.cap_pairs),
+                arg(&self.hist, b * s.sets * s.bins()),
+                self.cap as u32,
+                self.cap_pairs as u32,
+                per_cube as u32,
+                s.sets,
+                s.group(),
+                w,
+                vector,
+                self.chunk,
+                s.bins(),
+            )
+        };
     }
 
-    pub fn threshold<R: Runtime>(
+    /// Threshold (per cube) and per-chunk tallies; writes the lists' lengths.
+    pub fn count<R: Runtime>(
         &self,
         client: &ComputeClient<R>,
         plan: &Handle,
+        max_len: usize,
         selection: &Selection,
     ) {
         let s = self.shape;
         let b = self.batch;
-        threshold_kernel::launch::<R>(
-            client,
-            CubeCount::Static(s.sets as u32, b as u32, 1),
-            CubeDim::new_1d(256),
-            arg(&self.hist, b * s.sets * s.bins()),
-            arg(plan, b * 4),
-            arg(&self.meta, b * s.sets * 4),
-            arg(&selection.counts, b * s.sets),
-            s.sets,
-            s.bins(),
-        );
-    }
-
-    pub fn count<R: Runtime>(&self, client: &ComputeClient<R>, plan: &Handle, max_len: usize) {
-        let s = self.shape;
-        let b = self.batch;
-        count_kernel::launch::<R>(
-            client,
-            CubeCount::Static(cubes(max_len, COUNT_CHUNK as u32), s.sets as u32, b as u32),
-            CubeDim::new_1d(256),
-            arg(&self.scores, b * s.sets * self.cap_pairs),
-            arg(plan, b * 4),
-            arg(&self.meta, b * s.sets * 4),
-            arg(&self.chunk_counts, b * s.sets * self.count_chunks),
-            self.cap_pairs as u32,
-            self.count_chunks as u32,
-            s.sets,
-        );
+        // Safety: indices stay within the lengths passed (crate docs, "Unchecked launches").
+        unsafe {
+            count_kernel::launch_unchecked::<R>(
+                client,
+                CubeCount::Static(cubes(max_len, COUNT_CHUNK as u32), s.sets as u32, b as u32),
+                CubeDim::new_1d(256),
+                arg(&self.scores, b * s.sets * self.cap_pairs),
+                arg(plan, b * 4),
+                arg(&self.hist, b * s.sets * s.bins()),
+                arg(&self.meta, b * s.sets * 4),
+                arg(&selection.counts, b * s.sets),
+                arg(&self.chunk_counts, b * s.sets * self.count_chunks),
+                self.cap_pairs as u32,
+                self.count_chunks as u32,
+                s.sets,
+                s.bins(),
+            )
+        };
     }
 
     pub fn compact<R: Runtime>(
@@ -667,19 +676,24 @@ impl Selector {
     ) {
         let s = self.shape;
         let b = self.batch;
-        compact_kernel::launch::<R>(
-            client,
-            CubeCount::Static(cubes(max_len, COUNT_CHUNK as u32), s.sets as u32, b as u32),
-            CubeDim::new_1d(256),
-            arg(&self.scores, b * s.sets * self.cap_pairs),
-            arg(plan, b * 4),
-            arg(&self.meta, b * s.sets * 4),
-            arg(&self.chunk_counts, b * s.sets * self.count_chunks),
-            arg(&selection.indices, b * s.sets * selection.index_cap),
-            self.cap_pairs as u32,
-            self.count_chunks as u32,
-            selection.index_cap as u32,
-            s.sets,
-        );
+        // Safety: indices stay within the lengths passed (crate docs, "Unchecked launches").
+        unsafe {
+            compact_kernel::launch_unchecked::<R>(
+                client,
+                CubeCount::Static(cubes(max_len, COUNT_CHUNK as u32), s.sets as u32, b as u32),
+                CubeDim::new_1d(256),
+                arg(&self.scores, b * s.sets * self.cap_pairs),
+                arg(&self.hist, b * s.sets * s.bins()),
+                arg(plan, b * 4),
+                arg(&self.meta, b * s.sets * 4),
+                arg(&self.chunk_counts, b * s.sets * self.count_chunks),
+                arg(&selection.indices, b * s.sets * selection.index_cap),
+                self.cap_pairs as u32,
+                self.count_chunks as u32,
+                selection.index_cap as u32,
+                s.sets,
+                s.bins(),
+            )
+        };
     }
 }
