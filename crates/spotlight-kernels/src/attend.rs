@@ -2,8 +2,8 @@
 //! selected rows of each set (sparse) or the first `len` rows (dense; causal prefill is dense with
 //! one query row per position).
 //!
-//! `partial` — one cube per (split, set, query row), one plane (warp) per K/V row at a time, no
-//! barriers in the row loop (see the kernel). `combine` merges the splits.
+//! `partial` — one cube per (split, set, query row); planes take `plane` rows per step, lanes over
+//! rows for q·k and over elements for p·V (see the kernel). `combine` merges the splits.
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
@@ -14,8 +14,6 @@ use crate::{AttendShape, KernelError};
 
 /// Planes (warps) per cube at most; fewer when G·d is large, so the in-cube merge fits in 32 KiB.
 const MAX_PLANES: usize = 8;
-/// Rows each plane has in flight per step (loads of all of them are issued before any math).
-const ROWS_IN_FLIGHT: usize = 4;
 /// Fewer rows than this per split is not worth a cube.
 const MIN_ROWS_PER_SPLIT: usize = 128;
 /// Cubes per SM to aim for.
@@ -26,15 +24,17 @@ fn planes_per_cube(group: usize, d: usize) -> usize {
     (8192 / (group * d)).clamp(1, MAX_PLANES)
 }
 
-/// One cube per (split, set, query row); each plane walks its own rows of the split with no
-/// barrier: lane l holds elements [l·e, (l+1)·e) of the K/V row (e = d / plane size), a plane sum
-/// gives each head's logit, and an online softmax keeps (max, sum, accumulator) per head in
-/// registers. At the end the planes merge through shared memory into one partial per cube.
+/// One cube per (split, set, query row). Each plane takes `plane` rows per step, as
+/// FlashDecoding does: for q·k a lane owns a whole row (16-byte loads, the queries broadcast from
+/// shared memory, no cross-lane sums); the online softmax needs one plane max and one plane sum
+/// per head per step; for p·V a lane owns d / plane elements of every row, each row's position
+/// and probabilities shuffled from the lane that scored it. No barrier in the loop. At the end the planes
+/// merge through shared memory into one partial per cube.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn partial_kernel<F: Float>(
+fn partial_kernel<F: Float, N: Size>(
     q: &Array<f32>,
-    k: &Array<F>,
+    k: &Array<Vector<F, N>>,
     v: &Array<F>,
     row_seq: &Array<u32>,
     row_len: &Array<u32>,
@@ -53,6 +53,7 @@ fn partial_kernel<F: Float>(
     #[comptime] d: usize,
     #[comptime] plane: usize,
     #[comptime] planes: usize,
+    #[comptime] vec: usize,
     #[comptime] sparse: bool,
 ) {
     let split = CUBE_POS_X as usize;
@@ -63,6 +64,7 @@ fn partial_kernel<F: Float>(
     let plane_id = unit / plane;
     let group = comptime!(q_heads / sets);
     let per_lane = comptime!(d / plane);
+    let chunks = comptime!(d / vec);
     let threads = comptime!(plane * planes);
     let kv = s * kv_heads / sets;
     let seq = row_seq[r] as usize;
@@ -77,14 +79,12 @@ fn partial_kernel<F: Float>(
         end = total;
     }
 
-    // The queries, pre-scaled by 1/√d.
-    let mut qr = Array::<f32>::new(group * per_lane);
-    #[unroll]
-    for g in 0..group {
-        #[unroll]
-        for e in 0..per_lane {
-            qr[g * per_lane + e] =
-                q[(r * q_heads + s * group + g) * d + lane * per_lane + e] * scale;
+    // The queries, pre-scaled by 1/√d; every lane reads the same element at once (a broadcast).
+    let mut qs = SharedMemory::<f32>::new(group * d);
+    for it in 0..comptime!((group * d).div_ceil(threads)) {
+        let i = it * threads + unit;
+        if i < group * d {
+            qs[i] = q[(r * q_heads + s * group) * d + i] * scale;
         }
     }
     let mut m = Array::<f32>::new(group);
@@ -100,74 +100,85 @@ fn partial_kernel<F: Float>(
     for i in 0..group * per_lane {
         acc[i] = 0.0;
     }
+    sync_cube();
 
-    let mut kr = Array::<f32>::new(ROWS_IN_FLIGHT * per_lane);
-    let mut vr = Array::<f32>::new(ROWS_IN_FLIGHT * per_lane);
-    let mut t0 = start + plane_id;
+    let mut t0 = start + plane_id * plane;
     while t0 < end {
-        // Issue every load of the step first.
-        #[unroll]
-        for f in 0..ROWS_IN_FLIGHT {
-            let t = t0 + f * planes;
-            if t < end {
-                let mut row = t;
-                if comptime!(sparse) {
-                    row = indices[(r * sets + s) * index_cap as usize + t] as usize;
-                }
-                let at = (kv_base + row) * d + lane * per_lane;
-                #[unroll]
-                for e in 0..per_lane {
-                    kr[f * per_lane + e] = f32::cast_from(k[at + e]);
-                    vr[f * per_lane + e] = f32::cast_from(v[at + e]);
-                }
-            }
-        }
-        // All logits of the step first (independent plane sums pipeline), then one online-softmax
-        // update per head for the whole step.
-        let mut logits = Array::<f32>::new(ROWS_IN_FLIGHT * group);
-        #[unroll]
-        for f in 0..ROWS_IN_FLIGHT {
-            #[unroll]
-            for g in 0..group {
-                let mut dot = 0.0f32;
-                #[unroll]
-                for e in 0..per_lane {
-                    dot += qr[g * per_lane + e] * kr[f * per_lane + e];
-                }
-                logits[f * group + g] = plane_sum(dot);
-            }
-        }
+        // q·k: lane ↔ row.
+        let t = t0 + lane;
+        let valid = t < end;
+        let mut row = t;
+        let mut logit = Array::<f32>::new(group);
         #[unroll]
         for g in 0..group {
-            // Uniform across the plane: every lane holds the same logits.
-            let mut best = m[g];
+            logit[g] = 0.0;
+        }
+        if valid {
+            if comptime!(sparse) {
+                row = indices[(r * sets + s) * index_cap as usize + t] as usize;
+            }
+            let base = (kv_base + row) * chunks;
             #[unroll]
-            for f in 0..ROWS_IN_FLIGHT {
-                if t0 + f * planes < end && logits[f * group + g] > best {
-                    best = logits[f * group + g];
+            for c in 0..chunks {
+                let kc = k[base + c];
+                #[unroll]
+                for x in 0..vec {
+                    let kx = f32::cast_from(kc[x]);
+                    #[unroll]
+                    for g in 0..group {
+                        logit[g] += qs[g * d + c * vec + x] * kx;
+                    }
                 }
             }
+        }
+        // One online-softmax update per head for the step's rows.
+        let mut prob = Array::<f32>::new(group);
+        #[unroll]
+        for g in 0..group {
+            let mut mine = logit[g];
+            if !valid {
+                mine = -1.0e30f32;
+            }
+            let step_max = plane_max(mine);
+            let mut best = m[g];
+            if step_max > best {
+                best = step_max;
+            }
             let alpha = f32::exp(m[g] - best);
+            let mut p = 0.0f32;
+            if valid {
+                p = f32::exp(logit[g] - best);
+            }
+            l[g] = l[g] * alpha + plane_sum(p);
             m[g] = best;
-            let mut sum = l[g] * alpha;
+            prob[g] = p;
             #[unroll]
             for e in 0..per_lane {
                 acc[g * per_lane + e] *= alpha;
             }
-            #[unroll]
-            for f in 0..ROWS_IN_FLIGHT {
-                if t0 + f * planes < end {
-                    let p = f32::exp(logits[f * group + g] - best);
-                    sum += p;
+        }
+        // p·V: lane ↔ elements of each row; row j's position and probabilities come from lane j.
+        #[unroll]
+        for j in 0..plane {
+            if t0 + j < end {
+                let at =
+                    (kv_base + plane_shuffle(row as u32, j as u32) as usize) * d + lane * per_lane;
+                let mut pj = Array::<f32>::new(group);
+                #[unroll]
+                for g in 0..group {
+                    pj[g] = plane_shuffle(prob[g], j as u32);
+                }
+                #[unroll]
+                for e in 0..per_lane {
+                    let vx = f32::cast_from(v[at + e]);
                     #[unroll]
-                    for e in 0..per_lane {
-                        acc[g * per_lane + e] += p * vr[f * per_lane + e];
+                    for g in 0..group {
+                        acc[g * per_lane + e] += pj[g] * vx;
                     }
                 }
             }
-            l[g] = sum;
         }
-        t0 += ROWS_IN_FLIGHT * planes;
+        t0 += planes * plane;
     }
 
     // Merge the planes' states into the cube's partial.
@@ -353,14 +364,17 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
         None => (row_seq.clone(), row_len.clone(), 1),
     };
     let kv_len = kv.batch * shape.kv_heads * kv.cap * d;
+    // K rows are read as 16-byte vectors.
+    let vec = (16 / core::mem::size_of::<F>()).min(d);
     // Safety: indices stay within the lengths passed (crate docs, "Unchecked launches").
     unsafe {
         partial_kernel::launch_unchecked::<F, R>(
             client,
             CubeCount::Static(splits as u32, sets as u32, n as u32),
             CubeDim::new_1d((plane * planes) as u32),
+            vec,
             arg(q, n * shape.q_heads * d),
-            arg(k, kv_len),
+            arg(k, kv_len / vec),
             arg(v, kv_len),
             arg(&row_seq, n),
             arg(&row_len, n),
@@ -379,6 +393,7 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
             d,
             plane,
             planes,
+            vec,
             selection.is_some(),
         )
     };

@@ -24,8 +24,8 @@ const COUNT_CHUNK: usize = 256 * PER_UNIT;
 const STAGED_WORDS: usize = 2048;
 /// Shared-memory budget for the per-cube histograms, in u32 bins.
 const MAX_LOCAL_BINS: usize = 8192;
-/// `score_hist` cubes to aim for per SM (one resident wave, no tail).
-const CUBES_PER_SM: usize = 3;
+/// `score_hist` cubes to aim for per SM (as many as fit: the kernel is latency-bound).
+const CUBES_PER_SM: usize = 8;
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -77,6 +77,7 @@ fn score_hist_kernel<N: Size>(
         let t0 = (CUBE_POS_X as usize * chunks_per_cube as usize + c) * chunk;
         if t0 < len {
             // Neighbouring units read neighbouring codes: (pair of tokens, set), set fastest.
+            #[unroll]
             for it in 0..comptime!(half.div_ceil(slots)) {
                 let p = it * slots + slot;
                 if slot < slots && p < half {
