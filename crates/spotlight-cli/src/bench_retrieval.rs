@@ -16,7 +16,7 @@ use cubecl::server::Handle;
 use half::bf16;
 use serde::Serialize;
 use spotlight_kernels::attend::{attend, KvLayout, QueryRow};
-use spotlight_kernels::device::read_u32;
+use spotlight_kernels::device::{read_f32, read_u32};
 use spotlight_kernels::fill::{random_bits, random_uniform};
 use spotlight_kernels::hash_pack::{hash_pack, DeviceHashWeights};
 use spotlight_kernels::reference::{self, HashWeights};
@@ -385,7 +385,32 @@ fn bench_one<R: Runtime, F: Float + CubeElement>(
             &plans,
             &selector,
             &selection,
-        );
+        )
+        && (!dense_fits || {
+            let check = |sparse_run: bool| {
+                if sparse_run {
+                    sparse(0)
+                } else {
+                    dense(0)
+                };
+                let got = read_f32(client, out.clone(), batch * q_heads * d);
+                let lists = (!sparse_run).then(|| vec![(0..n as u32).collect(); kv_heads]);
+                let (k, v) = &kv[0];
+                attention_matches(
+                    client,
+                    &attn,
+                    &q,
+                    k,
+                    v,
+                    n,
+                    args.kv_dtype,
+                    &selection,
+                    lists,
+                    &got,
+                )
+            };
+            check(true) && check(false)
+        });
 
     let runs = args.runs;
     // Each timed region runs REPS calls back to back (as a decode loop issues them) over rotating
@@ -470,5 +495,72 @@ fn verify_against_reference<R: Runtime>(
             counts[list] as usize == want.len()
                 && indices[list * selection.index_cap..][..want.len()] == want[..]
         })
+    })
+}
+
+/// Attention on this device equals the f64 reference over the same K/V (read back and widened
+/// exactly to f32), within f32 accumulation error. `lists` overrides the selection (dense).
+#[allow(clippy::too_many_arguments)]
+fn attention_matches<R: Runtime>(
+    client: &ComputeClient<R>,
+    shape: &AttendShape,
+    q: &Handle,
+    k: &Handle,
+    v: &Handle,
+    n: usize,
+    dtype: KvDtype,
+    selection: &Selection,
+    lists: Option<Vec<Vec<u32>>>,
+    got: &[f32],
+) -> bool {
+    let d = shape.head_dim;
+    let batch = selection.batch;
+    let widen = |h: &Handle| -> Vec<f32> {
+        let bytes = client.read_one_unchecked(h.clone());
+        match dtype {
+            KvDtype::Bf16 => bytes
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            KvDtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            KvDtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        }
+    };
+    let (kf, vf) = (widen(k), widen(v));
+    let qf = read_f32(client, q.clone(), batch * shape.q_heads * d);
+    let counts = read_u32(client, selection.counts.clone(), batch * shape.sets);
+    let indices = read_u32(
+        client,
+        selection.indices.clone(),
+        batch * shape.sets * selection.index_cap,
+    );
+    let per_seq = shape.kv_heads * n * d;
+    (0..batch).all(|b| {
+        let rows = lists.clone().unwrap_or_else(|| {
+            (0..shape.sets)
+                .map(|s| {
+                    let list = b * shape.sets + s;
+                    indices[list * selection.index_cap..][..counts[list] as usize].to_vec()
+                })
+                .collect()
+        });
+        let qh = shape.q_heads * d;
+        let want = reference::attend(
+            shape,
+            &qf[b * qh..][..qh],
+            &kf[b * per_seq..][..per_seq],
+            &vf[b * per_seq..][..per_seq],
+            n,
+            &rows,
+        );
+        want.iter()
+            .zip(&got[b * qh..][..qh])
+            .all(|(e, g)| (g - e).abs() <= 1e-4 * (1.0 + e.abs()))
     })
 }

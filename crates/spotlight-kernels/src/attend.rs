@@ -33,7 +33,7 @@ fn planes_per_cube(group: usize, d: usize) -> usize {
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn partial_kernel<F: Float, N: Size>(
-    q: &Array<f32>,
+    q: &Array<Vector<f32, Const<4>>>,
     k: &Array<Vector<F, N>>,
     v: &Array<F>,
     row_seq: &Array<u32>,
@@ -79,12 +79,14 @@ fn partial_kernel<F: Float, N: Size>(
         end = total;
     }
 
-    // The queries, pre-scaled by 1/√d; every lane reads the same element at once (a broadcast).
-    let mut qs = SharedMemory::<f32>::new(group * d);
-    for it in 0..comptime!((group * d).div_ceil(threads)) {
+    // The queries, pre-scaled by 1/√d, as 4-float vectors; every lane reads the same vector at
+    // once (a broadcast), one 16-byte shared load per four multiply-adds.
+    let q4 = comptime!(group * d / 4);
+    let mut qs = SharedMemory::<Vector<f32, Const<4>>>::new(q4);
+    for it in 0..comptime!(q4.div_ceil(threads)) {
         let i = it * threads + unit;
-        if i < group * d {
-            qs[i] = q[(r * q_heads + s * group) * d + i] * scale;
+        if i < q4 {
+            qs[i] = q[(r * q_heads + s * group) * (d / 4) + i] * Vector::new(scale);
         }
     }
     let mut m = Array::<f32>::new(group);
@@ -118,15 +120,23 @@ fn partial_kernel<F: Float, N: Size>(
                 row = indices[(r * sets + s) * index_cap as usize + t] as usize;
             }
             let base = (kv_base + row) * chunks;
+            let mut kf = Array::<f32>::new(vec);
             #[unroll]
             for c in 0..chunks {
                 let kc = k[base + c];
                 #[unroll]
                 for x in 0..vec {
-                    let kx = f32::cast_from(kc[x]);
+                    kf[x] = f32::cast_from(kc[x]);
+                }
+                #[unroll]
+                for x4 in 0..comptime!(vec / 4) {
                     #[unroll]
                     for g in 0..group {
-                        logit[g] += qs[g * d + c * vec + x] * kx;
+                        let qv = qs[(g * d + c * vec) / 4 + x4];
+                        #[unroll]
+                        for y in 0..4usize {
+                            logit[g] += qv[y] * kf[x4 * 4 + y];
+                        }
                     }
                 }
             }
@@ -373,7 +383,7 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
             CubeCount::Static(splits as u32, sets as u32, n as u32),
             CubeDim::new_1d((plane * planes) as u32),
             vec,
-            arg(q, n * shape.q_heads * d),
+            arg(q, n * shape.q_heads * d / 4),
             arg(k, kv_len / vec),
             arg(v, kv_len),
             arg(&row_seq, n),
