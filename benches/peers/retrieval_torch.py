@@ -136,8 +136,9 @@ def main():
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             row["torch_error"] = "out of memory"
-        if "torch_pipeline_us" in row and row.get("sparse_attend_us"):
+        if "torch_select_us" in row:
             row["speedup_select_vs_torch"] = row["torch_select_us"] / row["score_select_us"]
+        if "torch_pipeline_us" in row and row.get("sparse_attend_us"):
             row["speedup_pipeline_vs_torch"] = row["torch_pipeline_us"] / (row["score_select_us"] + row["sparse_attend_us"])
         print(f"{row['q_heads']}/{row['kv_heads']}/{row['bits']} b{row['batch']} n{row['n']}: "
               + ", ".join(f"{k} {v:.1f}" for k, v in row.items() if k.startswith("torch_") and isinstance(v, float)), flush=True)

@@ -15,7 +15,7 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 use half::bf16;
 use serde::Serialize;
-use spotlight_kernels::attend::{attend, KvLayout, QueryRow};
+use spotlight_kernels::attend::{attend, KvLayout, QueryRow, QueryRows};
 use spotlight_kernels::device::{read_f32, read_u32};
 use spotlight_kernels::fill::{random_bits, random_uniform};
 use spotlight_kernels::hash_pack::{hash_pack, DeviceHashWeights};
@@ -333,6 +333,7 @@ fn bench_one<R: Runtime, F: Float + CubeElement>(
         })
         .collect();
     let rows: Vec<QueryRow> = (0..batch).map(|seq| QueryRow { seq, len: n }).collect();
+    let rows = QueryRows::upload(client, &rows);
     let layout = KvLayout { batch, cap: n };
     let out = client.empty(4 * batch * q_heads * d);
 

@@ -283,6 +283,26 @@ pub struct QueryRow {
     pub len: usize,
 }
 
+/// Query rows with their (sequence, length) already on the device: uploaded once per decode step
+/// and shared by every layer, so `attend` itself copies nothing from the host.
+pub struct QueryRows {
+    pub rows: Vec<QueryRow>,
+    seq: Handle,
+    len: Handle,
+}
+
+impl QueryRows {
+    pub fn upload<R: Runtime>(client: &ComputeClient<R>, rows: &[QueryRow]) -> Self {
+        let column =
+            |f: fn(&QueryRow) -> usize| rows.iter().map(|r| f(r) as u32).collect::<Vec<_>>();
+        Self {
+            rows: rows.to_vec(),
+            seq: upload_u32(client, &column(|r| r.seq)),
+            len: upload_u32(client, &column(|r| r.len)),
+        }
+    }
+}
+
 /// The KV cache the rows attend to: `[batch][kv_heads][cap][d]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvLayout {
@@ -301,10 +321,11 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
     k: &Handle,
     v: &Handle,
     kv: KvLayout,
-    rows: &[QueryRow],
+    query_rows: &QueryRows,
     selection: Option<(&Selection, usize)>,
     out: &Handle,
 ) -> Result<(), KernelError> {
+    let rows = &query_rows.rows;
     for (i, row) in rows.iter().enumerate() {
         if row.seq >= kv.batch {
             return Err(KernelError::Length {
@@ -358,14 +379,7 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
     let rows_per_split = longest.div_ceil(splits).max(1);
 
     let n = rows.len();
-    let row_seq = upload_u32(
-        client,
-        &rows.iter().map(|r| r.seq as u32).collect::<Vec<_>>(),
-    );
-    let row_len = upload_u32(
-        client,
-        &rows.iter().map(|r| r.len as u32).collect::<Vec<_>>(),
-    );
+    let (row_seq, row_len) = (&query_rows.seq, &query_rows.len);
     let parts = n * sets * splits * group;
     let part_ml = client.empty(4 * 2 * parts);
     let part_acc = client.empty(4 * d * parts);
@@ -386,8 +400,8 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
             arg(q, n * shape.q_heads * d / 4),
             arg(k, kv_len / vec),
             arg(v, kv_len),
-            arg(&row_seq, n),
-            arg(&row_len, n),
+            arg(row_seq, n),
+            arg(row_len, n),
             arg(&indices, n * sets * index_cap),
             arg(&counts, n * sets),
             arg(&part_ml, 2 * parts),

@@ -6,7 +6,7 @@ use cubecl::prelude::*;
 use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use spotlight_kernels::attend::{attend, KvLayout, QueryRow};
+use spotlight_kernels::attend::{attend, KvLayout, QueryRow, QueryRows};
 use spotlight_kernels::device::{
     filled_f32, filled_u32, read_f32, read_u32, upload_f32, upload_u32,
 };
@@ -210,6 +210,7 @@ fn check_attend(shape: AttendShape, lens: &[usize], sparse: bool, rng: &mut StdR
         .enumerate()
         .map(|(seq, &len)| QueryRow { seq, len })
         .collect();
+    let rows = QueryRows::upload(&client, &rows);
     // Sparse lists: a random subset of each sequence, ascending, plus its last token.
     let lists: Vec<Vec<Vec<u32>>> = lens
         .iter()
@@ -318,6 +319,7 @@ fn causal_prefill_is_dense_attention_per_position() {
     let v = normal(&mut rng, shape.kv_heads * len * d, 1.0);
     let q = normal(&mut rng, len * shape.q_heads * d, 1.0);
     let rows: Vec<QueryRow> = (0..len).map(|t| QueryRow { seq: 0, len: t + 1 }).collect();
+    let rows = QueryRows::upload(&client, &rows);
     let out = filled_f32(&client, len * shape.q_heads * d, f32::NAN);
     let (kh, vh, qh) = (
         upload_f32(&client, &k),
