@@ -17,6 +17,8 @@ pub enum BenchCommand {
     Generate(GenerateBenchArgs),
     /// Retrieval kernels (hash, score+select, sparse and dense decode attention) per stage.
     Retrieval(crate::bench_retrieval::RetrievalBenchArgs),
+    /// Decode linear kernel (bf16 weights, 1–16 rows) at Llama-3-8B and SmolLM2 shapes (CUDA).
+    Linear(crate::bench_linear::LinearBenchArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -71,6 +73,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     let args = match cmd {
         BenchCommand::Generate(args) => args,
         BenchCommand::Retrieval(args) => return crate::bench_retrieval::run(args),
+        BenchCommand::Linear(args) => return crate::bench_linear::run(args),
     };
     if args.runs == 0 || args.new_tokens < 2 || args.batch.contains(&0) {
         return Err(CliError::Usage(

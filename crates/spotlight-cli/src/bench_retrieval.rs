@@ -28,9 +28,9 @@ use crate::bench::{command_output, device_name, git_commit, median, write_report
 use crate::error::{CliError, Result};
 
 /// Rotate inputs over copies totalling at least this many bytes (4× the H200's 50 MB L2).
-const ROTATE_BYTES: usize = 200 << 20;
+pub(crate) const ROTATE_BYTES: usize = 200 << 20;
 /// Calls per timed region.
-const REPS: usize = 10;
+pub(crate) const REPS: usize = 10;
 /// The kernels index with 32-bit offsets: larger K/V buffers are not measured (noted in the JSON).
 const MAX_KV_ELEMS: usize = 1 << 31;
 
@@ -187,7 +187,7 @@ fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
 }
 
 /// Device time of the launches in `f`, in microseconds.
-fn time<R: Runtime>(client: &ComputeClient<R>, f: impl FnOnce() + Send) -> f64 {
+pub(crate) fn time<R: Runtime>(client: &ComputeClient<R>, f: impl FnOnce() + Send) -> f64 {
     let (_, duration) = client.profile(f, "bench").expect("profiling is supported");
     cubecl::future::block_on(duration.resolve())
         .duration()
@@ -195,7 +195,7 @@ fn time<R: Runtime>(client: &ComputeClient<R>, f: impl FnOnce() + Send) -> f64 {
         * 1e6
 }
 
-fn copy_gbps<R: Runtime>(client: &ComputeClient<R>, mib: usize, runs: usize) -> f64 {
+pub(crate) fn copy_gbps<R: Runtime>(client: &ComputeClient<R>, mib: usize, runs: usize) -> f64 {
     let words = mib << 18;
     let src = random_bits(client, words, 1);
     let dst = client.empty(4 * words);

@@ -4,6 +4,7 @@
 pub mod assets;
 pub mod backend;
 pub mod bench;
+pub mod bench_linear;
 pub mod bench_retrieval;
 pub mod check;
 pub mod error;

@@ -29,6 +29,7 @@ pub mod device;
 pub mod error;
 pub mod fill;
 pub mod hash_pack;
+pub mod linear;
 pub mod reference;
 pub mod select;
 pub mod shape;

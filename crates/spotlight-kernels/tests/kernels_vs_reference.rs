@@ -400,3 +400,49 @@ fn bad_shapes_are_errors_not_panics() {
         Err(e) => assert!(e.to_string().contains("shared memory"), "{e}"),
     }
 }
+
+#[test]
+fn linear_matches_reference() {
+    let client = client();
+    let mut rng = rng("linear");
+    for (m, k, n) in [
+        (1, 64, 1),
+        (3, 36, 13),
+        (16, 100, 37),
+        (1, 1024, 300),
+        (4, 4, 9),
+    ] {
+        let x = normal(&mut rng, m * k, 1.0);
+        let w = normal(&mut rng, n * k, 1.0);
+        let y = filled_f32(&client, m * n, f32::NAN);
+        spotlight_kernels::linear::linear::<WgpuRuntime, f32>(
+            &client,
+            &upload_f32(&client, &x),
+            &upload_f32(&client, &w),
+            &y,
+            m,
+            k,
+            n,
+        )
+        .unwrap();
+        let got = read_f32(&client, y, m * n);
+        let want = reference::linear(&x, &w, m, k, n);
+        let scale = (k as f32).sqrt();
+        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - e).abs() <= 1e-5 * scale * (1.0 + e.abs()),
+                "m {m} k {k} n {n}: element {i}: {g} vs {e}"
+            );
+        }
+    }
+    let y = filled_f32(&client, 1, 0.0);
+    let h = upload_f32(&client, &[0.0; 4]);
+    assert!(
+        spotlight_kernels::linear::linear::<WgpuRuntime, f32>(&client, &h, &h, &y, 17, 4, 1)
+            .is_err()
+    );
+    assert!(
+        spotlight_kernels::linear::linear::<WgpuRuntime, f32>(&client, &h, &h, &y, 1, 6, 1)
+            .is_err()
+    );
+}

@@ -4,8 +4,10 @@
 
 pub mod attend;
 pub mod hash_pack;
+pub mod linear;
 pub mod select;
 
 pub use attend::attend;
 pub use hash_pack::{hash_pack, HashWeights};
+pub use linear::linear;
 pub use select::{scores, select};

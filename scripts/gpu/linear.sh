@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (one call; carry [".gpu"] staged by `scripts/gpu/prepare.sh --no-model`):
+# the decode linear kernel at Llama-3-8B / SmolLM2 projection shapes, then PyTorch's F.linear on
+# the same rows. Results land in $OUT (copy linear.json to benches/results/decode_linear.json).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+: "${OUT:?run this through the device tool}"
+export CUDA_PATH="${CUDA_PATH:-/usr/local/cuda}"
+export SPOTLIGHT_COMMIT="$(cat .gpu/commit)"
+gunzip -c .gpu/spotlight.gz > /tmp/spotlight && chmod +x /tmp/spotlight
+/tmp/spotlight bench linear --out "$OUT/linear_ours.json" 2>&1
+python3 benches/peers/linear_torch.py --ours "$OUT/linear_ours.json" --out "$OUT/linear.json"
