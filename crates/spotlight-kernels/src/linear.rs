@@ -21,7 +21,7 @@ fn linear_kernel<F: Float, N: Size>(
     x: &Array<Vector<f32, Const<4>>>,
     w: &Array<Vector<F, N>>,
     y: &mut Array<f32>,
-    n: u32,
+    cols: u32,
     #[comptime] m: usize,
     #[comptime] k: usize,
     #[comptime] vec: usize,
@@ -32,7 +32,7 @@ fn linear_kernel<F: Float, N: Size>(
     let chunks = comptime!(k / vec);
     let steps = comptime!(chunks.div_ceil(plane * IN_FLIGHT));
     // The whole plane shares `col`, so this branch is uniform and the plane sum below is safe.
-    if col < n as usize {
+    if col < cols as usize {
         let mut acc = Array::<f32>::new(m);
         #[unroll]
         for r in 0..m {
@@ -70,7 +70,7 @@ fn linear_kernel<F: Float, N: Size>(
         for r in 0..m {
             let total = plane_sum(acc[r]);
             if lane == 0 {
-                y[r * n as usize + col] = total;
+                y[r * cols as usize + col] = total;
             }
         }
     }
