@@ -118,8 +118,24 @@ def retrieval():
     return lines
 
 
+def linear():
+    lines = []
+    for name, d in load("decode_linear_*.json"):
+        lines += [f"**Decode linear kernel** (`{name}`, {d['device']}, {d['date']}, commit {d['commit']}; torch {d.get('torch', '?')}): "
+                  f"y = x·Wᵀ, {d['weights']}; µs per call (regions of 10 back-to-back calls, median of 20); "
+                  f"GB/s of weights; our copy kernel {d['copy_gbps']:.0f} GB/s in the same run.", "",
+                  f"    {d['command']}   # then: python3 benches/peers/linear_torch.py", "",
+                  "| projection | in → out | rows | ours µs | ours GB/s | torch F.linear µs | torch GB/s |", "|---|---|---|---|---|---|---|"]
+        for r in d["rows"]:
+            torch_gbps = "–" if r.get("torch_gbps") is None else f"{r['torch_gbps']:.0f}"
+            lines.append(f"| {r['name']} | {r['k']} → {r['n']} | {r['m']} | {r['us']:.1f} | {r['gbps']:.0f} | "
+                         f"{fmt(r.get('torch_us'))} | {torch_gbps} |")
+        lines.append("")
+    return lines
+
+
 def main():
-    body = "\n".join(checks() + ppls() + generation() + profiles() + retrieval() + peers()).strip() or "(no results yet)"
+    body = "\n".join(checks() + ppls() + generation() + profiles() + retrieval() + linear() + peers()).strip() or "(no results yet)"
     path = os.path.join(ROOT, "README.md")
     text = open(path).read()
     new = re.sub(r"<!-- results:begin -->.*<!-- results:end -->",
