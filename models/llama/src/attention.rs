@@ -47,6 +47,8 @@ pub struct Step<B: Backend> {
     /// [batch·len] absolute position of each row (for RoPE).
     pub positions: Tensor<B, 1, Int>,
     pub chunks: Vec<QueryChunk<B>>,
+    /// Keep each layer's post-RoPE queries in its cache (see `LayerCache::queries`).
+    pub record_queries: bool,
 }
 
 impl<B: Backend> Step<B> {
@@ -103,6 +105,7 @@ impl<B: Backend> Step<B> {
             len,
             positions,
             chunks,
+            record_queries: false,
         }
     }
 }
@@ -128,6 +131,9 @@ impl<B: LlamaBackend> Attention<B> {
             step.positions.clone(),
         );
         let v = self.v.forward(x).reshape([batch, len, kv, d]);
+        if step.record_queries {
+            cache.queries = Some(q.clone());
+        }
         cache.write(
             k.swap_dims(1, 2),
             v.swap_dims(1, 2),

@@ -14,6 +14,9 @@ pub struct LayerCache<B: Backend> {
     pub k: Tensor<B, 4>,
     /// [batch, kv_heads, capacity, head_dim]
     pub v: Tensor<B, 4>,
+    /// The last forward call's post-RoPE queries [batch, len, q_heads, head_dim], kept only when
+    /// the cache records queries (hash training reads q and k of every layer from here).
+    pub queries: Option<Tensor<B, 4>>,
 }
 
 /// The whole model's cache plus each sequence's current length.
@@ -23,6 +26,8 @@ pub struct KvCache<B: Backend> {
     /// Tokens already cached per sequence (they may differ: ragged batches).
     pub lens: Vec<usize>,
     capacity: usize,
+    /// Keep each layer's queries of the last call in `LayerCache::queries`.
+    pub record_queries: bool,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -37,11 +42,13 @@ impl<B: Backend> KvCache<B> {
         let layer = || LayerCache {
             k: Tensor::zeros([batch, kv_heads, capacity, head_dim], device),
             v: Tensor::zeros([batch, kv_heads, capacity, head_dim], device),
+            queries: None,
         };
         Self {
             layers: (0..n_layers).map(|_| layer()).collect(),
             lens: vec![0; batch],
             capacity,
+            record_queries: false,
         }
     }
 

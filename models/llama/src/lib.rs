@@ -29,7 +29,7 @@ pub use checkpoint::Checkpoint;
 pub use config::LlamaConfig;
 pub use error::LlamaError;
 pub use generate::{generate, GenerateConfig, GenerateStats};
-pub use model::Llama;
+pub use model::{LayerQk, Llama};
 pub use sampling::Sampling;
 pub use tokenizer::{ChatTemplate, Tokenizer};
 #[cfg(test)]

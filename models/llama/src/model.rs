@@ -27,6 +27,13 @@ pub struct Llama<B: Backend> {
     pub rope: Rope<B>,
 }
 
+/// One layer's post-RoPE queries [q_heads, len, d] and keys [kv_heads, len, d].
+#[derive(Debug, Clone)]
+pub struct LayerQk<B: Backend> {
+    pub q: Tensor<B, 3>,
+    pub k: Tensor<B, 3>,
+}
+
 /// Reads tensors by name, checks their shapes, and remembers which were used.
 struct Loader<'a, S: WeightSource + ?Sized> {
     source: &'a S,
@@ -269,7 +276,7 @@ impl<B: LlamaBackend> Llama<B> {
         }
         let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [batch * len]), &device);
         let c = &self.config;
-        let step = Step::new(
+        let mut step = Step::new(
             cache.lens.clone(),
             new_lens.clone(),
             c.group_size(),
@@ -277,6 +284,7 @@ impl<B: LlamaBackend> Llama<B> {
             self.rope.max_positions(),
             &device,
         );
+        step.record_queries = cache.record_queries;
         let mut x = self
             .embed
             .clone()
@@ -289,6 +297,33 @@ impl<B: LlamaBackend> Llama<B> {
             *l += n;
         }
         Ok(self.norm.forward(x))
+    }
+
+    /// Runs one sequence through the dense model and returns every layer's post-RoPE queries and
+    /// keys, per head: (q [q_heads, len, head_dim], k [kv_heads, len, head_dim]), HF `rotate_half`
+    /// layout — the inputs of the Spotlight hash (METHOD.md "Training").
+    pub fn queries_and_keys(&self, tokens: &[u32]) -> Result<Vec<LayerQk<B>>, LlamaError> {
+        let mut cache = self.new_cache(1, tokens.len())?;
+        cache.record_queries = true;
+        self.forward(&[tokens.to_vec()], &mut cache)?;
+        let len = tokens.len();
+        let c = &self.config;
+        Ok(cache
+            .layers
+            .into_iter()
+            .map(|layer| {
+                let q = layer
+                    .queries
+                    .expect("recorded by forward")
+                    .reshape([len, c.num_attention_heads, c.head_dim])
+                    .swap_dims(0, 1);
+                let k = layer
+                    .k
+                    .slice([0..1, 0..c.num_key_value_heads, 0..len, 0..c.head_dim])
+                    .reshape([c.num_key_value_heads, len, c.head_dim]);
+                LayerQk { q, k }
+            })
+            .collect())
     }
 
     /// LM head over hidden states: [batch, len, hidden] → [batch, len, vocab].

@@ -1,0 +1,115 @@
+//! AdamW with decoupled weight decay (PyTorch's semantics), a warm-up + cosine schedule, and
+//! clipping by global norm — per layer, so every layer trains as if alone (METHOD.md: "each layer
+//! is trained independently"). Moments are plain tensors so checkpoints hold the whole state.
+
+use burn::tensor::{backend::Backend, ElementConversion, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Largest global gradient norm of one layer; larger gradients are scaled down.
+    pub clip: f64,
+    /// Share of the steps spent in linear warm-up.
+    pub warmup_fraction: f64,
+}
+
+impl Default for AdamWConfig {
+    /// The authors' settings (METHOD.md "Optimiser").
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            clip: 1.0,
+            warmup_fraction: 0.01,
+        }
+    }
+}
+
+impl AdamWConfig {
+    /// Learning rate at 0-based `step` of `total`: linear warm-up, then cosine to 0.
+    pub fn lr_at(&self, step: usize, total: usize) -> f64 {
+        let warmup = ((self.warmup_fraction * total as f64).ceil() as usize).max(1);
+        if step < warmup {
+            return self.lr * (step + 1) as f64 / warmup as f64;
+        }
+        let span = total.saturating_sub(warmup).max(1) as f64;
+        let progress = ((step - warmup) as f64 / span).min(1.0);
+        self.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+/// First and second moments of one parameter tensor.
+#[derive(Debug, Clone)]
+pub struct Moments<B: Backend, const D: usize> {
+    pub m: Tensor<B, D>,
+    pub v: Tensor<B, D>,
+}
+
+impl<B: Backend, const D: usize> Moments<B, D> {
+    pub fn zeros_like(p: &Tensor<B, D>) -> Self {
+        Self {
+            m: p.zeros_like(),
+            v: p.zeros_like(),
+        }
+    }
+}
+
+/// The optimiser: stateless apart from the moments the caller keeps beside each parameter.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamW {
+    pub config: AdamWConfig,
+}
+
+impl AdamW {
+    /// Global L2 norm of a set of gradients.
+    pub fn grad_norm<B: Backend, const D: usize>(grads: &[Tensor<B, D>]) -> f64 {
+        if grads.is_empty() {
+            return 0.0;
+        }
+        // One device sync for all of them.
+        let parts: Vec<Tensor<B, 1>> = grads
+            .iter()
+            .map(|g| g.clone().powi_scalar(2).sum())
+            .collect();
+        Tensor::cat(parts, 0)
+            .sum()
+            .into_scalar()
+            .elem::<f64>()
+            .sqrt()
+    }
+
+    /// One update of `params` (1-based `t` for bias correction) after clipping `grads` together.
+    /// Returns the norm before clipping.
+    pub fn step<B: Backend, const D: usize>(
+        &self,
+        params: &mut [Tensor<B, D>],
+        grads: &[Tensor<B, D>],
+        moments: &mut [Moments<B, D>],
+        lr: f64,
+        t: usize,
+    ) -> f64 {
+        let c = &self.config;
+        let norm = Self::grad_norm(grads);
+        let scale = if norm > c.clip {
+            c.clip / (norm + 1e-6)
+        } else {
+            1.0
+        };
+        let (bc1, bc2) = (1.0 - c.beta1.powi(t as i32), 1.0 - c.beta2.powi(t as i32));
+        for ((p, g), mom) in params.iter_mut().zip(grads).zip(moments.iter_mut()) {
+            let g = g.clone() * scale;
+            mom.m = mom.m.clone() * c.beta1 + g.clone() * (1.0 - c.beta1);
+            mom.v = mom.v.clone() * c.beta2 + g.powi_scalar(2) * (1.0 - c.beta2);
+            let update = (mom.m.clone() / bc1) / ((mom.v.clone() / bc2).sqrt() + c.eps);
+            *p = p.clone() * (1.0 - lr * c.weight_decay) - update * lr;
+        }
+        norm
+    }
+}

@@ -1,0 +1,69 @@
+//! The Bradley–Terry ranking loss (METHOD.md "Training", step 6):
+//! loss = Σ_heads mean_valid-pairs softplus(−(β·(s(t,i) − s(t,j)) − m)), s = draft code score,
+//! i a true top key of query t, j another visible key. Minimising it maximises the probability that
+//! the code ranks each top key above each other key.
+
+use burn::tensor::{activation::relu, backend::Backend, Tensor};
+
+use crate::targets::Targets;
+
+/// Draft scores s(t, j) = c(q_t)·c(k_j) of every sampled query against every key: [q_heads, T, N].
+/// `cq`: [q_heads, T, d]. `ck`: [q_heads, N, d] (a key code per query head) or [kv_heads, N, d]
+/// (a key code per KV head, shared by its G query heads; head h uses KV head h / G).
+pub fn draft_scores<B: Backend>(cq: Tensor<B, 3>, ck: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [h, t, d] = cq.dims();
+    let [hk, n, _] = ck.dims();
+    let g = h / hk;
+    // Rows of one KV head's group side by side: one product per KV head.
+    cq.reshape([hk, g * t, d])
+        .matmul(ck.swap_dims(1, 2))
+        .reshape([h, t, n])
+}
+
+/// log(1 + eˣ) without overflow: beyond 30 it equals x to f64 precision (Burn's `softplus`
+/// overflows to ∞ past 88 in f32, and score gaps reach ±2d).
+pub fn softplus<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    const LINEAR_FROM: f64 = 30.0;
+    x.clone().clamp_max(LINEAR_FROM).exp().log1p() + relu(x - LINEAR_FROM)
+}
+
+/// The loss (scalar, [1]) and the detached statistics of the pairs.
+#[derive(Debug, Clone)]
+pub struct BtOutput<B: Backend> {
+    pub loss: Tensor<B, 1>,
+    /// Fraction of valid pairs with s_top < s_other.
+    pub misordered: f64,
+    pub valid_pairs: f64,
+}
+
+/// Loss over the pairs in `targets` given the draft scores [q_heads, T, N].
+pub fn loss<B: Backend>(
+    scores: Tensor<B, 3>,
+    targets: &Targets<B>,
+    beta: f64,
+    margin: f64,
+) -> BtOutput<B> {
+    let s_top = scores.clone().gather(2, targets.top.clone());
+    let s_other = scores.gather(2, targets.other.clone());
+    let diff = (s_top - s_other) * beta - margin;
+    let valid = targets.valid.clone();
+    let per_pair = softplus(diff.clone().neg()) * valid.clone();
+    let [h, t, p] = valid.dims();
+    let count = valid.clone().reshape([h, t * p]).sum_dim(1); // [h, 1]
+    let per_head = per_pair.reshape([h, t * p]).sum_dim(1) / count.clone().clamp_min(1.0);
+    let loss = per_head.sum().reshape([1]);
+    let wrong = diff.lower_elem(0.0).float() * valid;
+    let valid_pairs: f64 = count.sum().into_scalar().elem();
+    let wrong: f64 = wrong.sum().into_scalar().elem();
+    BtOutput {
+        loss,
+        misordered: if valid_pairs > 0.0 {
+            wrong / valid_pairs
+        } else {
+            0.0
+        },
+        valid_pairs,
+    }
+}
+
+use burn::tensor::ElementConversion;

@@ -1,0 +1,228 @@
+//! The trained hash of a whole model in one safetensors file: per layer a query network (one per
+//! query head) and, in the group layout, a key network (one per KV head); a JSON header names the
+//! model, the head layout, d, bits and the training configuration. Loading checks everything a
+//! mismatched or damaged file could get wrong and says what, in one line.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use spotlight_kernels::reference::HashWeights;
+use spotlight_llama::LlamaConfig;
+
+use crate::tensor_file::{self, Tensors};
+use crate::{Layout, TrainError};
+
+/// Format tag written into every file.
+pub const FORMAT: &str = "spotlight-hash/1";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HashHeader {
+    pub format: String,
+    /// The model the hash was trained for (its file or directory name).
+    pub model: String,
+    pub layers: usize,
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Code length per network (= head_dim: one sign per output coordinate).
+    pub bits: usize,
+    pub layout: Layout,
+    /// How it was trained (the trainer's config and the step count), for the record.
+    pub training: serde_json::Value,
+}
+
+impl HashHeader {
+    pub fn new(
+        model: &str,
+        config: &LlamaConfig,
+        layout: Layout,
+        training: serde_json::Value,
+    ) -> Self {
+        Self {
+            format: FORMAT.into(),
+            model: model.into(),
+            layers: config.num_hidden_layers,
+            q_heads: config.num_attention_heads,
+            kv_heads: config.num_key_value_heads,
+            head_dim: config.head_dim,
+            bits: config.head_dim,
+            layout,
+            training,
+        }
+    }
+
+    pub fn key_nets(&self) -> usize {
+        self.layout.key_nets(self.q_heads, self.kv_heads)
+    }
+}
+
+/// One layer's networks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerHash {
+    /// One network per query head.
+    pub query: HashWeights,
+    /// Group layout: one network per KV head. Faithful layout: None (the query networks code keys).
+    pub key: Option<HashWeights>,
+}
+
+impl LayerHash {
+    /// The networks that code keys.
+    pub fn key_weights(&self) -> &HashWeights {
+        self.key.as_ref().unwrap_or(&self.query)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HashFile {
+    pub header: HashHeader,
+    pub layers: Vec<LayerHash>,
+}
+
+const PARTS: [&str; 4] = ["w1", "b1", "w2", "b2"];
+
+fn put(tensors: &mut Tensors, prefix: &str, w: &HashWeights) {
+    let (n, d) = (w.heads, w.dim);
+    for (part, v) in PARTS.iter().zip([&w.w1, &w.b1, &w.w2, &w.b2]) {
+        let shape = if part.starts_with('w') {
+            vec![n, d, d]
+        } else {
+            vec![n, d]
+        };
+        tensors.insert(format!("{prefix}.{part}"), (shape, v.clone()));
+    }
+}
+
+fn take(
+    tensors: &mut Tensors,
+    prefix: &str,
+    nets: usize,
+    d: usize,
+    path: &Path,
+) -> Result<HashWeights, TrainError> {
+    let bad = |why: String| TrainError::HashFile {
+        path: path.display().to_string(),
+        why,
+    };
+    let mut parts = Vec::with_capacity(4);
+    for part in PARTS {
+        let name = format!("{prefix}.{part}");
+        let expected = if part.starts_with('w') {
+            vec![nets, d, d]
+        } else {
+            vec![nets, d]
+        };
+        let (shape, v) = tensors
+            .remove(&name)
+            .ok_or_else(|| bad(format!("tensor {name} is missing")))?;
+        if shape != expected {
+            return Err(bad(format!(
+                "tensor {name} has shape {shape:?}, the header implies {expected:?}"
+            )));
+        }
+        parts.push(v);
+    }
+    let [w1, b1, w2, b2]: [Vec<f32>; 4] = parts.try_into().expect("four parts");
+    HashWeights::new(nets, d, w1, b1, w2, b2).map_err(|e| bad(e.to_string()))
+}
+
+impl HashFile {
+    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+        let mut tensors = Tensors::new();
+        for (l, layer) in self.layers.iter().enumerate() {
+            put(&mut tensors, &format!("layers.{l}.query"), &layer.query);
+            if let Some(k) = &layer.key {
+                put(&mut tensors, &format!("layers.{l}.key"), k);
+            }
+        }
+        let header = serde_json::to_string(&self.header).expect("header serialises");
+        tensor_file::write(
+            path,
+            &tensors,
+            HashMap::from([("spotlight".to_string(), header)]),
+        )
+    }
+
+    /// Reads and validates a file written by [`HashFile::save`].
+    pub fn load(path: &Path) -> Result<Self, TrainError> {
+        let bad = |why: String| TrainError::HashFile {
+            path: path.display().to_string(),
+            why,
+        };
+        let (meta, mut tensors) = tensor_file::read(path)?;
+        let raw = meta
+            .get("spotlight")
+            .ok_or_else(|| bad("no spotlight header: not a Spotlight hash file".into()))?;
+        let header: HashHeader =
+            serde_json::from_str(raw).map_err(|e| bad(format!("unreadable header ({e})")))?;
+        if header.format != FORMAT {
+            return Err(bad(format!(
+                "format {:?}, this build reads {FORMAT:?}",
+                header.format
+            )));
+        }
+        if header.bits != header.head_dim
+            || header.kv_heads == 0
+            || !header.q_heads.is_multiple_of(header.kv_heads)
+        {
+            return Err(bad(format!(
+                "inconsistent header: {} q heads, {} kv heads, d {}, {} bits",
+                header.q_heads, header.kv_heads, header.head_dim, header.bits
+            )));
+        }
+        let d = header.head_dim;
+        let mut layers = Vec::with_capacity(header.layers);
+        for l in 0..header.layers {
+            let query = take(
+                &mut tensors,
+                &format!("layers.{l}.query"),
+                header.q_heads,
+                d,
+                path,
+            )?;
+            let key = match header.layout {
+                Layout::Faithful => None,
+                Layout::Group => Some(take(
+                    &mut tensors,
+                    &format!("layers.{l}.key"),
+                    header.kv_heads,
+                    d,
+                    path,
+                )?),
+            };
+            layers.push(LayerHash { query, key });
+        }
+        if let Some(extra) = tensors.keys().next() {
+            return Err(bad(format!(
+                "has {} tensors beyond the {} layers of its header, e.g. {extra}",
+                tensors.len(),
+                header.layers
+            )));
+        }
+        Ok(Self { header, layers })
+    }
+
+    /// Checks the file was trained for this model; a one-line error names the first difference.
+    pub fn check_model(&self, model: &str, config: &LlamaConfig) -> Result<(), TrainError> {
+        let h = &self.header;
+        let mismatch = |what: &str, file: String, model_has: String| {
+            Err(TrainError::Mismatch(format!(
+                "the hash file was trained with {what} {file}, the model has {model_has}"
+            )))
+        };
+        if h.model != model {
+            return mismatch("model", format!("{:?}", h.model), format!("{model:?}"));
+        }
+        for (what, file, has) in [
+            ("layers", h.layers, config.num_hidden_layers),
+            ("query heads", h.q_heads, config.num_attention_heads),
+            ("kv heads", h.kv_heads, config.num_key_value_heads),
+            ("head_dim", h.head_dim, config.head_dim),
+        ] {
+            if file != has {
+                return mismatch(what, file.to_string(), has.to_string());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,147 @@
+//! HashMlp: the per-head residual hash network of one layer (METHOD.md "Hash function"),
+//! written with Burn tensor ops so autodiff differentiates it on every backend.
+//!
+//! ```text
+//! h1 = x + SiLU(x·W1 + b1);  h2 = h1 + (h1·W2 + b2)
+//! training code  c = softsign(γ·h2) = γh2 / (1 + |γh2|)
+//! decode code    sign(h2), packed (spotlight_kernels::hash_pack — the same weights)
+//! ```
+
+use burn::tensor::{backend::Backend, Distribution, Tensor, TensorData};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use spotlight_kernels::reference::HashWeights;
+
+use crate::TrainError;
+
+/// Standard deviation of the initial weights: the untrained hash is ≈ sign(x).
+pub const INIT_STD: f64 = 1e-3;
+
+/// `nets` independent networks of width `dim`, `x·W` convention (`w1[net][in][out]`).
+#[derive(Debug, Clone)]
+pub struct HashMlp<B: Backend> {
+    /// [nets, d, d]
+    pub w1: Tensor<B, 3>,
+    /// [nets, 1, d]
+    pub b1: Tensor<B, 3>,
+    /// [nets, d, d]
+    pub w2: Tensor<B, 3>,
+    /// [nets, 1, d]
+    pub b2: Tensor<B, 3>,
+}
+
+impl<B: Backend> HashMlp<B> {
+    /// Near-identity init: W ~ N(0, 1e-3²), b = 0. Drawn on the host from `seed`, so every
+    /// backend starts from the same weights.
+    pub fn init(nets: usize, dim: usize, seed: u64, device: &B::Device) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut normal = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    // Box–Muller: two uniforms → one standard normal.
+                    let (u, v): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
+                    ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos() * INIT_STD) as f32
+                })
+                .collect()
+        };
+        let w1 = normal(nets * dim * dim);
+        let w2 = normal(nets * dim * dim);
+        let zeros = vec![0f32; nets * dim];
+        Self::from_vecs(nets, dim, w1, zeros.clone(), w2, zeros, device)
+    }
+
+    fn from_vecs(
+        nets: usize,
+        d: usize,
+        w1: Vec<f32>,
+        b1: Vec<f32>,
+        w2: Vec<f32>,
+        b2: Vec<f32>,
+        device: &B::Device,
+    ) -> Self {
+        let t =
+            |v: Vec<f32>, shape: [usize; 3]| Tensor::from_data(TensorData::new(v, shape), device);
+        Self {
+            w1: t(w1, [nets, d, d]),
+            b1: t(b1, [nets, 1, d]),
+            w2: t(w2, [nets, d, d]),
+            b2: t(b2, [nets, 1, d]),
+        }
+    }
+
+    /// Random weights of a larger scale than the init (tests: a hash far from the identity).
+    pub fn random(nets: usize, dim: usize, scale: f64, device: &B::Device) -> Self {
+        let dist = Distribution::Normal(0.0, scale);
+        Self {
+            w1: Tensor::random([nets, dim, dim], dist, device),
+            b1: Tensor::random([nets, 1, dim], dist, device),
+            w2: Tensor::random([nets, dim, dim], dist, device),
+            b2: Tensor::random([nets, 1, dim], dist, device),
+        }
+    }
+
+    pub fn nets(&self) -> usize {
+        self.w1.dims()[0]
+    }
+
+    pub fn dim(&self) -> usize {
+        self.w1.dims()[1]
+    }
+
+    /// h2 for x: [nets, rows, d] (row block r of net n is hashed by net n).
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let h1 = x.clone() + silu(x.matmul(self.w1.clone()) + self.b1.clone());
+        h1.clone() + h1.matmul(self.w2.clone()) + self.b2.clone()
+    }
+
+    /// The differentiable code softsign(γ·h2) ∈ (−1, 1)^d.
+    pub fn soft_codes(&self, x: Tensor<B, 3>, gamma: f64) -> Tensor<B, 3> {
+        let g = self.forward(x) * gamma;
+        g.clone() / (g.abs() + 1.0)
+    }
+
+    /// The four parameter tensors, in the order w1, b1, w2, b2.
+    pub fn params(&self) -> [Tensor<B, 3>; 4] {
+        [
+            self.w1.clone(),
+            self.b1.clone(),
+            self.w2.clone(),
+            self.b2.clone(),
+        ]
+    }
+
+    pub fn from_params([w1, b1, w2, b2]: [Tensor<B, 3>; 4]) -> Self {
+        Self { w1, b1, w2, b2 }
+    }
+
+    /// The weights in the decode kernels' format.
+    pub fn to_weights(&self) -> Result<HashWeights, TrainError> {
+        let v = |t: &Tensor<B, 3>| t.to_data().convert::<f32>().to_vec::<f32>().unwrap();
+        Ok(HashWeights::new(
+            self.nets(),
+            self.dim(),
+            v(&self.w1),
+            v(&self.b1),
+            v(&self.w2),
+            v(&self.b2),
+        )?)
+    }
+
+    pub fn from_weights(w: &HashWeights, device: &B::Device) -> Self {
+        Self::from_vecs(
+            w.heads,
+            w.dim,
+            w.w1.clone(),
+            w.b1.clone(),
+            w.w2.clone(),
+            w.b2.clone(),
+            device,
+        )
+    }
+}
+
+/// SiLU(a) = a·σ(a) with σ(a) = (1 + tanh(a/2))/2: Burn's sigmoid computes in f32 even on f64
+/// backends, which would make f64 gradient checks meaningless; tanh never overflows.
+pub fn silu<B: Backend, const D: usize>(a: Tensor<B, D>) -> Tensor<B, D> {
+    let sigma = (a.clone() * 0.5).tanh() * 0.5 + 0.5;
+    a * sigma
+}

@@ -1,0 +1,432 @@
+//! The layer-wise trainer (METHOD.md "Training"). Every step takes one sequence, runs the frozen
+//! model once, and updates every layer's hash (each layout) from that layer's q and k; layers never
+//! share a gradient, a clip or a moment, so this equals training them one at a time, batched.
+//!
+//! State = parameters + AdamW moments + the step count, checkpointed atomically; everything random
+//! (windows, queries, pairs) is a function of (seed, step, layer), so a resumed run continues
+//! exactly where the killed one would have been.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
+use rand::{rngs::StdRng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use spotlight_llama::{LayerQk, LlamaConfig};
+
+use crate::adamw::{AdamW, AdamWConfig, Moments};
+use crate::bradley_terry::{draft_scores, loss};
+use crate::hash_file::{HashFile, HashHeader, LayerHash};
+use crate::hash_mlp::HashMlp;
+use crate::targets::{TargetConfig, Targets};
+use crate::tensor_file::{self, Tensors};
+use crate::{Layout, TrainError};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub layouts: Vec<Layout>,
+    pub steps: usize,
+    /// Tokens per training sequence.
+    pub seq_len: usize,
+    pub targets: TargetConfig,
+    /// Softsign sharpness γ of the training code.
+    pub gamma: f64,
+    /// Bradley–Terry temperature β and margin m.
+    pub beta: f64,
+    pub margin: f64,
+    pub optimizer: AdamWConfig,
+    pub seed: u64,
+    /// Steps between checkpoints.
+    pub checkpoint_every: usize,
+}
+
+impl Default for TrainConfig {
+    /// The authors' recipe (METHOD.md), except for the number of steps and the sequence length,
+    /// which callers choose for their budget.
+    fn default() -> Self {
+        Self {
+            layouts: Layout::ALL.to_vec(),
+            steps: 1000,
+            seq_len: 4096,
+            targets: TargetConfig::default(),
+            gamma: 64.0,
+            beta: 1.0,
+            margin: 0.0,
+            optimizer: AdamWConfig::default(),
+            seed: 0,
+            checkpoint_every: 50,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |s: String| Err(TrainError::Config(s));
+        if self.layouts.is_empty() {
+            return bad("no layout to train".into());
+        }
+        if self.steps == 0
+            || self.seq_len < 2
+            || self.targets.queries == 0
+            || self.targets.pairs == 0
+        {
+            return bad(format!(
+                "steps ({}), seq_len ({}), queries ({}) and pairs ({}) must be positive (seq_len ≥ 2)",
+                self.steps, self.seq_len, self.targets.queries, self.targets.pairs
+            ));
+        }
+        if !(self.targets.top_fraction > 0.0 && self.targets.top_fraction < 1.0) {
+            return bad(format!(
+                "top fraction {} is not in (0, 1)",
+                self.targets.top_fraction
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One layer's networks for one layout.
+#[derive(Debug, Clone)]
+pub struct LayerNets<B: Backend> {
+    pub query: HashMlp<B>,
+    /// Group layout only.
+    pub key: Option<HashMlp<B>>,
+}
+
+impl<B: Backend> LayerNets<B> {
+    fn params(&self) -> Vec<Tensor<B, 3>> {
+        let mut p = self.query.params().to_vec();
+        if let Some(k) = &self.key {
+            p.extend(k.params());
+        }
+        p
+    }
+
+    fn from_params(p: Vec<Tensor<B, 3>>) -> Self {
+        let mut it = p.into_iter();
+        let mut four = || -> Option<[Tensor<B, 3>; 4]> {
+            Some([it.next()?, it.next()?, it.next()?, it.next()?])
+        };
+        let query = HashMlp::from_params(four().expect("query params"));
+        let key = four().map(HashMlp::from_params);
+        Self { query, key }
+    }
+
+    /// Soft codes of the sampled queries [q_heads, T, d] and of all keys [key_nets, N, d].
+    pub fn soft_codes(
+        &self,
+        queries: Tensor<B, 3>,
+        keys: Tensor<B, 3>,
+        gamma: f64,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let cq = self.query.soft_codes(queries, gamma);
+        let ck = match &self.key {
+            Some(key) => key.soft_codes(keys, gamma),
+            None => {
+                // Faithful: each query head's network codes its KV head's keys.
+                let [kv, n, d] = keys.dims();
+                let g = self.query.nets() / kv;
+                let repeated =
+                    keys.reshape([kv, 1, n, d])
+                        .expand([kv, g, n, d])
+                        .reshape([kv * g, n, d]);
+                self.query.soft_codes(repeated, gamma)
+            }
+        };
+        (cq, ck)
+    }
+
+    pub fn to_layer_hash(&self) -> Result<LayerHash, TrainError> {
+        Ok(LayerHash {
+            query: self.query.to_weights()?,
+            key: self.key.as_ref().map(HashMlp::to_weights).transpose()?,
+        })
+    }
+}
+
+struct NetState<B: Backend> {
+    nets: LayerNets<B>,
+    moments: Vec<Moments<B, 3>>,
+}
+
+/// What one layer of one layout did in one step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    pub step: usize,
+    pub layout: Layout,
+    pub layer: usize,
+    pub loss: f64,
+    pub misordered: f64,
+    pub valid_pairs: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+}
+
+/// Model dimensions the hash depends on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Dims {
+    model: String,
+    layers: usize,
+    q_heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+/// Mixes a seed with small integers into an independent stream seed (splitmix64 finaliser).
+pub fn mix_seed(seed: u64, parts: &[u64]) -> u64 {
+    let mut z = seed;
+    for &p in parts {
+        z = z.wrapping_add(p.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+    }
+    z
+}
+
+pub struct Trainer<B: AutodiffBackend> {
+    pub config: TrainConfig,
+    /// Completed steps.
+    pub step: usize,
+    dims: Dims,
+    llama: LlamaConfig,
+    /// [layout][layer]
+    state: Vec<Vec<NetState<B::InnerBackend>>>,
+    device: B::Device,
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// Fresh networks at the near-identity init, seeded per (layout, layer, role).
+    pub fn new(
+        config: TrainConfig,
+        model: &str,
+        llama: &LlamaConfig,
+        device: &B::Device,
+    ) -> Result<Self, TrainError> {
+        config.validate()?;
+        let (h, kv, d) = (
+            llama.num_attention_heads,
+            llama.num_key_value_heads,
+            llama.head_dim,
+        );
+        spotlight_kernels::CodeShape::new(h, kv, d).map_err(TrainError::from)?;
+        let state = config
+            .layouts
+            .iter()
+            .enumerate()
+            .map(|(li, &layout)| {
+                (0..llama.num_hidden_layers)
+                    .map(|l| {
+                        let seed = |role: u64| mix_seed(config.seed, &[li as u64, l as u64, role]);
+                        let nets = LayerNets {
+                            query: HashMlp::init(h, d, seed(0), device),
+                            key: (layout == Layout::Group)
+                                .then(|| HashMlp::init(kv, d, seed(1), device)),
+                        };
+                        let moments = nets.params().iter().map(Moments::zeros_like).collect();
+                        NetState { nets, moments }
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(Self {
+            config,
+            step: 0,
+            dims: Dims {
+                model: model.into(),
+                layers: llama.num_hidden_layers,
+                q_heads: h,
+                kv_heads: kv,
+                head_dim: d,
+            },
+            llama: llama.clone(),
+            state,
+            device: device.clone(),
+        })
+    }
+
+    /// One training step on one sequence's q/k (all layers, all layouts).
+    pub fn train_step(
+        &mut self,
+        qk: &[LayerQk<B::InnerBackend>],
+    ) -> Result<Vec<StepRecord>, TrainError> {
+        if qk.len() != self.dims.layers {
+            return Err(TrainError::Config(format!(
+                "{} layers of q/k given to a trainer of {} layers",
+                qk.len(),
+                self.dims.layers
+            )));
+        }
+        let c = self.config.clone();
+        let optimizer = AdamW {
+            config: c.optimizer,
+        };
+        let lr = c.optimizer.lr_at(self.step, c.steps);
+        let mut records = Vec::new();
+        for (l, layer) in qk.iter().enumerate() {
+            let mut rng =
+                StdRng::seed_from_u64(mix_seed(c.seed, &[0x7a, self.step as u64, l as u64]));
+            let targets = Targets::sample(&layer.q, &layer.k, &c.targets, &mut rng);
+            let targets = Targets::<B> {
+                positions: Tensor::from_inner(targets.positions),
+                queries: Tensor::from_inner(targets.queries),
+                top: Tensor::from_inner(targets.top),
+                other: Tensor::from_inner(targets.other),
+                valid: Tensor::from_inner(targets.valid),
+            };
+            let keys = Tensor::<B, 3>::from_inner(layer.k.clone());
+            for (li, &layout) in c.layouts.iter().enumerate() {
+                let st = &mut self.state[li][l];
+                let params: Vec<Tensor<B, 3>> = st
+                    .nets
+                    .params()
+                    .into_iter()
+                    .map(|p| Tensor::from_inner(p).require_grad())
+                    .collect();
+                let nets = LayerNets::from_params(params.clone());
+                let (cq, ck) = nets.soft_codes(targets.queries.clone(), keys.clone(), c.gamma);
+                let out = loss(draft_scores(cq, ck), &targets, c.beta, c.margin);
+                let loss_value = out.loss.clone().into_scalar().elem::<f64>();
+                let grads = out.loss.backward();
+                let grads: Vec<_> = params
+                    .iter()
+                    .map(|p| {
+                        p.grad(&grads)
+                            .unwrap_or_else(|| p.clone().inner().zeros_like())
+                    })
+                    .collect();
+                let mut inner: Vec<_> = params.into_iter().map(|p| p.inner()).collect();
+                let grad_norm =
+                    optimizer.step(&mut inner, &grads, &mut st.moments, lr, self.step + 1);
+                st.nets = LayerNets::from_params(inner);
+                records.push(StepRecord {
+                    step: self.step,
+                    layout,
+                    layer: l,
+                    loss: loss_value,
+                    misordered: out.misordered,
+                    valid_pairs: out.valid_pairs,
+                    grad_norm,
+                    lr,
+                });
+            }
+        }
+        self.step += 1;
+        Ok(records)
+    }
+
+    /// The current hash of one layout as a file.
+    pub fn hash_file(&self, layout: Layout) -> Result<HashFile, TrainError> {
+        let li = self
+            .config
+            .layouts
+            .iter()
+            .position(|&x| x == layout)
+            .ok_or_else(|| {
+                TrainError::Config(format!("layout {} was not trained", layout.name()))
+            })?;
+        let training = serde_json::json!({ "config": self.config, "steps_done": self.step });
+        Ok(HashFile {
+            header: HashHeader::new(&self.dims.model, &self.llama, layout, training),
+            layers: self.state[li]
+                .iter()
+                .map(|s| s.nets.to_layer_hash())
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Writes parameters, moments and the step count atomically.
+    pub fn save_checkpoint(&self, path: &Path) -> Result<(), TrainError> {
+        let mut tensors = Tensors::new();
+        for (li, layout) in self.config.layouts.iter().enumerate() {
+            for (l, st) in self.state[li].iter().enumerate() {
+                let p = st.nets.params();
+                for (i, t) in p.iter().enumerate() {
+                    let name = format!("{}.{l}.{i}", layout.name());
+                    tensors.insert(format!("{name}.p"), to_host(t));
+                    tensors.insert(format!("{name}.m"), to_host(&st.moments[i].m));
+                    tensors.insert(format!("{name}.v"), to_host(&st.moments[i].v));
+                }
+            }
+        }
+        let meta =
+            serde_json::json!({ "config": self.config, "dims": self.dims, "step": self.step });
+        tensor_file::write(
+            path,
+            &tensors,
+            HashMap::from([("trainer".into(), meta.to_string())]),
+        )
+    }
+
+    /// Continues from a checkpoint written by a trainer with the same config and model.
+    pub fn resume(&mut self, path: &Path) -> Result<(), TrainError> {
+        let bad = |why: String| TrainError::HashFile {
+            path: path.display().to_string(),
+            why,
+        };
+        let (meta, mut tensors) = tensor_file::read(path)?;
+        let meta: serde_json::Value = meta
+            .get("trainer")
+            .and_then(|m| serde_json::from_str(m).ok())
+            .ok_or_else(|| bad("not a training checkpoint".into()))?;
+        let config: TrainConfig = serde_json::from_value(meta["config"].clone())
+            .map_err(|e| bad(format!("unreadable config ({e})")))?;
+        let dims: Dims = serde_json::from_value(meta["dims"].clone())
+            .map_err(|e| bad(format!("unreadable dims ({e})")))?;
+        if dims != self.dims {
+            return Err(bad(format!("written for {:?}, not {:?}", dims, self.dims)));
+        }
+        if config != self.config {
+            return Err(bad(
+                "written with other training flags; rerun with the same flags or delete it to start over".into(),
+            ));
+        }
+        let step = meta["step"]
+            .as_u64()
+            .ok_or_else(|| bad("no step count".into()))? as usize;
+        for (li, layout) in self.config.layouts.iter().enumerate() {
+            for (l, st) in self.state[li].iter_mut().enumerate() {
+                let shapes: Vec<[usize; 3]> = st.nets.params().iter().map(|t| t.dims()).collect();
+                let mut params = Vec::new();
+                for (i, shape) in shapes.iter().enumerate() {
+                    let name = format!("{}.{l}.{i}", layout.name());
+                    let mut get = |suffix: &str| -> Result<Tensor<B::InnerBackend, 3>, TrainError> {
+                        let (s, v) = tensors
+                            .remove(&format!("{name}.{suffix}"))
+                            .ok_or_else(|| bad(format!("tensor {name}.{suffix} is missing")))?;
+                        if s != shape {
+                            return Err(bad(format!(
+                                "tensor {name}.{suffix} has shape {s:?}, expected {shape:?}"
+                            )));
+                        }
+                        Ok(Tensor::from_data(
+                            burn::tensor::TensorData::new(v, *shape),
+                            &self.device,
+                        ))
+                    };
+                    params.push(get("p")?);
+                    st.moments[i] = Moments {
+                        m: get("m")?,
+                        v: get("v")?,
+                    };
+                }
+                st.nets = LayerNets::from_params(params);
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}
+
+fn to_host<B: Backend>(t: &Tensor<B, 3>) -> (Vec<usize>, Vec<f32>) {
+    (
+        t.dims().to_vec(),
+        t.to_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("f32 data"),
+    )
+}
+
+use burn::tensor::ElementConversion;

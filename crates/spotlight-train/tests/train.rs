@@ -1,0 +1,439 @@
+//! The hash training math against plain-Rust references and finite differences, the trainer's
+//! checkpoint/resume, and hash-file validation. Inputs are SYNTHETIC random q/k (the real model's
+//! run is in the CLI tests); seeds are fixed per test and printed on failure.
+
+use burn::backend::{ndarray::NdArray, Autodiff};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use spotlight_llama::{LayerQk, LlamaConfig};
+use spotlight_train::bradley_terry::{draft_scores, loss};
+use spotlight_train::hash_mlp::HashMlp;
+use spotlight_train::targets::{top_count, TargetConfig, Targets};
+use spotlight_train::trainer::LayerNets;
+use spotlight_train::{HashFile, Layout, TrainConfig, TrainError, Trainer};
+
+type F64 = NdArray<f64>;
+type Ad64 = Autodiff<F64>;
+type Cpu = NdArray<f32>;
+type AdCpu = Autodiff<Cpu>;
+
+fn random<B: Backend, const D: usize>(shape: [usize; D], rng: &mut StdRng) -> Tensor<B, D> {
+    let n = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    Tensor::from_data(
+        TensorData::new(v, shape).convert::<B::FloatElem>(),
+        &Default::default(),
+    )
+}
+
+fn host<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Vec<f64> {
+    t.to_data().convert::<f64>().to_vec::<f64>().unwrap()
+}
+
+fn host_int<B: Backend, const D: usize>(t: &Tensor<B, D, burn::tensor::Int>) -> Vec<i64> {
+    t.to_data().convert::<i64>().to_vec::<i64>().unwrap()
+}
+
+/// Targets obey their definition: valid pairs pair a true top key with a visible non-top key.
+#[test]
+fn targets_follow_the_definition() {
+    for (h, kv, n, d, queries, pairs, seed) in [
+        (6, 2, 50, 32, 20, 17, 1),
+        (4, 4, 301, 32, 64, 40, 2),
+        (3, 1, 7, 32, 9, 5, 3),
+    ] {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let q = random::<Cpu, 3>([h, n, d], &mut rng);
+        let k = random::<Cpu, 3>([kv, n, d], &mut rng);
+        let cfg = TargetConfig {
+            queries,
+            pairs,
+            top_fraction: 0.1,
+        };
+        let t = Targets::sample(&q, &k, &cfg, &mut rng);
+        let (qv, kvv) = (host(&q), host(&k));
+        let pos = host_int(&t.positions);
+        let (top, other, valid) = (host_int(&t.top), host_int(&t.other), host(&t.valid));
+        let tn = pos.len();
+        assert_eq!(tn, queries.min(n));
+        assert!(
+            pos.windows(2).all(|w| w[0] < w[1]),
+            "positions ascending and distinct"
+        );
+        let top_k = top_count(n, 0.1);
+        let g = h / kv;
+        let mut n_valid = 0;
+        for hh in 0..h {
+            for (ti, &tpos) in pos.iter().enumerate() {
+                let tpos = tpos as usize;
+                // True logits over visible keys, ranked.
+                let logit = |j: usize| -> f64 {
+                    (0..d)
+                        .map(|c| qv[(hh * n + tpos) * d + c] * kvv[((hh / g) * n + j) * d + c])
+                        .sum()
+                };
+                let mut order: Vec<usize> = (0..=tpos).collect();
+                order.sort_by(|&a, &b| logit(b).partial_cmp(&logit(a)).unwrap());
+                let in_top = |j: usize| order.iter().take(top_k).any(|&x| x == j);
+                for p in 0..pairs {
+                    let i = (hh * tn + ti) * pairs + p;
+                    let (kt, ko) = (top[i] as usize, other[i] as usize);
+                    let expect_valid = ko <= tpos && !in_top(ko) && kt <= tpos && in_top(kt);
+                    if valid[i] == 1.0 {
+                        n_valid += 1;
+                        assert!(
+                            expect_valid,
+                            "seed {seed}: pair h{hh} t{tpos} ({kt},{ko}) marked valid"
+                        );
+                    } else {
+                        assert_eq!(valid[i], 0.0);
+                    }
+                }
+            }
+        }
+        assert!(n_valid > 0, "seed {seed}: no valid pair at all");
+    }
+}
+
+/// The loss equals the same math written pair by pair in plain Rust (f64).
+#[test]
+fn loss_matches_plain_rust() {
+    for layout in Layout::ALL {
+        let (h, kv, n, d) = (6, 2, 40, 32);
+        let mut rng = StdRng::seed_from_u64(11);
+        let q = random::<F64, 3>([h, n, d], &mut rng);
+        let k = random::<F64, 3>([kv, n, d], &mut rng);
+        let cfg = TargetConfig {
+            queries: 16,
+            pairs: 12,
+            top_fraction: 0.1,
+        };
+        let t = Targets::sample(&q, &k, &cfg, &mut rng);
+        let nets = LayerNets::<F64> {
+            query: HashMlp::random(h, d, 0.2, &Default::default()),
+            key: (layout == Layout::Group)
+                .then(|| HashMlp::random(kv, d, 0.2, &Default::default())),
+        };
+        let gamma = 3.0;
+        let (cq, ck) = nets.soft_codes(t.queries.clone(), k.clone(), gamma);
+        let got = loss(draft_scores(cq, ck), &t, 1.0, 0.0);
+        let got_loss = host(&got.loss)[0];
+
+        // Reference: the kernels' reference hash forward, softsign, per-pair sums.
+        let wq = nets.query.to_weights().unwrap();
+        let wk = nets.key.as_ref().map(|k| k.to_weights().unwrap());
+        let soft = |v: Vec<f32>| -> Vec<f64> {
+            v.iter()
+                .map(|&x| {
+                    let g = gamma * x as f64;
+                    g / (1.0 + g.abs())
+                })
+                .collect()
+        };
+        let (qs, kv_) = (host(&t.queries), host(&k));
+        let tn = host_int(&t.positions).len();
+        let (top, other, valid) = (host_int(&t.top), host_int(&t.other), host(&t.valid));
+        let g = h / kv;
+        let code_k = |hh: usize, j: usize| -> Vec<f64> {
+            let x: Vec<f32> = kv_[((hh / g) * n + j) * d..][..d]
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            match &wk {
+                Some(w) => soft(w.forward(hh / g, &x)),
+                None => soft(wq.forward(hh, &x)),
+            }
+        };
+        let mut total = 0.0;
+        let (mut wrong, mut count_all) = (0.0, 0.0);
+        for hh in 0..h {
+            let (mut sum, mut count) = (0.0f64, 0.0f64);
+            for ti in 0..tn {
+                let x: Vec<f32> = qs[(hh * tn + ti) * d..][..d]
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect();
+                let cq = soft(wq.forward(hh, &x));
+                for p in 0..12 {
+                    let i = (hh * tn + ti) * 12 + p;
+                    if valid[i] == 0.0 {
+                        continue;
+                    }
+                    let s = |j: i64| -> f64 {
+                        cq.iter()
+                            .zip(code_k(hh, j as usize))
+                            .map(|(a, b)| a * b)
+                            .sum()
+                    };
+                    let diff = s(top[i]) - s(other[i]);
+                    sum += (1.0 + (-diff).exp()).ln();
+                    count += 1.0;
+                    wrong += (diff < 0.0) as u8 as f64;
+                }
+            }
+            count_all += count;
+            total += sum / count.max(1.0);
+        }
+        // The reference forward runs in f32: relative 1e-4.
+        assert!(
+            (got_loss - total).abs() <= 1e-4 * total.abs().max(1.0),
+            "{layout:?}: {got_loss} vs {total}"
+        );
+        assert!(
+            (got.misordered - wrong / count_all).abs() < 1e-9 + 2.0 / count_all,
+            "{layout:?}"
+        );
+        assert_eq!(got.valid_pairs, count_all);
+    }
+}
+
+/// Autodiff gradients of the loss equal central finite differences (f64).
+#[test]
+fn gradients_match_finite_differences() {
+    for layout in Layout::ALL {
+        let (h, kv, n, d) = (4, 2, 30, 32);
+        let mut rng = StdRng::seed_from_u64(21);
+        let q = random::<F64, 3>([h, n, d], &mut rng);
+        let k = random::<F64, 3>([kv, n, d], &mut rng);
+        let cfg = TargetConfig {
+            queries: 12,
+            pairs: 10,
+            top_fraction: 0.1,
+        };
+        let t = Targets::sample(&q, &k, &cfg, &mut rng);
+        let device = Default::default();
+        let base = LayerNets::<F64> {
+            query: HashMlp::random(h, d, 0.1, &device),
+            key: (layout == Layout::Group).then(|| HashMlp::random(kv, d, 0.1, &device)),
+        };
+        let gamma = 2.0;
+        let loss_of = |nets: &LayerNets<F64>| -> f64 {
+            let (cq, ck) = nets.soft_codes(t.queries.clone(), k.clone(), gamma);
+            host(&loss(draft_scores(cq, ck), &t, 1.0, 0.0).loss)[0]
+        };
+        // Autodiff.
+        let params: Vec<Tensor<Ad64, 3>> = params_of(&base)
+            .into_iter()
+            .map(|p| Tensor::from_inner(p).require_grad())
+            .collect();
+        let nets_ad = nets_from(params.clone());
+        let t_ad = Targets::<Ad64> {
+            positions: Tensor::from_inner(t.positions.clone()),
+            queries: Tensor::from_inner(t.queries.clone()),
+            top: Tensor::from_inner(t.top.clone()),
+            other: Tensor::from_inner(t.other.clone()),
+            valid: Tensor::from_inner(t.valid.clone()),
+        };
+        let (cq, ck) =
+            nets_ad.soft_codes(t_ad.queries.clone(), Tensor::from_inner(k.clone()), gamma);
+        let grads = loss(draft_scores(cq, ck), &t_ad, 1.0, 0.0).loss.backward();
+        let mut checked = 0;
+        for (pi, p) in params.iter().enumerate() {
+            let g = host(&p.grad(&grads).unwrap());
+            let values = host(&p.clone().inner());
+            // A few coordinates of every parameter tensor, including the largest gradient.
+            let biggest = (0..g.len())
+                .max_by(|&a, &b| g[a].abs().partial_cmp(&g[b].abs()).unwrap())
+                .unwrap();
+            for idx in [0, values.len() / 3, values.len() - 1, biggest] {
+                // f64 central differences: measured error ≤ 5e-8 relative at eps 1e-5.
+                let eps = 1e-5;
+                let bump = |delta: f64| -> f64 {
+                    let mut ps = params_of(&base);
+                    let shape = ps[pi].dims();
+                    let mut v = values.clone();
+                    v[idx] += delta;
+                    ps[pi] = Tensor::from_data(TensorData::new(v, shape), &device);
+                    loss_of(&nets_from(ps))
+                };
+                let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
+                assert!(
+                    (fd - g[idx]).abs() <= 1e-9 + 1e-6 * fd.abs().max(g[idx].abs()),
+                    "{layout:?} param {pi} #{idx}: autodiff {} vs finite difference {fd}",
+                    g[idx]
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 16);
+    }
+}
+
+fn params_of<B: Backend>(n: &LayerNets<B>) -> Vec<Tensor<B, 3>> {
+    let mut p = n.query.params().to_vec();
+    if let Some(k) = &n.key {
+        p.extend(k.params());
+    }
+    p
+}
+
+fn nets_from<B: Backend>(p: Vec<Tensor<B, 3>>) -> LayerNets<B> {
+    let query = HashMlp::from_params([p[0].clone(), p[1].clone(), p[2].clone(), p[3].clone()]);
+    let key = (p.len() == 8)
+        .then(|| HashMlp::from_params([p[4].clone(), p[5].clone(), p[6].clone(), p[7].clone()]));
+    LayerNets { query, key }
+}
+
+fn tiny_llama() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 50,
+        hidden_size: 96,
+        intermediate_size: 40,
+        num_hidden_layers: 2,
+        num_attention_heads: 6,
+        num_key_value_heads: 2,
+        head_dim: 32,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        rope_scaling: None,
+        max_position_embeddings: 64,
+        tie_word_embeddings: true,
+        attention_bias: false,
+    }
+}
+
+/// SYNTHETIC q/k of step `step`: keys clustered so the ranking has structure to learn.
+fn synthetic_qk(c: &LlamaConfig, n: usize, step: usize) -> Vec<LayerQk<Cpu>> {
+    let mut rng = StdRng::seed_from_u64(1000 + step as u64);
+    (0..c.num_hidden_layers)
+        .map(|_| LayerQk {
+            q: random([c.num_attention_heads, n, c.head_dim], &mut rng),
+            k: random([c.num_key_value_heads, n, c.head_dim], &mut rng),
+        })
+        .collect()
+}
+
+fn small_config(steps: usize) -> TrainConfig {
+    TrainConfig {
+        steps,
+        seq_len: 48,
+        targets: TargetConfig {
+            queries: 16,
+            pairs: 16,
+            top_fraction: 0.1,
+        },
+        checkpoint_every: 1,
+        ..TrainConfig::default()
+    }
+}
+
+/// Stopping after 2 steps and resuming from the checkpoint gives exactly the weights of 4 steps
+/// without a stop (windows, queries and pairs are functions of seed and step).
+#[test]
+fn resume_continues_exactly() {
+    let c = tiny_llama();
+    let device = Default::default();
+    let mut straight = Trainer::<AdCpu>::new(small_config(4), "tiny", &c, &device).unwrap();
+    for s in 0..4 {
+        let records = straight.train_step(&synthetic_qk(&c, 48, s)).unwrap();
+        assert_eq!(records.len(), 2 * c.num_hidden_layers);
+        assert!(records
+            .iter()
+            .all(|r| r.loss.is_finite() && r.valid_pairs > 0.0));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("checkpoint.safetensors");
+    let mut first = Trainer::<AdCpu>::new(small_config(4), "tiny", &c, &device).unwrap();
+    for s in 0..2 {
+        first.train_step(&synthetic_qk(&c, 48, s)).unwrap();
+    }
+    first.save_checkpoint(&ckpt).unwrap();
+    drop(first);
+    let mut resumed = Trainer::<AdCpu>::new(small_config(4), "tiny", &c, &device).unwrap();
+    resumed.resume(&ckpt).unwrap();
+    assert_eq!(resumed.step, 2);
+    for s in 2..4 {
+        resumed.train_step(&synthetic_qk(&c, 48, s)).unwrap();
+    }
+    // Burn's ndarray backend is not bit-deterministic run to run (parallel reductions), so
+    // "exactly" means: the resumed weights sit within 0.1% of how far training moved them.
+    // A resume that lost the moments or the step count would miss by the size of an update.
+    let init = Trainer::<AdCpu>::new(small_config(4), "tiny", &c, &device).unwrap();
+    for layout in Layout::ALL {
+        let flat = |t: &Trainer<AdCpu>| -> Vec<f32> {
+            t.hash_file(layout)
+                .unwrap()
+                .layers
+                .iter()
+                .flat_map(|l| {
+                    let mut v = Vec::new();
+                    for w in std::iter::once(&l.query).chain(l.key.as_ref()) {
+                        for part in [&w.w1, &w.b1, &w.w2, &w.b2] {
+                            v.extend(part.iter().copied());
+                        }
+                    }
+                    v
+                })
+                .collect()
+        };
+        let dist = |a: &[f32], b: &[f32]| -> f64 {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| ((x - y) as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        };
+        let (s, r, i) = (flat(&straight), flat(&resumed), flat(&init));
+        let moved = dist(&s, &i);
+        let off = dist(&s, &r);
+        assert!(
+            moved > 1e-3,
+            "{layout:?}: training did not move the weights ({moved})"
+        );
+        assert!(
+            off <= 1e-3 * moved,
+            "{layout:?}: resumed run is {off} away, training moved {moved}"
+        );
+    }
+    // A checkpoint written with other flags is refused in one line.
+    let mut other = Trainer::<AdCpu>::new(small_config(5), "tiny", &c, &device).unwrap();
+    let err = other.resume(&ckpt).unwrap_err().to_string();
+    assert!(
+        err.contains("other training flags") && !err.contains('\n'),
+        "{err}"
+    );
+}
+
+/// Hash files round-trip; damaged or mismatched files give one-line errors.
+#[test]
+fn hash_files_are_validated() {
+    let c = tiny_llama();
+    let device = Default::default();
+    let mut trainer = Trainer::<AdCpu>::new(small_config(2), "tiny.gguf", &c, &device).unwrap();
+    trainer.train_step(&synthetic_qk(&c, 48, 0)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for layout in Layout::ALL {
+        let path = dir.path().join(format!("{}.safetensors", layout.name()));
+        let file = trainer.hash_file(layout).unwrap();
+        file.save(&path).unwrap();
+        let back = HashFile::load(&path).unwrap();
+        assert_eq!(back, file);
+        back.check_model("tiny.gguf", &c).unwrap();
+
+        let one_line = |e: TrainError| {
+            let s = e.to_string();
+            assert!(!s.contains('\n') && !s.is_empty(), "{s}");
+            s
+        };
+        assert!(one_line(back.check_model("other.gguf", &c).unwrap_err()).contains("model"));
+        let mut wrong = c.clone();
+        wrong.num_hidden_layers = 3;
+        assert!(one_line(back.check_model("tiny.gguf", &wrong).unwrap_err()).contains("layers"));
+        let mut wrong = c.clone();
+        wrong.head_dim = 64;
+        assert!(one_line(back.check_model("tiny.gguf", &wrong).unwrap_err()).contains("head_dim"));
+
+        let bytes = std::fs::read(&path).unwrap();
+        let truncated = dir.path().join("truncated.safetensors");
+        std::fs::write(&truncated, &bytes[..bytes.len() - 100]).unwrap();
+        one_line(HashFile::load(&truncated).unwrap_err());
+        let corrupt = dir.path().join("corrupt.safetensors");
+        let mut bad = bytes.clone();
+        for b in bad.iter_mut().skip(8).take(40) {
+            *b = b'#';
+        }
+        std::fs::write(&corrupt, &bad).unwrap();
+        one_line(HashFile::load(&corrupt).unwrap_err());
+        one_line(HashFile::load(&dir.path().join("missing.safetensors")).unwrap_err());
+    }
+}
