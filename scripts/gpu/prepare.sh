@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the binary here (the dev profile: optimised, the same build the tests use, so no second
 # cold build) and stages what the GPU machine needs in git-ignored folders:
-#   .gpu/   the stripped, gzipped `spotlight` binary, Moby-Dick, the commit id   (carried in call 1)
+#   .gpu/   the stripped, gzipped `spotlight` binary, Moby-Dick, the State of the Union texts
+#           (training text, gzipped tar), the commit id                       (carried in call 1)
 #   .gpu1/  first part of the default model's GGUF                             (carried in call 1)
 #   .gpu2/  second part of the GGUF                                             (carried in call 2)
 # One call may carry 64 MiB, the model is 98 MB: two back-to-back calls, then `run.sh` joins the
@@ -19,6 +20,7 @@ cp "$bin" .gpu/spotlight
 strip .gpu/spotlight
 gzip -9 .gpu/spotlight
 cp "$home/texts/moby-dick/data.txt" .gpu/moby-dick.txt
+tar czf .gpu/sotu.tgz -C "$home/texts" $(cd "$home/texts" && ls sotu/*.txt)
 git describe --always --dirty --abbrev=7 > .gpu/commit
 if [ "${1:-}" = "--no-model" ]; then
   du -sh .gpu

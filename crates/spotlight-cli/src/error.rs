@@ -6,6 +6,8 @@ use spotlight_llama::LlamaError;
 pub enum CliError {
     #[error(transparent)]
     Model(#[from] LlamaError),
+    #[error(transparent)]
+    Train(#[from] spotlight_train::TrainError),
     #[error("{0}")]
     Backend(String),
     #[error("{0}")]

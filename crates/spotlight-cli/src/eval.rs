@@ -14,6 +14,8 @@ use crate::model_args::{self, ModelArgs};
 pub enum EvalCommand {
     /// Perplexity of the model on windows of a text file.
     Ppl(PplArgs),
+    /// Retrieval quality of the hash and the baselines (IoU, recall, attention mass) per budget.
+    Retrieval(crate::eval_retrieval::RetrievalArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -52,7 +54,10 @@ pub struct PplResult {
 }
 
 pub fn run(cmd: EvalCommand) -> Result<()> {
-    let EvalCommand::Ppl(args) = cmd;
+    let args = match cmd {
+        EvalCommand::Ppl(a) => a,
+        EvalCommand::Retrieval(a) => return crate::eval_retrieval::run(a),
+    };
     let text = match &args.text {
         Some(t) => t.clone(),
         None => {

@@ -9,9 +9,12 @@ pub mod bench_retrieval;
 pub mod check;
 pub mod error;
 pub mod eval;
+pub mod eval_retrieval;
 pub mod generate;
 pub mod info;
 pub mod model_args;
+pub mod plot;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -38,6 +41,8 @@ pub enum Command {
     Eval(eval::EvalCommand),
     /// Compare backends on the same prompt and text (logits, greedy tokens, perplexity).
     Check(check::CheckArgs),
+    /// Train the Spotlight hash of a model (resumable; writes hash-<layout>.safetensors).
+    Train(train::TrainArgs),
     /// Benchmarks (write JSON under benches/results/).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -71,6 +76,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(c) => eval::run(c),
         Command::Bench(c) => bench::run(c),
         Command::Check(a) => check::run(a),
+        Command::Train(a) => train::run(a),
     }
 }
 

@@ -127,7 +127,17 @@ fn take(
 }
 
 impl HashFile {
+    /// Writes the weights in f32 (the trainer's precision).
     pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+        self.write(path, false)
+    }
+
+    /// Writes the weights rounded to f16: half the size, for files kept in the repository.
+    pub fn save_f16(&self, path: &Path) -> Result<(), TrainError> {
+        self.write(path, true)
+    }
+
+    fn write(&self, path: &Path, half: bool) -> Result<(), TrainError> {
         let mut tensors = Tensors::new();
         for (l, layer) in self.layers.iter().enumerate() {
             put(&mut tensors, &format!("layers.{l}.query"), &layer.query);
@@ -140,6 +150,7 @@ impl HashFile {
             path,
             &tensors,
             HashMap::from([("spotlight".to_string(), header)]),
+            half,
         )
     }
 

@@ -12,6 +12,8 @@ pub mod error;
 pub mod hash_file;
 pub mod hash_mlp;
 pub mod layout;
+pub mod quality;
+pub mod run;
 pub mod targets;
 pub mod tensor_file;
 pub mod trainer;

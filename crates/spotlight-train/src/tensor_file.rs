@@ -18,24 +18,31 @@ fn file_error(path: &Path, why: impl std::fmt::Display) -> TrainError {
     }
 }
 
-/// Writes `tensors` and `metadata` to `path` atomically.
+/// Writes `tensors` and `metadata` to `path` atomically, as f32 or (half = true) as f16.
 pub fn write(
     path: &Path,
     tensors: &Tensors,
     metadata: HashMap<String, String>,
+    half: bool,
 ) -> Result<(), TrainError> {
+    let dtype = if half { Dtype::F16 } else { Dtype::F32 };
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
         .map(|(name, (shape, v))| {
-            let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let b: Vec<u8> = if half {
+                v.iter()
+                    .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                    .collect()
+            } else {
+                v.iter().flat_map(|x| x.to_le_bytes()).collect()
+            };
             (name.clone(), b, shape.clone())
         })
         .collect();
     let views: Vec<(String, TensorView)> = bytes
         .iter()
         .map(|(n, b, s)| {
-            let view =
-                TensorView::new(Dtype::F32, s.clone(), b).map_err(|e| file_error(path, e))?;
+            let view = TensorView::new(dtype, s.clone(), b).map_err(|e| file_error(path, e))?;
             Ok((n.clone(), view))
         })
         .collect::<Result<_, TrainError>>()?;
@@ -49,7 +56,7 @@ pub fn write(
     std::fs::rename(&tmp, path).map_err(|e| file_error(path, e))
 }
 
-/// Reads every tensor (f32 only) and the metadata of `path`.
+/// Reads every tensor (f32, f16 or bf16, returned as f32) and the metadata of `path`.
 pub fn read(path: &Path) -> Result<(HashMap<String, String>, Tensors), TrainError> {
     let bytes = std::fs::read(path).map_err(|e| file_error(path, e))?;
     let (_, meta) = SafeTensors::read_metadata(&bytes)
@@ -58,17 +65,27 @@ pub fn read(path: &Path) -> Result<(HashMap<String, String>, Tensors), TrainErro
         .map_err(|e| file_error(path, format!("not a valid safetensors file ({e:?})")))?;
     let mut tensors = Tensors::new();
     for (name, view) in st.tensors() {
-        if view.dtype() != Dtype::F32 {
-            return Err(file_error(
-                path,
-                format!("tensor {name} is {:?}, expected F32", view.dtype()),
-            ));
-        }
-        let v: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let data = view.data();
+        let v: Vec<f32> = match view.dtype() {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(file_error(
+                    path,
+                    format!("tensor {name} is {other:?}, expected F32, F16 or BF16"),
+                ))
+            }
+        };
         if let Some(bad) = v.iter().position(|x| !x.is_finite()) {
             return Err(file_error(
                 path,

@@ -356,6 +356,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             path,
             &tensors,
             HashMap::from([("trainer".into(), meta.to_string())]),
+            false,
         )
     }
 

@@ -8,6 +8,6 @@ pub mod linear;
 pub mod select;
 
 pub use attend::attend;
-pub use hash_pack::{hash_pack, HashWeights};
+pub use hash_pack::{hash_pack, pack_signs, HashWeights};
 pub use linear::linear;
 pub use select::{scores, select};

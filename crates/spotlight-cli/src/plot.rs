@@ -1,0 +1,114 @@
+//! Line charts as SVG (plotters), written next to the CSV/JSON they are drawn from.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::error::{CliError, Result};
+
+/// One named line.
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+const COLORS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+/// Draws `series` into an SVG file at `path`. `log_y` uses a logarithmic y axis.
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    log_y: bool,
+) -> Result<()> {
+    let err = |e: String| CliError::Io(format!("cannot draw {}: {e}", path.display()));
+    let pts = series.iter().flat_map(|s| s.points.iter());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in pts {
+        if !y.is_finite() || (log_y && y <= 0.0) {
+            continue;
+        }
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x0 > x1 {
+        return Err(err("no finite points".into()));
+    }
+    if x0 == x1 {
+        x1 = x0 + 1.0;
+    }
+    if y0 == y1 {
+        y1 = y0 + 1e-9_f64.max(y0.abs() * 0.1);
+    }
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    macro_rules! draw {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_desc(x_label)
+                .y_desc(y_label)
+                .draw()
+                .map_err(|e| err(e.to_string()))?;
+            for (i, s) in series.iter().enumerate() {
+                let color = COLORS[i % COLORS.len()];
+                chart
+                    .draw_series(LineSeries::new(
+                        s.points
+                            .iter()
+                            .copied()
+                            .filter(|p| p.1.is_finite() && (!log_y || p.1 > 0.0)),
+                        color.stroke_width(2),
+                    ))
+                    .map_err(|e| err(e.to_string()))?
+                    .label(s.name.clone())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                    });
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::UpperRight)
+                .draw()
+                .map_err(|e| err(e.to_string()))?;
+        }};
+    }
+    macro_rules! builder {
+        () => {{
+            let mut b = ChartBuilder::on(&root);
+            b.caption(title, ("sans-serif", 22))
+                .margin(12)
+                .x_label_area_size(45)
+                .y_label_area_size(70);
+            b
+        }};
+    }
+    if log_y {
+        draw!(builder!()
+            .build_cartesian_2d(x0..x1, (y0..y1).log_scale())
+            .map_err(|e| err(e.to_string()))?);
+    } else {
+        let pad = (y1 - y0) * 0.05;
+        draw!(builder!()
+            .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
+            .map_err(|e| err(e.to_string()))?);
+    }
+    root.present().map_err(|e| err(e.to_string()))?;
+    Ok(())
+}

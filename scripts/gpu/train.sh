@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Trains the default model's hash on the GPU machine and evaluates it, in three calls
+# (after `prepare.sh`; see scripts/gpu/README.md):
+#   STAGE=setup   carry [".gpu", ".gpu1"]   checks the first carry arrived
+#   STAGE=train   carry [".gpu2"]           joins the model, measures a few steps, then trains for at
+#                                           most TRAIN_SECONDS (killed with SIGKILL at the limit —
+#                                           the next stage resumes from the last checkpoint)
+#   STAGE=finish  carry []                  resumes to the last step, then `eval retrieval`
+# The run directory stays on the warm machine between calls; results are copied to $OUT.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+: "${OUT:?run this through the device tool}"
+STAGE="${STAGE:-train}"
+export CUDA_PATH="${CUDA_PATH:-/usr/local/cuda}"
+export SPOTLIGHT_HOME=/tmp/spotlight-home
+RUN=/tmp/spotlight-train-run
+# The full recipe, except steps: the time budget decides them (below).
+FLAGS=(--backend cuda --seq-len 4096 --queries 1024 --pairs 1024 --checkpoint-every 20 --seed 0)
+
+if [ "$STAGE" = setup ]; then
+  ls -la .gpu .gpu1
+  exit 0
+fi
+
+if [ ! -x /tmp/spotlight ]; then
+  export SPOTLIGHT_COMMIT="$(cat .gpu/commit)"
+  mkdir -p "$SPOTLIGHT_HOME/models" "$SPOTLIGHT_HOME/texts/moby-dick"
+  model="$SPOTLIGHT_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+  cat .gpu1/model.part1 .gpu2/model.part2 > "$model"
+  echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $model" | sha256sum -c -
+  echo verified > "$SPOTLIGHT_HOME/models/.verified"
+  cp .gpu/moby-dick.txt "$SPOTLIGHT_HOME/texts/moby-dick/data.txt"
+  echo verified > "$SPOTLIGHT_HOME/texts/moby-dick/.verified"
+  tar xzf .gpu/sotu.tgz -C "$SPOTLIGHT_HOME/texts"
+  echo verified > "$SPOTLIGHT_HOME/texts/sotu/.verified"
+  gunzip -c .gpu/spotlight.gz > /tmp/spotlight && chmod +x /tmp/spotlight
+fi
+export SPOTLIGHT_COMMIT="$(cat .gpu/commit)"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+
+if [ ! -f /tmp/train_steps ]; then
+  echo "== probe: 6 full-size steps (includes kernel compilation, so it overestimates)"
+  /tmp/spotlight train "${FLAGS[@]}" --steps 6 --out /tmp/probe --bench "$OUT/train_probe.json" 2>&1 | tail -n 3
+  python3 - "$OUT/train_probe.json" "${TRAIN_BUDGET:-800}" > /tmp/train_steps <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+per_step = d["capture_s_per_step"] + d["train_s_per_step"]
+print(max(50, min(3000, int(float(sys.argv[2]) / per_step))))
+PY
+fi
+STEPS="$(cat /tmp/train_steps)"
+echo "== training $STEPS steps into $RUN"
+
+# At most 8 files come back from a call: small results travel as one tarball.
+collect() {
+  mkdir -p /tmp/results
+  cp "$RUN"/train_log.csv "$RUN"/train_curves.csv "$RUN"/train_*.svg /tmp/results/ 2>/dev/null || true
+  cp "$OUT"/*.json /tmp/results/ 2>/dev/null || true
+  tar czf "$OUT/results.tgz" -C /tmp/results .
+}
+
+if [ "$STAGE" = train ]; then
+  set +e
+  timeout -s KILL "${TRAIN_SECONDS:-480}" /tmp/spotlight train "${FLAGS[@]}" --steps "$STEPS" --out "$RUN" \
+    --bench "$OUT/train_throughput_part1.json" 2>&1 | tail -n 5
+  echo "train exited with ${PIPESTATUS[0]} (137 = killed at the time limit; the next stage resumes)"
+  set -e
+  ls -la "$RUN"
+  tail -n 2 "$RUN/train_log.csv"
+  collect
+  exit 0
+fi
+
+# STAGE=finish
+/tmp/spotlight train "${FLAGS[@]}" --steps "$STEPS" --out "$RUN" --bench "$OUT/train_throughput.json" 2>&1 | tail -n 5
+cp "$RUN"/hash-faithful.f16.safetensors "$RUN"/hash-group.f16.safetensors "$OUT"/
+# Evaluated: the f16 files that are kept in the repository.
+/tmp/spotlight eval retrieval --backend cuda --hash "$RUN/hash-faithful.f16.safetensors" \
+  --hash "$RUN/hash-group.f16.safetensors" --tokens 8192 --windows 3 --queries 64 \
+  --json /tmp/results/retrieval_quality.json 2>&1 | tail -n 40
+collect
