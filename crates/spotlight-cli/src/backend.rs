@@ -8,6 +8,7 @@ use burn::backend::{
     cuda::CudaDevice, ndarray::NdArrayDevice, wgpu::WgpuDevice, Cuda, NdArray, Wgpu,
 };
 use spotlight_llama::LlamaBackend;
+use spotlight_train::TrainBackend;
 
 use crate::error::{CliError, Result};
 
@@ -35,7 +36,11 @@ impl BackendKind {
 /// Work to run on whichever backend was chosen.
 pub trait OnBackend {
     type Output;
-    fn run<B: LlamaBackend>(self, device: B::Device, backend: BackendKind) -> Result<Self::Output>;
+    fn run<B: LlamaBackend + TrainBackend>(
+        self,
+        device: B::Device,
+        backend: BackendKind,
+    ) -> Result<Self::Output>;
 }
 
 /// Runs `job` on `kind`, or on the best available backend when `kind` is None.

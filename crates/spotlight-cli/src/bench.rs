@@ -19,6 +19,8 @@ pub enum BenchCommand {
     Retrieval(crate::bench_retrieval::RetrievalBenchArgs),
     /// Decode linear kernel (bf16 weights, 1–16 rows) at Llama-3-8B and SmolLM2 shapes (CUDA).
     Linear(crate::bench_linear::LinearBenchArgs),
+    /// Hash-training step time on synthetic q/k of a model's shape.
+    Train(crate::bench_train::TrainBenchArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -74,6 +76,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Generate(args) => args,
         BenchCommand::Retrieval(args) => return crate::bench_retrieval::run(args),
         BenchCommand::Linear(args) => return crate::bench_linear::run(args),
+        BenchCommand::Train(args) => return crate::bench_train::run(args),
     };
     if args.runs == 0 || args.new_tokens < 2 || args.batch.contains(&0) {
         return Err(CliError::Usage(
@@ -116,7 +119,11 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
 
 impl OnBackend for Job {
     type Output = Report;
-    fn run<B: LlamaBackend>(self, device: B::Device, backend: BackendKind) -> Result<Report> {
+    fn run<B: LlamaBackend + spotlight_train::TrainBackend>(
+        self,
+        device: B::Device,
+        backend: BackendKind,
+    ) -> Result<Report> {
         let a = &self.args;
         let loaded = model_args::load::<B>(&self.path, None, &device)?;
         let text = std::fs::read_to_string(crate::assets::moby_dick_path())
@@ -173,7 +180,7 @@ impl OnBackend for Job {
             command: crate::invocation(),
             device: device_name(backend),
             backend: backend.name().into(),
-            commit: std::env::var("SPOTLIGHT_COMMIT").unwrap_or_else(|_| git_commit()),
+            commit: git_commit(),
             date: command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]).unwrap_or_default(),
             model: self.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
             dtype: "f32 (weights dequantised from GGUF)",
@@ -190,8 +197,13 @@ pub(crate) fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// The commit results belong to: `SPOTLIGHT_COMMIT` (set by the GPU scripts, whose copy of the
+/// tree may not carry the history), else `git rev-parse`.
 pub(crate) fn git_commit() -> String {
-    command_output("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into())
+    std::env::var("SPOTLIGHT_COMMIT")
+        .ok()
+        .or_else(|| command_output("git", &["rev-parse", "--short", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 pub(crate) fn device_name(backend: BackendKind) -> String {

@@ -146,7 +146,7 @@ pub fn run(args: LinearBenchArgs) -> Result<()> {
         bench: "linear",
         command: crate::invocation(),
         device: device_name(BackendKind::Cuda),
-        commit: std::env::var("SPOTLIGHT_COMMIT").unwrap_or_else(|_| git_commit()),
+        commit: git_commit(),
         date: command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]).unwrap_or_default(),
         copy_gbps: gbps,
         weights: "bf16 (synthetic), x and y f32",

@@ -256,7 +256,7 @@ fn bench<R: Runtime>(
         bench: "retrieval",
         command: crate::invocation(),
         device: device_name(args.backend),
-        commit: std::env::var("SPOTLIGHT_COMMIT").unwrap_or_else(|_| git_commit()),
+        commit: git_commit(),
         date: command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]).unwrap_or_default(),
         copy_gbps: gbps,
         kv_dtype: args.kv_dtype.name(),

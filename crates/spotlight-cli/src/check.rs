@@ -57,7 +57,7 @@ struct Job<'a> {
 
 impl OnBackend for Job<'_> {
     type Output = BackendResult;
-    fn run<B: LlamaBackend>(
+    fn run<B: LlamaBackend + spotlight_train::TrainBackend>(
         self,
         device: B::Device,
         backend: BackendKind,
@@ -189,7 +189,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
             "ppl_text": "Moby-Dick (data.txt), first tokens",
             "ppl_tokens": args.ppl_tokens,
             "date": crate::bench::command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
-            "commit": std::env::var("SPOTLIGHT_COMMIT").ok().or_else(|| crate::bench::command_output("git", &["rev-parse", "--short", "HEAD"])),
+            "commit": crate::bench::git_commit(),
             "results": results,
         });
         std::fs::write(

@@ -97,7 +97,11 @@ struct PplJob {
 
 impl OnBackend for PplJob {
     type Output = PplResult;
-    fn run<B: LlamaBackend>(self, device: B::Device, backend: BackendKind) -> Result<PplResult> {
+    fn run<B: LlamaBackend + spotlight_train::TrainBackend>(
+        self,
+        device: B::Device,
+        backend: BackendKind,
+    ) -> Result<PplResult> {
         let a = &self.args;
         let text = std::fs::read_to_string(&self.text)
             .map_err(|e| CliError::Io(format!("cannot read {}: {e}", self.text.display())))?;

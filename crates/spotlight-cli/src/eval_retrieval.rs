@@ -100,7 +100,11 @@ struct Job(RetrievalArgs);
 
 impl OnBackend for Job {
     type Output = ();
-    fn run<B: LlamaBackend>(self, device: B::Device, kind: BackendKind) -> Result<()> {
+    fn run<B: LlamaBackend + spotlight_train::TrainBackend>(
+        self,
+        device: B::Device,
+        kind: BackendKind,
+    ) -> Result<()> {
         let a = self.0;
         let path = a.model.path()?;
         let model_name = crate::train::model_id(&path);

@@ -90,7 +90,11 @@ struct Job {
 
 impl OnBackend for Job {
     type Output = ();
-    fn run<B: LlamaBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
+    fn run<B: LlamaBackend + spotlight_train::TrainBackend>(
+        self,
+        device: B::Device,
+        backend: BackendKind,
+    ) -> Result<()> {
         let args = self.args;
         let loaded = model_args::load::<B>(&self.path, None, &device)?;
         let tok = &loaded.tokenizer;

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod bench;
 pub mod bench_linear;
 pub mod bench_retrieval;
+pub mod bench_train;
 pub mod check;
 pub mod error;
 pub mod eval;

@@ -133,7 +133,11 @@ struct Job(TrainArgs);
 
 impl OnBackend for Job {
     type Output = ();
-    fn run<B: LlamaBackend>(self, device: B::Device, kind: BackendKind) -> Result<()> {
+    fn run<B: LlamaBackend + spotlight_train::TrainBackend>(
+        self,
+        device: B::Device,
+        kind: BackendKind,
+    ) -> Result<()> {
         let args = self.0;
         let config = args.config();
         config.validate()?;

@@ -26,4 +26,6 @@ pub enum KernelError {
     PlaneSize { plane: usize, d: usize },
     #[error("budget fraction {0} is outside [0, 1]")]
     Fraction(f64),
+    #[error("top-{k} of rows of {n} values needs 1 ≤ k ≤ n and at least one query position")]
+    TopK { k: usize, n: usize },
 }

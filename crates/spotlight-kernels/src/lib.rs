@@ -33,6 +33,7 @@ pub mod linear;
 pub mod reference;
 pub mod select;
 pub mod shape;
+pub mod top_keys;
 
 pub use budget::{Budget, SequencePlan};
 pub use error::KernelError;

@@ -446,3 +446,67 @@ fn linear_matches_reference() {
             .is_err()
     );
 }
+
+#[test]
+fn top_keys_match_reference() {
+    let client = client();
+    let mut rng = rng("top_keys");
+    // (rows per position set, n, positions, k): k > visible, k = n, ties, one row, non-multiples.
+    for (heads, n, t, k, tied) in [
+        (1, 1, 1, 1, false),
+        (3, 300, 7, 6, false),
+        (2, 4097, 5, 81, false),
+        (4, 1000, 9, 20, true),
+        (1, 50, 3, 50, false),
+    ] {
+        let rows = heads * t;
+        let logits: Vec<f32> = if tied {
+            // Few distinct values: many ties at the k-th value.
+            (0..rows * n)
+                .map(|_| (rng.random_range(0..5) as f32) - 2.0)
+                .collect()
+        } else {
+            normal(&mut rng, rows * n, 3.0)
+        };
+        let mut positions: Vec<u32> = (0..t).map(|_| rng.random_range(0..n as u32)).collect();
+        positions[0] = 0; // a single visible key
+        if t > 1 {
+            positions[t - 1] = (n - 1) as u32;
+        }
+        let (top_ref, count_ref, thr_ref) = reference::top_keys(&logits, n, &positions, k);
+        let (lh, ph) = (
+            upload_f32(&client, &logits),
+            upload_u32(&client, &positions),
+        );
+        let top = filled_u32(&client, rows * k, POISON);
+        let count = filled_u32(&client, rows, POISON);
+        let thr = filled_f32(&client, rows, f32::NAN);
+        spotlight_kernels::top_keys::top_keys(&client, &lh, rows, n, &ph, t, k, &top, &count, &thr)
+            .unwrap();
+        let case = format!("heads {heads} n {n} t {t} k {k} tied {tied}");
+        assert_eq!(read_u32(&client, count, rows), count_ref, "{case}: counts");
+        let got = read_u32(&client, top, rows * k);
+        for r in 0..rows {
+            let c = count_ref[r] as usize;
+            assert_eq!(
+                got[r * k..r * k + c],
+                top_ref[r * k..r * k + c],
+                "{case}: row {r}"
+            );
+        }
+        assert_eq!(read_f32(&client, thr, rows), thr_ref, "{case}: thresholds");
+    }
+    assert!(spotlight_kernels::top_keys::top_keys(
+        &client,
+        &upload_f32(&client, &[1.0]),
+        1,
+        1,
+        &upload_u32(&client, &[0]),
+        1,
+        2,
+        &filled_u32(&client, 2, 0),
+        &filled_u32(&client, 1, 0),
+        &filled_f32(&client, 1, 0.0),
+    )
+    .is_err());
+}

@@ -2,7 +2,7 @@
 //! clipping by global norm — per layer, so every layer trains as if alone (METHOD.md: "each layer
 //! is trained independently"). Moments are plain tensors so checkpoints hold the whole state.
 
-use burn::tensor::{backend::Backend, ElementConversion, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamWConfig {
@@ -68,25 +68,17 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// Global L2 norm of a set of gradients.
-    pub fn grad_norm<B: Backend, const D: usize>(grads: &[Tensor<B, D>]) -> f64 {
-        if grads.is_empty() {
-            return 0.0;
-        }
-        // One device sync for all of them.
+    /// Global L2 norm of a set of gradients, [1] on the device.
+    pub fn grad_norm<B: Backend, const D: usize>(grads: &[Tensor<B, D>]) -> Tensor<B, 1> {
         let parts: Vec<Tensor<B, 1>> = grads
             .iter()
             .map(|g| g.clone().powi_scalar(2).sum())
             .collect();
-        Tensor::cat(parts, 0)
-            .sum()
-            .into_scalar()
-            .elem::<f64>()
-            .sqrt()
+        Tensor::cat(parts, 0).sum().sqrt()
     }
 
     /// One update of `params` (1-based `t` for bias correction) after clipping `grads` together.
-    /// Returns the norm before clipping.
+    /// Returns the norm before clipping ([1], on the device: no sync).
     pub fn step<B: Backend, const D: usize>(
         &self,
         params: &mut [Tensor<B, D>],
@@ -94,17 +86,17 @@ impl AdamW {
         moments: &mut [Moments<B, D>],
         lr: f64,
         t: usize,
-    ) -> f64 {
+    ) -> Tensor<B, 1> {
         let c = &self.config;
         let norm = Self::grad_norm(grads);
-        let scale = if norm > c.clip {
-            c.clip / (norm + 1e-6)
-        } else {
-            1.0
-        };
+        let over = norm.clone().greater_elem(c.clip);
+        let scale = norm
+            .ones_like()
+            .mask_where(over, (norm.clone() + 1e-6).recip() * c.clip)
+            .reshape([1; D]);
         let (bc1, bc2) = (1.0 - c.beta1.powi(t as i32), 1.0 - c.beta2.powi(t as i32));
         for ((p, g), mom) in params.iter_mut().zip(grads).zip(moments.iter_mut()) {
-            let g = g.clone() * scale;
+            let g = g.clone() * scale.clone();
             mom.m = mom.m.clone() * c.beta1 + g.clone() * (1.0 - c.beta1);
             mom.v = mom.v.clone() * c.beta2 + g.powi_scalar(2) * (1.0 - c.beta2);
             let update = (mom.m.clone() / bc1) / ((mom.v.clone() / bc2).sqrt() + c.eps);

@@ -27,13 +27,24 @@ pub fn softplus<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x.clone().clamp_max(LINEAR_FROM).exp().log1p() + relu(x - LINEAR_FROM)
 }
 
-/// The loss (scalar, [1]) and the detached statistics of the pairs.
+/// The loss (scalar, [1]) and detached statistics of the pairs, left on the device so a training
+/// step syncs once, not per layer.
 #[derive(Debug, Clone)]
 pub struct BtOutput<B: Backend> {
     pub loss: Tensor<B, 1>,
-    /// Fraction of valid pairs with s_top < s_other.
-    pub misordered: f64,
-    pub valid_pairs: f64,
+    /// [1] number of valid pairs with s_top < s_other.
+    pub wrong: Tensor<B, 1>,
+    /// [1] number of valid pairs.
+    pub valid: Tensor<B, 1>,
+}
+
+impl<B: Backend> BtOutput<B> {
+    /// (fraction of valid pairs mis-ordered, number of valid pairs) — reads the device.
+    pub fn misordered(&self) -> (f64, f64) {
+        let wrong: f64 = self.wrong.clone().into_scalar().elem();
+        let valid: f64 = self.valid.clone().into_scalar().elem();
+        (if valid > 0.0 { wrong / valid } else { 0.0 }, valid)
+    }
 }
 
 /// Loss over the pairs in `targets` given the draft scores [q_heads, T, N].
@@ -52,17 +63,11 @@ pub fn loss<B: Backend>(
     let count = valid.clone().reshape([h, t * p]).sum_dim(1); // [h, 1]
     let per_head = per_pair.reshape([h, t * p]).sum_dim(1) / count.clone().clamp_min(1.0);
     let loss = per_head.sum().reshape([1]);
-    let wrong = diff.lower_elem(0.0).float() * valid;
-    let valid_pairs: f64 = count.sum().into_scalar().elem();
-    let wrong: f64 = wrong.sum().into_scalar().elem();
+    let wrong = (diff.lower_elem(0.0).float() * valid).sum();
     BtOutput {
         loss,
-        misordered: if valid_pairs > 0.0 {
-            wrong / valid_pairs
-        } else {
-            0.0
-        },
-        valid_pairs,
+        wrong,
+        valid: count.sum(),
     }
 }
 

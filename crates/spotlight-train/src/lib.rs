@@ -6,6 +6,7 @@
 //! The result is a [`HashFile`]: the weights the decode kernels (`spotlight_kernels::hash_pack`) use.
 
 pub mod adamw;
+pub mod backend;
 pub mod bradley_terry;
 pub mod data;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod tensor_file;
 pub mod trainer;
 
 pub use adamw::{AdamW, AdamWConfig};
+pub use backend::TrainBackend;
 pub use error::TrainError;
 pub use hash_file::{HashFile, HashHeader, LayerHash};
 pub use hash_mlp::HashMlp;

@@ -8,8 +8,10 @@
 //! A pair is valid when both keys are visible (rank / position ≤ t) and the other key is not a top
 //! key. The targets depend only on the frozen model, never on the hash being trained.
 
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use rand::{rngs::StdRng, seq::index::sample, Rng};
+
+use crate::backend::{top_keys, TrainBackend};
 
 /// Sampling sizes (METHOD.md: up to 1024 queries, 1024 + 1024 rank positions, top 2%).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -31,7 +33,7 @@ impl Default for TargetConfig {
 
 /// One layer's sampled pairs for one sequence.
 #[derive(Debug, Clone)]
-pub struct Targets<B: Backend> {
+pub struct Targets<B: burn::tensor::backend::Backend> {
     /// [T] the sampled query positions, ascending.
     pub positions: Tensor<B, 1, Int>,
     /// [q_heads, T, d] the queries at those positions.
@@ -49,7 +51,7 @@ pub fn top_count(n: usize, fraction: f64) -> usize {
     ((fraction * n as f64).floor() as usize).clamp(1, n.max(1))
 }
 
-impl<B: Backend> Targets<B> {
+impl<B: TrainBackend> Targets<B> {
     /// q: [q_heads, N, d], k: [kv_heads, N, d] of one layer (post-RoPE).
     pub fn sample(
         q: &Tensor<B, 3>,
@@ -72,14 +74,17 @@ impl<B: Backend> Targets<B> {
             &device,
         );
         let queries = q.clone().select(1, positions.clone());
-        // True logits of the sampled queries, causal: keys after t get −∞ and rank last.
+        // True logits of the sampled queries; query t sees keys 0..=t (the kernel reads no further).
         let logits = crate::bradley_terry::draft_scores(queries.clone(), k.clone());
+        let (top_idx, count, threshold) = top_keys(
+            logits.clone().reshape([h * t_count, n]),
+            positions.clone(),
+            top_k,
+        );
+        let top_idx = top_idx.reshape([h, t_count, top_k]);
+        let count = count.reshape([h, t_count, 1]);
+        let threshold = threshold.reshape([h, t_count, 1]);
         let t_col = positions.clone().reshape([1, t_count, 1]);
-        let key_row = Tensor::<B, 1, Int>::arange(0..n as i64, &device).reshape([1, 1, n]);
-        let future = key_row.greater(t_col.clone()).expand([h, t_count, n]);
-        let logits = logits.mask_fill(future, f32::NEG_INFINITY);
-        let (top_vals, top_idx) = logits.clone().topk_with_indices(top_k, 2);
-        let threshold = top_vals.narrow(2, top_k - 1, 1); // value at the last top rank
 
         let shared = |v: Vec<i64>| {
             Tensor::<B, 1, Int>::from_data(TensorData::new(v, [p]), &device)
@@ -92,7 +97,8 @@ impl<B: Backend> Targets<B> {
         let t_pairs = t_col.expand([h, t_count, p]);
         let other_logit = logits.gather(2, other.clone());
         let valid = ranks
-            .lower_equal(t_pairs.clone())
+            .clone()
+            .lower(count.expand([h, t_count, p]))
             .bool_and(other.clone().lower_equal(t_pairs))
             .bool_and(other_logit.lower(threshold.expand([h, t_count, p])))
             .float();

@@ -250,7 +250,10 @@ impl<B: AutodiffBackend> Trainer<B> {
     pub fn train_step(
         &mut self,
         qk: &[LayerQk<B::InnerBackend>],
-    ) -> Result<Vec<StepRecord>, TrainError> {
+    ) -> Result<Vec<StepRecord>, TrainError>
+    where
+        B::InnerBackend: crate::TrainBackend,
+    {
         if qk.len() != self.dims.layers {
             return Err(TrainError::Config(format!(
                 "{} layers of q/k given to a trainer of {} layers",
@@ -264,10 +267,18 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         let lr = c.optimizer.lr_at(self.step, c.steps);
         let mut records = Vec::new();
-        for (l, layer) in qk.iter().enumerate() {
+        let mut stats: Vec<Tensor<B::InnerBackend, 1>> = Vec::new();
+        // SPOTLIGHT_PROFILE=N: time the phases of the first N layers (device-synchronised) and
+        // skip the rest — for finding where a step's time goes.
+        let profile: Option<usize> = std::env::var("SPOTLIGHT_PROFILE")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        let mut phases = Phases::<B>::new(profile.is_some(), &self.device);
+        for (l, layer) in qk.iter().enumerate().take(profile.unwrap_or(usize::MAX)) {
             let mut rng =
                 StdRng::seed_from_u64(mix_seed(c.seed, &[0x7a, self.step as u64, l as u64]));
             let targets = Targets::sample(&layer.q, &layer.k, &c.targets, &mut rng);
+            phases.mark("targets");
             let targets = Targets::<B> {
                 positions: Tensor::from_inner(targets.positions),
                 queries: Tensor::from_inner(targets.queries),
@@ -286,9 +297,13 @@ impl<B: AutodiffBackend> Trainer<B> {
                     .collect();
                 let nets = LayerNets::from_params(params.clone());
                 let (cq, ck) = nets.soft_codes(targets.queries.clone(), keys.clone(), c.gamma);
-                let out = loss(draft_scores(cq, ck), &targets, c.beta, c.margin);
-                let loss_value = out.loss.clone().into_scalar().elem::<f64>();
-                let grads = out.loss.backward();
+                phases.mark("codes");
+                let scores = draft_scores(cq, ck);
+                phases.mark("scores");
+                let out = loss(scores, &targets, c.beta, c.margin);
+                phases.mark("loss");
+                let grads = out.loss.clone().backward();
+                phases.mark("backward");
                 let grads: Vec<_> = params
                     .iter()
                     .map(|p| {
@@ -300,18 +315,44 @@ impl<B: AutodiffBackend> Trainer<B> {
                 let grad_norm =
                     optimizer.step(&mut inner, &grads, &mut st.moments, lr, self.step + 1);
                 st.nets = LayerNets::from_params(inner);
+                phases.mark("adamw");
+                // Statistics stay on the device until the step ends (one sync per step).
+                stats.push(Tensor::cat(
+                    vec![
+                        out.loss.inner(),
+                        out.wrong.inner(),
+                        out.valid.inner(),
+                        grad_norm,
+                    ],
+                    0,
+                ));
                 records.push(StepRecord {
                     step: self.step,
                     layout,
                     layer: l,
-                    loss: loss_value,
-                    misordered: out.misordered,
-                    valid_pairs: out.valid_pairs,
-                    grad_norm,
+                    loss: 0.0,
+                    misordered: 0.0,
+                    valid_pairs: 0.0,
+                    grad_norm: 0.0,
                     lr,
                 });
             }
         }
+        if !stats.is_empty() {
+            let values = Tensor::cat(stats, 0)
+                .into_data()
+                .convert::<f64>()
+                .to_vec::<f64>()
+                .expect("f64 data");
+            for (r, v) in records.iter_mut().zip(values.chunks_exact(4)) {
+                r.loss = v[0];
+                r.misordered = if v[2] > 0.0 { v[1] / v[2] } else { 0.0 };
+                r.valid_pairs = v[2];
+                r.grad_norm = v[3];
+            }
+        }
+        phases.mark("read statistics");
+        phases.report(self.step);
         self.step += 1;
         Ok(records)
     }
@@ -420,6 +461,52 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 }
 
+/// Device-synchronised wall time per named phase (only when profiling).
+struct Phases<B: Backend> {
+    on: bool,
+    device: B::Device,
+    last: std::time::Instant,
+    totals: Vec<(&'static str, f64)>,
+}
+
+impl<B: Backend> Phases<B> {
+    fn new(on: bool, device: &B::Device) -> Self {
+        if on {
+            let _ = B::sync(device);
+        }
+        Self {
+            on,
+            device: device.clone(),
+            last: std::time::Instant::now(),
+            totals: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, name: &'static str) {
+        if !self.on {
+            return;
+        }
+        let _ = B::sync(&self.device);
+        let dt = self.last.elapsed().as_secs_f64();
+        self.last = std::time::Instant::now();
+        match self.totals.iter_mut().find(|(n, _)| *n == name) {
+            Some(t) => t.1 += dt,
+            None => self.totals.push((name, dt)),
+        }
+    }
+
+    fn report(&self, step: usize) {
+        if self.on {
+            let parts: Vec<String> = self
+                .totals
+                .iter()
+                .map(|(n, t)| format!("{n} {:.1} ms", t * 1e3))
+                .collect();
+            eprintln!("profile step {step}: {}", parts.join(", "));
+        }
+    }
+}
+
 fn to_host<B: Backend>(t: &Tensor<B, 3>) -> (Vec<usize>, Vec<f32>) {
     (
         t.dims().to_vec(),
@@ -429,5 +516,3 @@ fn to_host<B: Backend>(t: &Tensor<B, 3>) -> (Vec<usize>, Vec<f32>) {
             .expect("f32 data"),
     )
 }
-
-use burn::tensor::ElementConversion;

@@ -75,18 +75,37 @@ fn targets_follow_the_definition() {
                 let mut order: Vec<usize> = (0..=tpos).collect();
                 order.sort_by(|&a, &b| logit(b).partial_cmp(&logit(a)).unwrap());
                 let in_top = |j: usize| order.iter().take(top_k).any(|&x| x == j);
+                // The model computes logits in f32, this test in f64: keys within 1e-4 of the
+                // k-th value may rank either way, so pairs touching them are not judged.
+                let kth = if tpos + 1 > top_k {
+                    logit(order[top_k - 1])
+                } else {
+                    f64::NEG_INFINITY
+                };
+                let near = |j: usize| (logit(j) - kth).abs() <= 1e-4 * kth.abs().max(1.0);
                 for p in 0..pairs {
                     let i = (hh * tn + ti) * pairs + p;
                     let (kt, ko) = (top[i] as usize, other[i] as usize);
-                    let expect_valid = ko <= tpos && !in_top(ko) && kt <= tpos && in_top(kt);
+                    assert!(valid[i] == 0.0 || valid[i] == 1.0);
                     if valid[i] == 1.0 {
                         n_valid += 1;
+                    }
+                    if (kt <= tpos && near(kt)) || (ko <= tpos && near(ko)) {
+                        continue;
+                    }
+                    let expect_valid = ko <= tpos && !in_top(ko) && kt <= tpos && in_top(kt);
+                    // A valid pair must be (true top key, visible other key); an invalid one
+                    // must break a rule — unless its top slot is beyond this row's top count.
+                    if valid[i] == 1.0 {
                         assert!(
                             expect_valid,
                             "seed {seed}: pair h{hh} t{tpos} ({kt},{ko}) marked valid"
                         );
-                    } else {
-                        assert_eq!(valid[i], 0.0);
+                    } else if ko <= tpos && !in_top(ko) && tpos + 1 > top_k {
+                        assert!(
+                            !in_top(kt) || kt > tpos,
+                            "seed {seed}: pair h{hh} t{tpos} ({kt},{ko}) marked invalid"
+                        );
                     }
                 }
             }
@@ -179,11 +198,12 @@ fn loss_matches_plain_rust() {
             (got_loss - total).abs() <= 1e-4 * total.abs().max(1.0),
             "{layout:?}: {got_loss} vs {total}"
         );
+        let (mis, valid_pairs) = got.misordered();
         assert!(
-            (got.misordered - wrong / count_all).abs() < 1e-9 + 2.0 / count_all,
+            (mis - wrong / count_all).abs() < 1e-9 + 2.0 / count_all,
             "{layout:?}"
         );
-        assert_eq!(got.valid_pairs, count_all);
+        assert_eq!(valid_pairs, count_all);
     }
 }
 

@@ -1,0 +1,159 @@
+//! `spotlight bench train`: hash-training throughput on SYNTHETIC q/k of a model's shape (no model
+//! needed): seconds per step for `layers` layers and both layouts, medians after warm-up steps, and
+//! sequences/s per layer. `SPOTLIGHT_PROFILE=N` also prints where each step's time goes.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::backend::Autodiff;
+use burn::tensor::{Distribution, Tensor};
+use serde::Serialize;
+use spotlight_llama::{LayerQk, LlamaBackend, LlamaConfig};
+use spotlight_train::targets::TargetConfig;
+use spotlight_train::{Layout, TrainConfig, Trainer};
+
+use crate::backend::{self, BackendKind, OnBackend};
+use crate::bench::{git_commit, median, write_report};
+use crate::error::Result;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainBenchArgs {
+    /// Compute backend [default: the best available].
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
+    /// Layers trained per step (SmolLM2-135M has 30).
+    #[arg(long, default_value_t = 30)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 9)]
+    pub q_heads: usize,
+    #[arg(long, default_value_t = 3)]
+    pub kv_heads: usize,
+    #[arg(long, default_value_t = 64)]
+    pub head_dim: usize,
+    #[arg(long, default_value_t = 4096)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub queries: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub pairs: usize,
+    /// Untimed steps first (kernel compilation).
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    bench: &'static str,
+    command: String,
+    device: String,
+    backend: String,
+    commit: String,
+    date: Option<String>,
+    inputs: &'static str,
+    layers: usize,
+    q_heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    seq_len: usize,
+    queries: usize,
+    pairs: usize,
+    layouts: Vec<Layout>,
+    step_s: Vec<f64>,
+    step_s_median: f64,
+    /// One layer, one layout: sequences per second.
+    sequences_per_s_per_layer_layout: f64,
+}
+
+pub fn run(args: TrainBenchArgs) -> Result<()> {
+    backend::run(args.backend, Job(args))
+}
+
+struct Job(TrainBenchArgs);
+
+impl OnBackend for Job {
+    type Output = ();
+    fn run<B: LlamaBackend + spotlight_train::TrainBackend>(
+        self,
+        device: B::Device,
+        kind: BackendKind,
+    ) -> Result<()> {
+        let a = self.0;
+        let llama = LlamaConfig {
+            vocab_size: 1,
+            hidden_size: a.q_heads * a.head_dim,
+            intermediate_size: 1,
+            num_hidden_layers: a.layers,
+            num_attention_heads: a.q_heads,
+            num_key_value_heads: a.kv_heads,
+            head_dim: a.head_dim,
+            rms_norm_eps: 1e-5,
+            rope_theta: 1e4,
+            rope_scaling: None,
+            max_position_embeddings: a.seq_len,
+            tie_word_embeddings: true,
+            attention_bias: false,
+        };
+        let config = TrainConfig {
+            steps: a.warmup + a.runs,
+            seq_len: a.seq_len,
+            targets: TargetConfig {
+                queries: a.queries,
+                pairs: a.pairs,
+                top_fraction: 0.02,
+            },
+            ..TrainConfig::default()
+        };
+        let layouts = config.layouts.clone();
+        let mut trainer = Trainer::<Autodiff<B>>::new(config, "synthetic", &llama, &device)?;
+        // Synthetic q/k: standard normal, fresh per step (labelled SYNTHETIC in the report).
+        let dist = Distribution::Normal(0.0, 1.0);
+        let mut step_s = Vec::new();
+        for s in 0..a.warmup + a.runs {
+            let qk: Vec<LayerQk<B>> = (0..a.layers)
+                .map(|_| LayerQk {
+                    q: Tensor::random([a.q_heads, a.seq_len, a.head_dim], dist, &device),
+                    k: Tensor::random([a.kv_heads, a.seq_len, a.head_dim], dist, &device),
+                })
+                .collect();
+            let _ = B::sync(&device);
+            let t0 = Instant::now();
+            trainer.train_step(&qk)?;
+            let _ = B::sync(&device);
+            let dt = t0.elapsed().as_secs_f64();
+            eprintln!("step {s}: {:.3} s", dt);
+            if s >= a.warmup {
+                step_s.push(dt);
+            }
+        }
+        let med = median(step_s.clone());
+        let layer_layouts = (a.layers * layouts.len()) as f64;
+        write_report(
+            &a.out,
+            &Report {
+                bench: "train",
+                command: crate::invocation(),
+                device: crate::bench::device_name(kind),
+                backend: kind.name().into(),
+                commit: git_commit(),
+                date: crate::bench::command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+                inputs: "SYNTHETIC standard-normal q/k (timing only)",
+                layers: a.layers,
+                q_heads: a.q_heads,
+                kv_heads: a.kv_heads,
+                head_dim: a.head_dim,
+                seq_len: a.seq_len,
+                queries: a.queries,
+                pairs: a.pairs,
+                layouts,
+                step_s,
+                step_s_median: med,
+                sequences_per_s_per_layer_layout: layer_layouts / med,
+            },
+        )
+    }
+}
