@@ -38,6 +38,9 @@ fi
 export SPOTLIGHT_COMMIT="$(cat .gpu/commit)"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
+if [ -n "${STEPS:-}" ]; then
+  echo "$STEPS" > /tmp/train_steps
+fi
 if [ ! -f /tmp/train_steps ]; then
   echo "== probe: 6 full-size steps (includes kernel compilation, so it overestimates)"
   /tmp/spotlight train "${FLAGS[@]}" --steps 6 --out /tmp/probe --bench "$OUT/train_probe.json" 2>&1 | tail -n 3
@@ -76,6 +79,6 @@ fi
 cp "$RUN"/hash-faithful.f16.safetensors "$RUN"/hash-group.f16.safetensors "$OUT"/
 # Evaluated: the f16 files that are kept in the repository.
 /tmp/spotlight eval retrieval --backend cuda --hash "$RUN/hash-faithful.f16.safetensors" \
-  --hash "$RUN/hash-group.f16.safetensors" --tokens 8192 --windows 3 --queries 64 \
+  --hash "$RUN/hash-group.f16.safetensors" --tokens 8192 --windows 2 --queries 64 \
   --json /tmp/results/retrieval_quality.json 2>&1 | tail -n 40
 collect

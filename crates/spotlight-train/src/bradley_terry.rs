@@ -59,11 +59,16 @@ pub fn loss<B: Backend>(
     let diff = (s_top - s_other) * beta - margin;
     let valid = targets.valid.clone();
     let per_pair = softplus(diff.clone().neg()) * valid.clone();
-    let [h, t, p] = valid.dims();
-    let count = valid.clone().reshape([h, t * p]).sum_dim(1); // [h, 1]
-    let per_head = per_pair.reshape([h, t * p]).sum_dim(1) / count.clone().clamp_min(1.0);
-    let loss = per_head.sum().reshape([1]);
-    let wrong = (diff.lower_elem(0.0).float() * valid).sum();
+    // Sums in two stages (pairs, then queries): a reduction over one long axis with few outputs
+    // ran at ~15 ms per call on the H200 (measured: the loss took 65 ms per layer).
+    let sum_tp = |x: Tensor<B, 3>| -> Tensor<B, 1> {
+        let h = x.dims()[0];
+        x.sum_dim(2).sum_dim(1).reshape([h])
+    };
+    let count = sum_tp(valid.clone()); // [h]
+    let per_head = sum_tp(per_pair) / count.clone().clamp_min(1.0);
+    let loss = per_head.sum();
+    let wrong = sum_tp(diff.lower_elem(0.0).float() * valid).sum();
     BtOutput {
         loss,
         wrong,
