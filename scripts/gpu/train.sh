@@ -6,6 +6,9 @@
 #                                           most TRAIN_SECONDS (killed with SIGKILL at the limit —
 #                                           the next stage resumes from the last checkpoint)
 #   STAGE=finish  carry []                  resumes to the last step, then `eval retrieval`
+#   STAGE=full    carry []                  (after train) a run in its own RUN dir: killed with
+#                                           SIGKILL after KILL_AFTER seconds, resumed to STEPS,
+#                                           then `eval retrieval` — the resume is part of the record
 # The run directory stays on the warm machine between calls; results are copied to $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -13,7 +16,7 @@ cd "$(dirname "$0")/../.."
 STAGE="${STAGE:-train}"
 export CUDA_PATH="${CUDA_PATH:-/usr/local/cuda}"
 export SPOTLIGHT_HOME=/tmp/spotlight-home
-RUN=/tmp/spotlight-train-run
+RUN="${RUN:-/tmp/spotlight-train-run}"
 # The full recipe, except steps: the time budget decides them (below).
 FLAGS=(--backend cuda --seq-len 4096 --queries 1024 --pairs 1024 --checkpoint-every 20 --seed 0)
 
@@ -74,7 +77,14 @@ if [ "$STAGE" = train ]; then
   exit 0
 fi
 
-# STAGE=finish
+if [ "$STAGE" = full ]; then
+  set +e
+  timeout -s KILL "${KILL_AFTER:-150}" /tmp/spotlight train "${FLAGS[@]}" --steps "$STEPS" --out "$RUN" 2>&1 | tail -n 2
+  echo "first part exited with ${PIPESTATUS[0]} (137 = SIGKILL); checkpoint step: $(tail -n 1 "$RUN/train_log.csv" | cut -d, -f1) logged"
+  set -e
+fi
+
+# STAGE=finish (and the rest of full)
 /tmp/spotlight train "${FLAGS[@]}" --steps "$STEPS" --out "$RUN" --bench "$OUT/train_throughput.json" 2>&1 | tail -n 5
 cp "$RUN"/hash-faithful.f16.safetensors "$RUN"/hash-group.f16.safetensors "$OUT"/
 # Evaluated: the f16 files that are kept in the repository.
