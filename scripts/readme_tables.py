@@ -100,7 +100,7 @@ def fmt(v):
 
 def retrieval():
     lines = []
-    for name, d in load("retrieval*.json"):
+    for name, d in load("retrieval.json") + load("retrieval_h*.json"):
         lines += [f"**Retrieval kernels** (`{name}`, {d['device']}, {d['date']}, commit {d['commit']}; torch {d.get('torch', '?')}): "
                   f"µs per call (device time, regions of 10 back-to-back calls, median of 20). Budget {d['budget']}; "
                   f"K/V {d['kv_dtype']}; floor = code bytes at our copy rate {d['copy_gbps']:.0f} GB/s. Synthetic codes and K/V.", "",
@@ -134,8 +134,43 @@ def linear():
     return lines
 
 
+def quality():
+    lines = []
+    for name, d in load("retrieval_quality*.json"):
+        lines += [f"**Retrieval quality** (`{name}`, {d['device']}, {d['date']}, commit {d['commit']}): {d['model']}, "
+                  f"held-out text {d['text']} (Moby-Dick), {d['windows']} windows of {d['tokens']} tokens, {d['queries']} query rows each, "
+                  f"mean over layers ≥ {d['first_layer']} and heads. Budget = share of the visible keys (at least 20), no sink or window. "
+                  "IoU / recall against the exact top-k of q·k; mass = share of the softmax attention mass selected; "
+                  "K/V rows = distinct rows read per KV head ÷ budget; bytes = code (or bound) bytes read per cached token per layer.", "",
+                  f"    {d['command']}", "",
+                  "| budget | method | layout | bits | IoU | recall | mass | K/V rows | bytes/token |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in d["rows"]:
+            if r["budget"] not in (0.02, 0.1):
+                continue
+            bits = "–" if r["bits"] == 0 else r["bits"]
+            lines.append(f"| {100 * r['budget']:g}% | {r['method']} | {r['layout']} | {bits} | {r['iou']:.3f} | {r['recall']:.3f} | "
+                         f"{r['mass_recall']:.3f} | {r['kv_read']:.2f} | {r['bytes_per_token']:g} |")
+        lines += ["", "All four budgets (1, 2, 5, 10%) and every layer: `benches/results/retrieval_quality.per_layer.csv`; "
+                  "plots: `retrieval_quality.mass_recall.svg`, `retrieval_quality.iou.svg`.", ""]
+    return lines
+
+
+def training():
+    lines = []
+    for name, d in load("train_throughput_*.json"):
+        c = d["config"]
+        st = d["stats"]
+        lines += [f"**Hash training throughput** (`{name}`, {d['device']}, {d['date']}, commit {d['commit']}): {d['model']}, "
+                  f"{d['layers']} layers × layouts {', '.join(c['layouts'])}, sequences of {c['seq_len']} tokens, {c['targets']['queries']} queries × "
+                  f"{c['targets']['pairs']} pairs; {c['steps']} steps (this process ran {st['steps_run']}, resumed from step {st['resumed_from']}).", "",
+                  f"    {d['command']}", "",
+                  "| model forward s/step | hash training s/step | sequences/s per layer and layout |", "|---|---|---|",
+                  f"| {d['capture_s_per_step']:.3f} | {d['train_s_per_step']:.3f} | {d['sequences_per_s_per_layer']:.1f} |", ""]
+    return lines
+
+
 def main():
-    body = "\n".join(checks() + ppls() + generation() + profiles() + retrieval() + linear() + peers()).strip() or "(no results yet)"
+    body = "\n".join(checks() + ppls() + generation() + profiles() + retrieval() + linear() + quality() + training() + peers()).strip() or "(no results yet)"
     path = os.path.join(ROOT, "README.md")
     text = open(path).read()
     new = re.sub(r"<!-- results:begin -->.*<!-- results:end -->",

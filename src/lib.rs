@@ -3,3 +3,4 @@
 
 pub use spotlight_cli as cli;
 pub use spotlight_llama as llama;
+pub use spotlight_train as train;

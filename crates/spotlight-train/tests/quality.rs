@@ -1,0 +1,120 @@
+//! Retrieval-quality metrics on SYNTHETIC q/k: properties every method must satisfy.
+
+use burn::backend::{ndarray::NdArray, Autodiff};
+use burn::tensor::{Tensor, TensorData};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use spotlight_llama::{LayerQk, LlamaConfig};
+use spotlight_train::quality::{evaluate_layer, Method};
+use spotlight_train::{Layout, TrainConfig, Trainer};
+
+type Cpu = NdArray<f32>;
+
+fn random(shape: [usize; 3], rng: &mut StdRng) -> Tensor<Cpu, 3> {
+    let n = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    Tensor::from_data(TensorData::new(v, shape), &Default::default())
+}
+
+#[test]
+fn metrics_behave() {
+    let (h, kv, n, d) = (6, 2, 300, 32);
+    let mut rng = StdRng::seed_from_u64(5);
+    let qk = LayerQk {
+        q: random([h, n, d], &mut rng),
+        k: random([kv, n, d], &mut rng),
+    };
+    let llama = LlamaConfig {
+        vocab_size: 1,
+        hidden_size: h * d,
+        intermediate_size: 1,
+        num_hidden_layers: 1,
+        num_attention_heads: h,
+        num_key_value_heads: kv,
+        head_dim: d,
+        rms_norm_eps: 1e-5,
+        rope_theta: 1e4,
+        rope_scaling: None,
+        max_position_embeddings: n,
+        tie_word_embeddings: true,
+        attention_bias: false,
+    };
+    let init = Trainer::<Autodiff<Cpu>>::new(
+        TrainConfig::default(),
+        "synthetic",
+        &llama,
+        &Default::default(),
+    )
+    .unwrap();
+    let methods = vec![
+        Method::Oracle,
+        Method::Hash {
+            name: "untrained".into(),
+            file: init.hash_file(Layout::Group).unwrap(),
+        },
+        Method::Hash {
+            name: "untrained".into(),
+            file: init.hash_file(Layout::Faithful).unwrap(),
+        },
+        Method::Linear { bits: 96, seed: 1 },
+        Method::Quest { page: 16 },
+    ];
+    let positions = [0, 5, 19, 20, 150, 299];
+    let budgets = [0.05, 1.0];
+    let rows = evaluate_layer(0, &qk, &positions, &methods, &budgets);
+    assert_eq!(rows.len(), methods.len() * budgets.len());
+    let oracle_mass = |b: f64| {
+        rows.iter()
+            .find(|r| r.method == "oracle" && r.budget == b)
+            .unwrap()
+            .mass_recall
+    };
+    for r in &rows {
+        let what = format!("{} {} at {}", r.method, r.layout, r.budget);
+        assert!(
+            (0.0..=1.0 + 1e-9).contains(&r.iou) && (0.0..=1.0 + 1e-9).contains(&r.recall),
+            "{what}"
+        );
+        if r.method == "oracle" {
+            assert!(
+                (r.iou - 1.0).abs() < 1e-12 && (r.recall - 1.0).abs() < 1e-12,
+                "{what}"
+            );
+        }
+        if r.budget == 1.0 {
+            // Everything visible is selected: perfect recall and all of the mass.
+            assert!(
+                (r.recall - 1.0).abs() < 1e-12,
+                "{what}: recall {}",
+                r.recall
+            );
+            assert!(
+                (r.mass_recall - 1.0).abs() < 1e-9,
+                "{what}: mass {}",
+                r.mass_recall
+            );
+        } else if r.method != "quest" {
+            // The oracle's k keys carry the most mass any k keys can (Quest takes whole pages).
+            assert!(r.mass_recall <= oracle_mass(r.budget) + 1e-9, "{what}");
+        }
+        if r.layout == "group" {
+            assert_eq!(r.kv_read, 1.0, "{what}");
+        } else {
+            assert!(
+                r.kv_read >= 1.0 && r.kv_read <= (h / kv) as f64 + 1e-9,
+                "{what}: {}",
+                r.kv_read
+            );
+        }
+    }
+    // Bytes per token: group 2 kv × 4 B, faithful 6 q × 4 B, linear 2 × 12 B, Quest 2·2·32·2/16.
+    let bytes = |m: &str, l: &str| {
+        rows.iter()
+            .find(|r| r.method == m && r.layout == l)
+            .unwrap()
+            .bytes_per_token
+    };
+    assert_eq!(bytes("untrained", "group"), 8.0);
+    assert_eq!(bytes("untrained", "faithful"), 24.0);
+    assert_eq!(bytes("linear", "per-head"), 24.0);
+    assert_eq!(bytes("quest", "per-head"), 16.0);
+}
