@@ -33,10 +33,14 @@ impl BackendKind {
     }
 }
 
+/// What every command needs of a backend: the model's ops and the hash trainer's.
+pub trait SpotlightBackend: LlamaBackend + TrainBackend {}
+impl<B: LlamaBackend + TrainBackend> SpotlightBackend for B {}
+
 /// Work to run on whichever backend was chosen.
 pub trait OnBackend {
     type Output;
-    fn run<B: LlamaBackend + TrainBackend>(
+    fn run<B: SpotlightBackend>(
         self,
         device: B::Device,
         backend: BackendKind,

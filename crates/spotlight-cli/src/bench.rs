@@ -4,10 +4,9 @@
 use std::path::PathBuf;
 
 use serde::Serialize;
-use spotlight_llama::LlamaBackend;
 use spotlight_llama::{generate, GenerateConfig, Sampling};
 
-use crate::backend::{self, BackendKind, OnBackend};
+use crate::backend::{self, BackendKind, OnBackend, SpotlightBackend};
 use crate::error::{CliError, Result};
 use crate::model_args::{self, ModelArgs};
 
@@ -119,11 +118,7 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
 
 impl OnBackend for Job {
     type Output = Report;
-    fn run<B: LlamaBackend + spotlight_train::TrainBackend>(
-        self,
-        device: B::Device,
-        backend: BackendKind,
-    ) -> Result<Report> {
+    fn run<B: SpotlightBackend>(self, device: B::Device, backend: BackendKind) -> Result<Report> {
         let a = &self.args;
         let loaded = model_args::load::<B>(&self.path, None, &device)?;
         let text = std::fs::read_to_string(crate::assets::moby_dick_path())

@@ -8,11 +8,11 @@ use std::time::Instant;
 use burn::backend::Autodiff;
 use burn::tensor::{Distribution, Tensor};
 use serde::Serialize;
-use spotlight_llama::{LayerQk, LlamaBackend, LlamaConfig};
+use spotlight_llama::{LayerQk, LlamaConfig};
 use spotlight_train::targets::TargetConfig;
 use spotlight_train::{Layout, TrainConfig, Trainer};
 
-use crate::backend::{self, BackendKind, OnBackend};
+use crate::backend::{self, BackendKind, OnBackend, SpotlightBackend};
 use crate::bench::{git_commit, median, write_report};
 use crate::error::Result;
 
@@ -77,11 +77,7 @@ struct Job(TrainBenchArgs);
 
 impl OnBackend for Job {
     type Output = ();
-    fn run<B: LlamaBackend + spotlight_train::TrainBackend>(
-        self,
-        device: B::Device,
-        kind: BackendKind,
-    ) -> Result<()> {
+    fn run<B: SpotlightBackend>(self, device: B::Device, kind: BackendKind) -> Result<()> {
         let a = self.0;
         let llama = LlamaConfig {
             vocab_size: 1,

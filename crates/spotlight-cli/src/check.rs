@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use serde::Serialize;
-use spotlight_llama::{generate, perplexity, GenerateConfig, LlamaBackend, Sampling};
+use spotlight_llama::{generate, perplexity, GenerateConfig, Sampling};
 
-use crate::backend::{self, BackendKind, OnBackend};
+use crate::backend::{self, BackendKind, OnBackend, SpotlightBackend};
 use crate::error::{CliError, Result};
 use crate::model_args::{self, ModelArgs};
 
@@ -57,7 +57,7 @@ struct Job<'a> {
 
 impl OnBackend for Job<'_> {
     type Output = BackendResult;
-    fn run<B: LlamaBackend + spotlight_train::TrainBackend>(
+    fn run<B: SpotlightBackend>(
         self,
         device: B::Device,
         backend: BackendKind,

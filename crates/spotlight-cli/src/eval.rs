@@ -4,9 +4,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 use spotlight_llama::perplexity;
-use spotlight_llama::LlamaBackend;
 
-use crate::backend::{self, BackendKind, OnBackend};
+use crate::backend::{self, BackendKind, OnBackend, SpotlightBackend};
 use crate::error::{CliError, Result};
 use crate::model_args::{self, ModelArgs};
 
@@ -97,7 +96,7 @@ struct PplJob {
 
 impl OnBackend for PplJob {
     type Output = PplResult;
-    fn run<B: LlamaBackend + spotlight_train::TrainBackend>(
+    fn run<B: SpotlightBackend>(
         self,
         device: B::Device,
         backend: BackendKind,

@@ -10,11 +10,10 @@ use burn::backend::Autodiff;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{rngs::StdRng, seq::index::sample, SeedableRng};
 use serde::Serialize;
-use spotlight_llama::LlamaBackend;
 use spotlight_train::quality::{evaluate_layer, LayerQuality, Method};
 use spotlight_train::{HashFile, Layout, TrainConfig, Trainer};
 
-use crate::backend::{self, BackendKind, OnBackend};
+use crate::backend::{self, BackendKind, OnBackend, SpotlightBackend};
 use crate::error::{CliError, Result};
 use crate::model_args::{self, ModelArgs};
 use crate::plot::{line_chart, Series};
@@ -100,11 +99,7 @@ struct Job(RetrievalArgs);
 
 impl OnBackend for Job {
     type Output = ();
-    fn run<B: LlamaBackend + spotlight_train::TrainBackend>(
-        self,
-        device: B::Device,
-        kind: BackendKind,
-    ) -> Result<()> {
+    fn run<B: SpotlightBackend>(self, device: B::Device, kind: BackendKind) -> Result<()> {
         let a = self.0;
         let path = a.model.path()?;
         let model_name = crate::train::model_id(&path);

@@ -2,10 +2,9 @@
 
 use std::io::{BufRead, Write};
 
-use spotlight_llama::LlamaBackend;
 use spotlight_llama::{generate, GenerateConfig, GenerateStats, Sampling, Tokenizer};
 
-use crate::backend::{self, BackendKind, OnBackend};
+use crate::backend::{self, BackendKind, OnBackend, SpotlightBackend};
 use crate::error::{CliError, Result};
 use crate::model_args::{self, ModelArgs};
 
@@ -90,11 +89,7 @@ struct Job {
 
 impl OnBackend for Job {
     type Output = ();
-    fn run<B: LlamaBackend + spotlight_train::TrainBackend>(
-        self,
-        device: B::Device,
-        backend: BackendKind,
-    ) -> Result<()> {
+    fn run<B: SpotlightBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
         let args = self.args;
         let loaded = model_args::load::<B>(&self.path, None, &device)?;
         let tok = &loaded.tokenizer;
@@ -161,7 +156,7 @@ impl OnBackend for Job {
 }
 
 /// Generates from `ids`, printing text as it arrives; returns the new tokens.
-fn stream<B: LlamaBackend>(
+fn stream<B: spotlight_llama::LlamaBackend>(
     model: &spotlight_llama::Llama<B>,
     tok: &Tokenizer,
     ids: &[u32],

@@ -7,13 +7,12 @@ use std::path::{Path, PathBuf};
 use burn::backend::Autodiff;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use spotlight_llama::LlamaBackend;
 use spotlight_train::data::Corpus;
 use spotlight_train::run::{self, RunStats, LOG};
 use spotlight_train::targets::TargetConfig;
 use spotlight_train::{AdamWConfig, Layout, TrainConfig, Trainer};
 
-use crate::backend::{self, BackendKind, OnBackend};
+use crate::backend::{self, BackendKind, OnBackend, SpotlightBackend};
 use crate::error::{CliError, Result};
 use crate::model_args::{self, ModelArgs};
 use crate::plot::{line_chart, Series};
@@ -133,11 +132,7 @@ struct Job(TrainArgs);
 
 impl OnBackend for Job {
     type Output = ();
-    fn run<B: LlamaBackend + spotlight_train::TrainBackend>(
-        self,
-        device: B::Device,
-        kind: BackendKind,
-    ) -> Result<()> {
+    fn run<B: SpotlightBackend>(self, device: B::Device, kind: BackendKind) -> Result<()> {
         let args = self.0;
         let config = args.config();
         config.validate()?;

@@ -305,15 +305,17 @@ fn prompt_over_the_context() {
 fn bad_training_flags_and_hash_files() {
     let dir = tempfile::tempdir().unwrap();
     let model = write_tiny(dir.path(), "t.gguf", |_, _| {});
-    let m = model.to_str().unwrap();
     let text = dir.path().join("text");
     std::fs::create_dir_all(&text).unwrap();
     std::fs::write(text.join("a.txt"), "t1t1t1 t1 t2 t3").unwrap();
-    let t = text.to_str().unwrap();
     let out = dir.path().join("run");
-    let o = out.to_str().unwrap();
-    assert_one_line_error(
-        &[
+    let (m, t, o) = (
+        model.to_str().unwrap(),
+        text.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let train = |extra: &[&str], needle: &str| {
+        let mut args = vec![
             "train",
             "--model",
             m,
@@ -323,86 +325,39 @@ fn bad_training_flags_and_hash_files() {
             t,
             "--out",
             o,
-            "--steps",
-            "0",
-        ],
-        "must be positive",
-    );
+        ];
+        args.extend_from_slice(extra);
+        assert_one_line_error(&args, needle);
+    };
+    let eval = |hash: &Path, needle: &str| {
+        let h = hash.to_str().unwrap();
+        let args = [
+            "eval",
+            "retrieval",
+            "--model",
+            m,
+            "--backend",
+            "cpu",
+            "--hash",
+            h,
+            "--text",
+            t,
+        ];
+        assert_one_line_error(&args, needle);
+    };
+    train(&["--steps", "0"], "must be positive");
     // head_dim 8: codes need d a multiple of 32.
-    assert_one_line_error(
-        &[
-            "train",
-            "--model",
-            m,
-            "--backend",
-            "cpu",
-            "--text",
-            t,
-            "--out",
-            o,
-            "--seq-len",
-            "8",
-        ],
-        "head_dim",
-    );
-    // Hash files: missing, not safetensors, truncated.
-    let missing = dir.path().join("missing.safetensors");
+    train(&["--seq-len", "8"], "head_dim");
+    // Hash files: missing, not safetensors, truncated, made for another model.
+    eval(&dir.path().join("missing.safetensors"), "hash file");
     let garbage = dir.path().join("garbage.safetensors");
     std::fs::write(&garbage, b"not a safetensors file at all").unwrap();
-    for (path, needle) in [
-        (&missing, "hash file"),
-        (&garbage, "not a valid safetensors"),
-    ] {
-        assert_one_line_error(
-            &[
-                "eval",
-                "retrieval",
-                "--model",
-                m,
-                "--backend",
-                "cpu",
-                "--hash",
-                path.to_str().unwrap(),
-                "--text",
-                t,
-            ],
-            needle,
-        );
-    }
+    eval(&garbage, "not a valid safetensors");
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../models/hash/SmolLM2-135M-Instruct.Q4_1.gguf.group.safetensors");
     let bytes = std::fs::read(&shipped).expect("the shipped hash file");
     let truncated = dir.path().join("truncated.safetensors");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    assert_one_line_error(
-        &[
-            "eval",
-            "retrieval",
-            "--model",
-            m,
-            "--backend",
-            "cpu",
-            "--hash",
-            truncated.to_str().unwrap(),
-            "--text",
-            t,
-        ],
-        "hash file",
-    );
-    // The shipped file belongs to SmolLM2, not to this model.
-    assert_one_line_error(
-        &[
-            "eval",
-            "retrieval",
-            "--model",
-            m,
-            "--backend",
-            "cpu",
-            "--hash",
-            shipped.to_str().unwrap(),
-            "--text",
-            t,
-        ],
-        "trained with model",
-    );
+    eval(&truncated, "hash file");
+    eval(&shipped, "trained with model");
 }
