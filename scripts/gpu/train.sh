@@ -14,8 +14,6 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${OUT:?run this through the device tool}"
 STAGE="${STAGE:-train}"
-export CUDA_PATH="${CUDA_PATH:-/usr/local/cuda}"
-export SPOTLIGHT_HOME=/tmp/spotlight-home
 RUN="${RUN:-/tmp/spotlight-train-run}"
 # The full recipe, except steps: the time budget decides them (below).
 FLAGS=(--backend cuda --seq-len 4096 --queries 1024 --pairs 1024 --checkpoint-every 20 --seed 0)
@@ -25,20 +23,7 @@ if [ "$STAGE" = setup ]; then
   exit 0
 fi
 
-if [ ! -x /tmp/spotlight ]; then
-  export SPOTLIGHT_COMMIT="$(cat .gpu/commit)"
-  mkdir -p "$SPOTLIGHT_HOME/models" "$SPOTLIGHT_HOME/texts/moby-dick"
-  model="$SPOTLIGHT_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-  cat .gpu1/model.part1 .gpu2/model.part2 > "$model"
-  echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $model" | sha256sum -c -
-  echo verified > "$SPOTLIGHT_HOME/models/.verified"
-  cp .gpu/moby-dick.txt "$SPOTLIGHT_HOME/texts/moby-dick/data.txt"
-  echo verified > "$SPOTLIGHT_HOME/texts/moby-dick/.verified"
-  tar xzf .gpu/sotu.tgz -C "$SPOTLIGHT_HOME/texts"
-  echo verified > "$SPOTLIGHT_HOME/texts/sotu/.verified"
-  gunzip -c .gpu/spotlight.gz > /tmp/spotlight && chmod +x /tmp/spotlight
-fi
-export SPOTLIGHT_COMMIT="$(cat .gpu/commit)"
+source scripts/gpu/home.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
 if [ -n "${STEPS:-}" ]; then
