@@ -136,7 +136,7 @@ def linear():
 
 def quality():
     lines = []
-    for name, d in load("retrieval_quality*.json"):
+    for name, d in load("retrieval_quality.json") + load("retrieval_quality_*.json"):
         lines += [f"**Retrieval quality** (`{name}`, {d['device']}, {d['date']}, commit {d['commit']}): {d['model']}, "
                   f"held-out text {d['text']} (Moby-Dick), {d['windows']} windows of {d['tokens']} tokens, {d['queries']} query rows each, "
                   f"mean over layers ≥ {d['first_layer']} and heads. Budget = share of the visible keys (at least 20), no sink or window. "
@@ -150,8 +150,10 @@ def quality():
             bits = "–" if r["bits"] == 0 else r["bits"]
             lines.append(f"| {100 * r['budget']:g}% | {r['method']} | {r['layout']} | {bits} | {r['iou']:.3f} | {r['recall']:.3f} | "
                          f"{r['mass_recall']:.3f} | {r['kv_read']:.2f} | {r['bytes_per_token']:g} |")
-        lines += ["", "All four budgets (1, 2, 5, 10%) and every layer: `benches/results/retrieval_quality.per_layer.csv`; "
-                  "plots: `retrieval_quality.mass_recall.svg`, `retrieval_quality.iou.svg`.", ""]
+        stem = name[:-len(".json")]
+        extra = [f"`{stem}{ext}`" for ext in (".per_layer.csv", ".mass_recall.svg", ".iou.svg")
+                 if os.path.exists(os.path.join(RESULTS, stem + ext))]
+        lines += ["", f"Every budget and layer, and plots: {', '.join(extra)}." if extra else "", ""]
     return lines
 
 
