@@ -75,3 +75,114 @@ fn shipped_hash_beats_the_untrained_hash_on_held_out_text() {
         "group selections read each K/V row once"
     );
 }
+
+/// `spotlight train` end to end on the REAL model (tiny sizes): it writes the run directory, a
+/// rerun with the same flags resumes from the checkpoint instead of starting over, and the hash
+/// file it writes passes `eval retrieval`'s model check.
+#[test]
+fn train_runs_resumes_and_its_hash_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("text");
+    std::fs::create_dir_all(&text).unwrap();
+    // One State-of-the-Union-like paragraph is enough for 128-token windows.
+    let para = "We the People of the United States, in Order to form a more perfect Union, establish \
+                Justice, insure domestic Tranquility, provide for the common defence, promote the general \
+                Welfare, and secure the Blessings of Liberty to ourselves and our Posterity. ";
+    std::fs::write(text.join("a.txt"), para.repeat(8)).unwrap();
+    let run = dir.path().join("run");
+    let args = |steps: &str| -> Vec<String> {
+        [
+            "train",
+            "--backend",
+            "cpu",
+            "--text",
+            text.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "--steps",
+            steps,
+            "--seq-len",
+            "128",
+            "--queries",
+            "16",
+            "--pairs",
+            "16",
+            "--checkpoint-every",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let spotlight = |a: &[String]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_spotlight"))
+            .args(a)
+            .output()
+            .expect("binary runs");
+        assert!(
+            out.status.success(),
+            "{a:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    spotlight(&args("2"));
+    let log = std::fs::read_to_string(run.join("train_log.csv")).unwrap();
+    assert_eq!(
+        log.lines().count(),
+        1 + 2 * 2 * 30,
+        "header + 2 steps × 2 layouts × 30 layers"
+    );
+    let ckpt = std::fs::metadata(run.join("checkpoint.safetensors"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    // Same flags again: resumes at step 2 = the end, trains nothing, keeps the log.
+    spotlight(&args("2"));
+    assert_eq!(
+        std::fs::read_to_string(run.join("train_log.csv")).unwrap(),
+        log
+    );
+    assert_eq!(
+        std::fs::metadata(run.join("checkpoint.safetensors"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        ckpt
+    );
+    for f in [
+        "hash-group.safetensors",
+        "hash-faithful.f16.safetensors",
+        "train_loss.svg",
+        "train_misordered.svg",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    let json = dir.path().join("q.json");
+    spotlight(
+        &[
+            "eval",
+            "retrieval",
+            "--backend",
+            "cpu",
+            "--hash",
+            run.join("hash-group.safetensors").to_str().unwrap(),
+            "--tokens",
+            "128",
+            "--windows",
+            "1",
+            "--queries",
+            "4",
+            "--budgets",
+            "0.1",
+            "--linear-bits",
+            "0",
+            "--quest-page",
+            "0",
+            "--untrained",
+            "false",
+            "--json",
+            json.to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
+}
