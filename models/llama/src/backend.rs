@@ -3,16 +3,12 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Shape};
 use burn::tensor::{Tensor, TensorPrimitive};
-use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{element::BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use burn_ndarray::{
     FloatNdArrayElement, IntNdArrayElement, NdArray, NdArrayTensor, QuantElement, SharedArray,
 };
 use rayon::prelude::*;
-use spotlight_kernels::linear::MAX_ROWS;
 
 /// Operations of a backend that can run a Llama-family model.
 pub trait LlamaBackend: Backend {
@@ -36,39 +32,9 @@ pub fn projection<B: LlamaBackend>(x: Tensor<B, 2>, weight: Tensor<B, 2>) -> Ten
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LlamaBackend
     for CubeBackend<R, F, I, BT>
 {
-    /// Up to 16 rows (decode): `spotlight_kernels::linear`, which streams W as stored ([out, in],
-    /// 16-byte loads) once per call. More rows (prefill), or shapes it does not take: Burn's matmul.
     fn projection(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
-        let (rows, k) = (x.meta.shape()[0], x.meta.shape()[1]);
-        let n = weight.meta.shape()[0];
-        let f32s = x.dtype == DType::F32 && weight.dtype == DType::F32;
-        if !f32s || rows == 0 || rows > MAX_ROWS || !k.is_multiple_of(4) || matmul_only() {
-            return linear_by_matmul::<Self>(x, weight);
-        }
-        let x = into_contiguous(x);
-        let w = into_contiguous(weight);
-        let client = x.client.clone();
-        let y = CubeTensor::new_contiguous(
-            client.clone(),
-            x.device.clone(),
-            Shape::from(vec![rows, n]),
-            client.empty(rows * n * 4),
-            DType::F32,
-        );
-        match spotlight_kernels::linear::linear::<R, f32>(
-            &client, &x.handle, &w.handle, &y.handle, rows, k, n,
-        ) {
-            Ok(()) => y,
-            // e.g. a device whose plane width varies: the kernel refuses, matmul serves.
-            Err(_) => linear_by_matmul::<Self>(x, w),
-        }
+        linear_by_matmul::<Self>(x, weight)
     }
-}
-
-/// `SPOTLIGHT_PROJECTION=matmul` routes every projection through Burn's matmul (A/B benchmarks).
-fn matmul_only() -> bool {
-    static ONLY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ONLY.get_or_init(|| std::env::var("SPOTLIGHT_PROJECTION").is_ok_and(|v| v == "matmul"))
 }
 
 /// Rows of x above which a packed GEMM (Burn's matmul) beats one dot product per output.
