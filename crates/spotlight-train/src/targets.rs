@@ -3,10 +3,12 @@
 //! For a sequence of N tokens and each head: up to `queries` query positions t; the true logits
 //! A[t, j] = q_t·k_j (no 1/√d) over the causally visible keys j ≤ t; "top" = the first ⌊0.02·N⌋
 //! ranks. `pairs` top rank positions and `pairs` other keys are drawn once per step and shared by all
-//! heads and queries. Which key sits at a top rank comes from a top-k of A; the other keys are drawn
-//! uniformly from the positions — the same distribution as a uniform rank among the non-top ranks.
-//! A pair is valid when both keys are visible (rank / position ≤ t) and the other key is not a top
-//! key. The targets depend only on the frozen model, never on the hash being trained.
+//! heads and queries. The top set of each row comes from the `top_keys` kernel in index order, so a
+//! sampled top rank picks a uniformly random top key (the authors' uniform rank, without a sort);
+//! the other keys are drawn uniformly from the positions — the same distribution as a uniform rank
+//! among the non-top ranks. A pair is valid when both keys are visible (slot < the row's top count,
+//! position ≤ t) and the other key is below the k-th value. The targets depend only on the frozen
+//! model, never on the hash being trained.
 
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::{rngs::StdRng, seq::index::sample, Rng};
