@@ -463,3 +463,35 @@ pub fn evaluate_layer<B: Backend>(
     }
     results
 }
+
+#[cfg(test)]
+mod tests {
+    use super::random_rotation;
+
+    /// Each d×d block of the linear-hash projection is orthogonal: RᵀR = I (f32, 1e-5).
+    #[test]
+    fn random_rotation_blocks_are_orthogonal() {
+        for (d, blocks) in [(32, 1), (64, 3)] {
+            let r = random_rotation(d, blocks, 7);
+            let cols = blocks * d;
+            for b in 0..blocks {
+                for i in 0..d {
+                    for j in 0..d {
+                        let dot: f64 = (0..d)
+                            .map(|row| {
+                                r[row * cols + b * d + i] as f64 * r[row * cols + b * d + j] as f64
+                            })
+                            .sum();
+                        let want = if i == j { 1.0 } else { 0.0 };
+                        assert!(
+                            (dot - want).abs() < 1e-5,
+                            "d {d} block {b} ({i},{j}): {dot}"
+                        );
+                    }
+                }
+            }
+        }
+        // Different seeds give different projections.
+        assert_ne!(random_rotation(32, 1, 1), random_rotation(32, 1, 2));
+    }
+}
