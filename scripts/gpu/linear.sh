@@ -5,8 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${OUT:?run this through the device tool}"
-export CUDA_PATH="${CUDA_PATH:-/usr/local/cuda}"
-export SPOTLIGHT_COMMIT="$(cat .gpu/commit)"
-gunzip -c .gpu/spotlight.gz > /tmp/spotlight && chmod +x /tmp/spotlight
+source scripts/gpu/bin.sh
 /tmp/spotlight bench linear --out "$OUT/linear_ours.json" 2>&1
 python3 benches/peers/linear_torch.py --ours "$OUT/linear_ours.json" --out "$OUT/linear.json"

@@ -4,9 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${OUT:?run this through the device tool}"
-export CUDA_PATH="${CUDA_PATH:-/usr/local/cuda}"
-export SPOTLIGHT_COMMIT="$(cat .gpu/commit)"
-gunzip -c .gpu/spotlight.gz > /tmp/spotlight && chmod +x /tmp/spotlight
+source scripts/gpu/bin.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 /tmp/spotlight bench retrieval --backend cuda ${RETRIEVAL_ARGS:-} --out "$OUT/retrieval_ours.json" 2>&1 | grep -v '^\s*$'
 [ "${PEER:-1}" = 0 ] && exit 0  # quick iteration: ours only

@@ -4,18 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${OUT:?run this through the device tool}"
-export CUDA_PATH="${CUDA_PATH:-/usr/local/cuda}"
-export SPOTLIGHT_HOME=/tmp/spotlight-home
-export SPOTLIGHT_COMMIT="$(cat .gpu/commit)"
-mkdir -p "$SPOTLIGHT_HOME/models" "$SPOTLIGHT_HOME/texts/moby-dick"
-model="$SPOTLIGHT_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-cat .gpu1/model.part1 .gpu2/model.part2 > "$model"
-echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $model" | sha256sum -c -
-# The cache is laid out as `spotlight fetch` leaves it (the marker says it was verified).
-echo verified > "$SPOTLIGHT_HOME/models/.verified"
-cp .gpu/moby-dick.txt "$SPOTLIGHT_HOME/texts/moby-dick/data.txt"
-echo verified > "$SPOTLIGHT_HOME/texts/moby-dick/.verified"
-gunzip -c .gpu/spotlight.gz > /tmp/spotlight && chmod +x /tmp/spotlight
+source scripts/gpu/home.sh  # binary, verified model ($model), texts
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 
 echo "== the user's command, on cuda (first run: kernels are compiled with NVRTC)"
