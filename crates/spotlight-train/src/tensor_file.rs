@@ -65,27 +65,16 @@ pub fn read(path: &Path) -> Result<(HashMap<String, String>, Tensors), TrainErro
         .map_err(|e| file_error(path, format!("not a valid safetensors file ({e:?})")))?;
     let mut tensors = Tensors::new();
     for (name, view) in st.tensors() {
-        let data = view.data();
-        let v: Vec<f32> = match view.dtype() {
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => data
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(file_error(
+        let v =
+            spotlight_llama::load::safetensors_f32(view.dtype(), view.data()).ok_or_else(|| {
+                file_error(
                     path,
-                    format!("tensor {name} is {other:?}, expected F32, F16 or BF16"),
-                ))
-            }
-        };
+                    format!(
+                        "tensor {name} is {:?}, expected F32, F16 or BF16",
+                        view.dtype()
+                    ),
+                )
+            })?;
         if let Some(bad) = v.iter().position(|x| !x.is_finite()) {
             return Err(file_error(
                 path,

@@ -160,6 +160,26 @@ impl SafetensorsSource {
     }
 }
 
+/// Little-endian f32, f16 or bf16 safetensors data widened to f32; None for other dtypes.
+pub fn safetensors_f32(dtype: safetensors::Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    use safetensors::Dtype;
+    Some(match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    })
+}
+
 impl WeightSource for SafetensorsSource {
     fn get(&self, name: &str) -> Result<Option<HostTensor>, LlamaError> {
         let Some(&i) = self.index.get(name) else {
@@ -169,27 +189,12 @@ impl WeightSource for SafetensorsSource {
         let t = st
             .tensor(name)
             .map_err(|e| LlamaError::Io(format!("tensor {name}: {e}")))?;
-        let b = t.data();
-        use safetensors::Dtype;
-        let data: Vec<f32> = match t.dtype() {
-            Dtype::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => b
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => b
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(LlamaError::Io(format!(
-                    "tensor {name}: dtype {other:?} is not supported (f32, f16, bf16)"
-                )))
-            }
-        };
+        let data = safetensors_f32(t.dtype(), t.data()).ok_or_else(|| {
+            LlamaError::Io(format!(
+                "tensor {name}: dtype {:?} is not supported (f32, f16, bf16)",
+                t.dtype()
+            ))
+        })?;
         Ok(Some((t.shape().to_vec(), data)))
     }
 
