@@ -79,21 +79,8 @@ impl OnBackend for Job {
     type Output = ();
     fn run<B: SpotlightBackend>(self, device: B::Device, kind: BackendKind) -> Result<()> {
         let a = self.0;
-        let llama = LlamaConfig {
-            vocab_size: 1,
-            hidden_size: a.q_heads * a.head_dim,
-            intermediate_size: 1,
-            num_hidden_layers: a.layers,
-            num_attention_heads: a.q_heads,
-            num_key_value_heads: a.kv_heads,
-            head_dim: a.head_dim,
-            rms_norm_eps: 1e-5,
-            rope_theta: 1e4,
-            rope_scaling: None,
-            max_position_embeddings: a.seq_len,
-            tie_word_embeddings: true,
-            attention_bias: false,
-        };
+        let llama =
+            LlamaConfig::attention_shape(a.layers, a.q_heads, a.kv_heads, a.head_dim, a.seq_len);
         let config = TrainConfig {
             steps: a.warmup + a.runs,
             seq_len: a.seq_len,

@@ -23,21 +23,7 @@ fn metrics_behave() {
         q: random([h, n, d], &mut rng),
         k: random([kv, n, d], &mut rng),
     };
-    let llama = LlamaConfig {
-        vocab_size: 1,
-        hidden_size: h * d,
-        intermediate_size: 1,
-        num_hidden_layers: 1,
-        num_attention_heads: h,
-        num_key_value_heads: kv,
-        head_dim: d,
-        rms_norm_eps: 1e-5,
-        rope_theta: 1e4,
-        rope_scaling: None,
-        max_position_embeddings: n,
-        tie_word_embeddings: true,
-        attention_bias: false,
-    };
+    let llama = LlamaConfig::attention_shape(1, h, kv, d, n);
     let init = Trainer::<Autodiff<Cpu>>::new(
         TrainConfig::default(),
         "synthetic",

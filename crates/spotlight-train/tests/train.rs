@@ -295,21 +295,7 @@ fn nets_from<B: Backend>(p: Vec<Tensor<B, 3>>) -> LayerNets<B> {
 }
 
 fn tiny_llama() -> LlamaConfig {
-    LlamaConfig {
-        vocab_size: 50,
-        hidden_size: 96,
-        intermediate_size: 40,
-        num_hidden_layers: 2,
-        num_attention_heads: 6,
-        num_key_value_heads: 2,
-        head_dim: 32,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
-        max_position_embeddings: 64,
-        tie_word_embeddings: true,
-        attention_bias: false,
-    }
+    LlamaConfig::attention_shape(2, 6, 2, 32, 64)
 }
 
 /// SYNTHETIC q/k of step `step`: keys clustered so the ranking has structure to learn.

@@ -82,6 +82,32 @@ impl LlamaConfig {
         self.num_attention_heads / self.num_key_value_heads
     }
 
+    /// A configuration of which only the attention shape means anything (layers, heads, head_dim,
+    /// context): for code that works on q/k alone, such as hash training on synthetic inputs.
+    pub fn attention_shape(
+        layers: usize,
+        q_heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        context: usize,
+    ) -> Self {
+        Self {
+            vocab_size: 1,
+            hidden_size: q_heads * head_dim,
+            intermediate_size: 1,
+            num_hidden_layers: layers,
+            num_attention_heads: q_heads,
+            num_key_value_heads: kv_heads,
+            head_dim,
+            rms_norm_eps: 1e-5,
+            rope_theta: 1e4,
+            rope_scaling: None,
+            max_position_embeddings: context,
+            tie_word_embeddings: true,
+            attention_bias: false,
+        }
+    }
+
     /// Parses an HF `config.json` (Llama 2/3, Mistral, Qwen2/2.5, SmolLM2).
     pub fn from_hf_json(json: &str) -> Result<Self, LlamaError> {
         let hf: HfConfig = serde_json::from_str(json)
