@@ -1,26 +1,13 @@
 """PyTorch peer for `spotlight bench linear`: F.linear with bf16 x and W on the same GPU, same
 shapes, same timing method (CUDA events over 10 back-to-back calls, median of --runs, weights
 rotated past L2). Writes our report with torch_us / torch_gbps added to each row."""
-import argparse, json, statistics
+import argparse, json
 
 import torch
 import torch.nn.functional as F
 
 ROTATE_BYTES = 200 << 20
-REPS = 10
-
-
-def median_us(fn, runs):
-    times = []
-    for i in range(runs):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for r in range(REPS):
-            fn(i * REPS + r)
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) * 1e3 / REPS)
-    return statistics.median(times)
+from timing import median_us  # the script's folder is on sys.path
 
 
 def main():

@@ -9,7 +9,7 @@ CUDA-event timings over regions of 10 back-to-back calls, median of --runs after
 rotated like ours. Writes our report
 with the torch fields added to each row.
 """
-import argparse, json, math, statistics
+import argparse, json, math
 
 import torch
 import torch.nn.functional as F
@@ -46,20 +46,7 @@ def scan(q, k, n, S, G, W, out):
     return out
 
 
-REPS = 10  # calls per timed region, back to back, as in our benchmark
-
-
-def median_us(fn, runs):
-    times = []
-    for i in range(runs):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for r in range(REPS):
-            fn(i * REPS + r)
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) * 1e3 / REPS)
-    return statistics.median(times)
+from timing import median_us  # the script's folder is on sys.path
 
 
 def plan(n, fraction, sink, window):
