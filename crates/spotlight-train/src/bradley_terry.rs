@@ -3,7 +3,7 @@
 //! i a true top key of query t, j another visible key. Minimising it maximises the probability that
 //! the code ranks each top key above each other key.
 
-use burn::tensor::{activation::relu, backend::Backend, Tensor};
+use burn::tensor::{activation::relu, backend::Backend, ElementConversion, Tensor};
 
 use crate::targets::Targets;
 
@@ -75,5 +75,3 @@ pub fn loss<B: Backend>(
         valid: count.sum(),
     }
 }
-
-use burn::tensor::ElementConversion;

@@ -36,11 +36,7 @@ impl<B: Backend> HashMlp<B> {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut normal = |n: usize| -> Vec<f32> {
             (0..n)
-                .map(|_| {
-                    // Box–Muller: two uniforms → one standard normal.
-                    let (u, v): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
-                    ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos() * INIT_STD) as f32
-                })
+                .map(|_| (standard_normal(&mut rng) * INIT_STD) as f32)
                 .collect()
         };
         let w1 = normal(nets * dim * dim);
@@ -137,6 +133,12 @@ impl<B: Backend> HashMlp<B> {
             device,
         )
     }
+}
+
+/// One standard-normal draw (Box–Muller), from the host RNG so every backend sees the same values.
+pub(crate) fn standard_normal(rng: &mut StdRng) -> f64 {
+    let (u, v): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
+    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
 }
 
 /// SiLU(a) = a·σ(a) with σ(a) = (1 + tanh(a/2))/2: Burn's sigmoid computes in f32 even on f64

@@ -8,14 +8,14 @@
 //! Selections use the decode rules: integer scores, ties towards recent tokens.
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, SeedableRng};
 use rayon::prelude::*;
 use spotlight_kernels::reference::{pack_signs, HashWeights};
 use spotlight_kernels::Budget;
 use spotlight_llama::LayerQk;
 
 use crate::hash_file::HashFile;
-use crate::hash_mlp::HashMlp;
+use crate::hash_mlp::{standard_normal, HashMlp};
 use crate::trainer::mix_seed;
 use crate::Layout;
 
@@ -120,12 +120,7 @@ fn random_rotation(d: usize, blocks: usize, seed: u64) -> Vec<f32> {
     for b in 0..blocks {
         let mut cols: Vec<Vec<f64>> = Vec::with_capacity(d);
         while cols.len() < d {
-            let mut v: Vec<f64> = (0..d)
-                .map(|_| {
-                    let (u, w): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
-                    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * w).cos()
-                })
-                .collect();
+            let mut v: Vec<f64> = (0..d).map(|_| standard_normal(&mut rng)).collect();
             for c in &cols {
                 let dot: f64 = v.iter().zip(c).map(|(a, b)| a * b).sum();
                 v.iter_mut().zip(c).for_each(|(a, b)| *a -= dot * b);
