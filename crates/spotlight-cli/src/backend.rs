@@ -8,7 +8,6 @@ use burn::backend::{
     cuda::CudaDevice, ndarray::NdArrayDevice, wgpu::WgpuDevice, Cuda, NdArray, Wgpu,
 };
 use spotlight_llama::LlamaBackend;
-use spotlight_train::TrainBackend;
 
 use crate::error::{CliError, Result};
 
@@ -33,9 +32,9 @@ impl BackendKind {
     }
 }
 
-/// What every command needs of a backend: the model's ops and the hash trainer's.
-pub trait SpotlightBackend: LlamaBackend + TrainBackend {}
-impl<B: LlamaBackend + TrainBackend> SpotlightBackend for B {}
+/// What every command needs of a backend (the model's ops, which include the top-keys kernel).
+pub trait SpotlightBackend: LlamaBackend {}
+impl<B: LlamaBackend> SpotlightBackend for B {}
 
 /// Work to run on whichever backend was chosen.
 pub trait OnBackend {

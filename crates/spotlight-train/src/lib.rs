@@ -6,7 +6,6 @@
 //! The result is a [`HashFile`]: the weights the decode kernels (`spotlight_kernels::hash_pack`) use.
 
 pub mod adamw;
-pub mod backend;
 pub mod bradley_terry;
 pub mod data;
 pub mod error;
@@ -15,12 +14,12 @@ pub mod hash_mlp;
 pub mod layout;
 pub mod quality;
 pub mod run;
+pub mod selector;
 pub mod targets;
 pub mod tensor_file;
 pub mod trainer;
 
 pub use adamw::{AdamW, AdamWConfig};
-pub use backend::TrainBackend;
 pub use error::TrainError;
 pub use hash_file::{HashFile, HashHeader, LayerHash};
 pub use hash_mlp::HashMlp;

@@ -114,7 +114,7 @@ fn hash_codes<B: Backend>(w: &HashWeights, x: Tensor<B, 3>) -> Vec<u32> {
 }
 
 /// `blocks` random orthogonal d×d matrices side by side, [d][blocks·d] (Gram–Schmidt on Gaussians).
-fn random_rotation(d: usize, blocks: usize, seed: u64) -> Vec<f32> {
+pub(crate) fn random_rotation(d: usize, blocks: usize, seed: u64) -> Vec<f32> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out = vec![0f32; d * blocks * d];
     for b in 0..blocks {

@@ -84,7 +84,7 @@ pub fn train<B: AutodiffBackend>(
     on_step: &mut dyn FnMut(Progress),
 ) -> Result<RunStats, TrainError>
 where
-    B::InnerBackend: LlamaBackend + crate::TrainBackend,
+    B::InnerBackend: LlamaBackend,
 {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let ckpt = dir.join(CHECKPOINT);

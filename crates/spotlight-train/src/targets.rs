@@ -13,7 +13,8 @@
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::{rngs::StdRng, seq::index::sample, Rng};
 
-use crate::backend::{top_keys, TrainBackend};
+use spotlight_llama::backend::top_keys;
+use spotlight_llama::LlamaBackend;
 
 /// Sampling sizes (METHOD.md: up to 1024 queries, 1024 + 1024 rank positions, top 2%).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -53,7 +54,7 @@ pub fn top_count(n: usize, fraction: f64) -> usize {
     ((fraction * n as f64).floor() as usize).clamp(1, n.max(1))
 }
 
-impl<B: TrainBackend> Targets<B> {
+impl<B: LlamaBackend> Targets<B> {
     /// q: [q_heads, N, d], k: [kv_heads, N, d] of one layer (post-RoPE).
     pub fn sample(
         q: &Tensor<B, 3>,

@@ -252,7 +252,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         qk: &[LayerQk<B::InnerBackend>],
     ) -> Result<Vec<StepRecord>, TrainError>
     where
-        B::InnerBackend: crate::TrainBackend,
+        B::InnerBackend: spotlight_llama::LlamaBackend,
     {
         if qk.len() != self.dims.layers {
             return Err(TrainError::Config(format!(

@@ -10,6 +10,7 @@ use crate::backend::LlamaBackend;
 use crate::cache::LayerCache;
 use crate::layers::Linear;
 use crate::rope::Rope;
+use crate::selector::{selection_mask, Selection};
 
 /// Largest score block per query chunk (elements); bounds prefill memory independent of length.
 const MAX_SCORE_ELEMENTS: usize = 1 << 26;
@@ -49,6 +50,8 @@ pub struct Step<B: Backend> {
     pub chunks: Vec<QueryChunk<B>>,
     /// Keep each layer's post-RoPE queries in its cache (see `LayerCache::queries`).
     pub record_queries: bool,
+    /// Sparse attention for the layers and rows it applies to (see [`Selection`]).
+    pub selection: Option<Selection<B>>,
 }
 
 impl<B: Backend> Step<B> {
@@ -106,17 +109,20 @@ impl<B: Backend> Step<B> {
             positions,
             chunks,
             record_queries: false,
+            selection: None,
         }
     }
 }
 
 impl<B: LlamaBackend> Attention<B> {
-    /// x: [batch, len, hidden] → [batch, len, hidden]; writes this step's K/V into `cache`.
+    /// x: [batch, len, hidden] → [batch, len, hidden]; writes this step's K/V (and the
+    /// selector's key codes) into `cache`. `layer` is this layer's index in the model.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         rope: &Rope<B>,
         step: &Step<B>,
+        layer: usize,
         cache: &mut LayerCache<B>,
     ) -> Tensor<B, 3> {
         let [batch, len, _] = x.dims();
@@ -134,12 +140,19 @@ impl<B: LlamaBackend> Attention<B> {
         if step.record_queries {
             cache.queries = Some(q.clone());
         }
-        cache.write(
-            k.swap_dims(1, 2),
-            v.swap_dims(1, 2),
-            &step.starts,
-            &step.new_lens,
-        );
+        let k = k.swap_dims(1, 2);
+        let selection = step
+            .selection
+            .as_ref()
+            .filter(|s| s.applies_to_layer(layer));
+        if let Some(sel) = selection {
+            // Keys are encoded once, as they enter the cache (prefill included).
+            if let Some(codes) = sel.selector.encode_keys(layer, k.clone()) {
+                cache.write_codes(codes, &step.starts, &step.new_lens);
+            }
+        }
+        let selection = selection.filter(|s| s.applies_to_call(len));
+        cache.write(k, v.swap_dims(1, 2), &step.starts, &step.new_lens);
         // [batch, len, kv·G, d] → [batch, kv, len·G, d]: head h = kv_head·G + g.
         let q = q
             .reshape([batch, len, kv, g, d])
@@ -154,8 +167,23 @@ impl<B: LlamaBackend> Attention<B> {
                 let q = q.clone().slice([0..batch, 0..kv, c.t0 * g..c.t1 * g, 0..d]);
                 let keys = cache.k.clone().slice([0..batch, 0..kv, 0..c.n_keys, 0..d]);
                 let values = cache.v.clone().slice([0..batch, 0..kv, 0..c.n_keys, 0..d]);
-                let scores = q.matmul(keys.swap_dims(2, 3)) * scale;
-                let mask = c.mask.clone().expand([batch, kv, rows, c.n_keys]);
+                let scores = q.clone().matmul(keys.clone().swap_dims(2, 3)) * scale;
+                let mut mask = c.mask.clone().expand([batch, kv, rows, c.n_keys]);
+                if let Some(sel) = selection {
+                    let codes = cache.codes.as_ref().map(|t| {
+                        let [_, sets, _, width] = t.dims();
+                        t.clone().slice([0..batch, 0..sets, 0..c.n_keys, 0..width])
+                    });
+                    let s = sel.selector.scores(layer, q, keys, codes);
+                    let row_pos: Vec<Vec<usize>> = (0..batch)
+                        .map(|b| (0..rows).map(|r| step.starts[b] + c.t0 + r / g).collect())
+                        .collect();
+                    let plans: Vec<_> = (0..batch)
+                        .map(|b| sel.plan(step.starts[b] + step.new_lens[b]))
+                        .collect();
+                    let levels = sel.selector.score_levels();
+                    mask = mask.bool_or(selection_mask(s, &row_pos, &plans, levels));
+                }
                 let probs = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
                 probs.matmul(values)
             })

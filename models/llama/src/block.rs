@@ -24,12 +24,13 @@ impl<B: LlamaBackend> Block<B> {
         x: Tensor<B, 3>,
         rope: &Rope<B>,
         step: &Step<B>,
+        layer: usize,
         cache: &mut LayerCache<B>,
     ) -> Tensor<B, 3> {
         let h = x.clone()
             + self
                 .attention
-                .forward(self.attention_norm.forward(x), rope, step, cache);
+                .forward(self.attention_norm.forward(x), rope, step, layer, cache);
         h.clone() + self.mlp.forward(self.mlp_norm.forward(h))
     }
 }

@@ -6,6 +6,7 @@
 use burn::tensor::{backend::Backend, Tensor};
 
 use crate::error::LlamaError;
+use crate::selector::Selection;
 
 /// K and V of one layer.
 #[derive(Debug, Clone)]
@@ -17,6 +18,8 @@ pub struct LayerCache<B: Backend> {
     /// The last forward call's post-RoPE queries [batch, len, q_heads, head_dim], kept only when
     /// the cache records queries (hash training reads q and k of every layer from here).
     pub queries: Option<Tensor<B, 4>>,
+    /// Key codes of the selector [batch, sets, capacity, width], allocated at the first write.
+    pub codes: Option<Tensor<B, 4>>,
 }
 
 /// The whole model's cache plus each sequence's current length.
@@ -28,6 +31,8 @@ pub struct KvCache<B: Backend> {
     capacity: usize,
     /// Keep each layer's queries of the last call in `LayerCache::queries`.
     pub record_queries: bool,
+    /// Sparse attention: the selector, its budget and which rows it applies to. `None` = dense.
+    pub selection: Option<Selection<B>>,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -43,12 +48,14 @@ impl<B: Backend> KvCache<B> {
             k: Tensor::zeros([batch, kv_heads, capacity, head_dim], device),
             v: Tensor::zeros([batch, kv_heads, capacity, head_dim], device),
             queries: None,
+            codes: None,
         };
         Self {
             layers: (0..n_layers).map(|_| layer()).collect(),
             lens: vec![0; batch],
             capacity,
             record_queries: false,
+            selection: None,
         }
     }
 
@@ -91,28 +98,42 @@ impl<B: Backend> LayerCache<B> {
         starts: &[usize],
         new_lens: &[usize],
     ) {
-        let [batch, heads, len, d] = k.dims();
-        let uniform = starts.iter().all(|&s| s == starts[0]) && new_lens.iter().all(|&n| n == len);
-        if uniform {
-            // The common case (batch 1, or equal lengths): one write for the whole batch.
-            let s = starts[0];
-            self.k
-                .inplace(|c| c.slice_assign([0..batch, 0..heads, s..s + len, 0..d], k));
-            self.v
-                .inplace(|c| c.slice_assign([0..batch, 0..heads, s..s + len, 0..d], v));
-            return;
+        write_rows(&mut self.k, k, starts, new_lens);
+        write_rows(&mut self.v, v, starts, new_lens);
+    }
+
+    /// Writes key codes ([batch, sets, len, width]) like [`Self::write`] writes keys.
+    pub fn write_codes(&mut self, codes: Tensor<B, 4>, starts: &[usize], new_lens: &[usize]) {
+        let [batch, sets, _, width] = codes.dims();
+        let cap = self.k.dims()[2];
+        let target = self
+            .codes
+            .get_or_insert_with(|| Tensor::zeros([batch, sets, cap, width], &codes.device()));
+        write_rows(target, codes, starts, new_lens);
+    }
+}
+
+/// Writes rows 0..new_lens[b] of `x` ([batch, heads, len, d]) into `target` at `starts[b]`.
+fn write_rows<B: Backend>(
+    target: &mut Tensor<B, 4>,
+    x: Tensor<B, 4>,
+    starts: &[usize],
+    new_lens: &[usize],
+) {
+    let [batch, heads, len, d] = x.dims();
+    let uniform = starts.iter().all(|&s| s == starts[0]) && new_lens.iter().all(|&n| n == len);
+    if uniform {
+        // The common case (batch 1, or equal lengths): one write for the whole batch.
+        let s = starts[0];
+        target.inplace(|c| c.slice_assign([0..batch, 0..heads, s..s + len, 0..d], x));
+        return;
+    }
+    for b in 0..batch {
+        let (s, n) = (starts[b], new_lens[b]);
+        if n == 0 {
+            continue;
         }
-        for b in 0..batch {
-            let (s, n) = (starts[b], new_lens[b]);
-            if n == 0 {
-                continue;
-            }
-            let kb = k.clone().slice([b..b + 1, 0..heads, 0..n, 0..d]);
-            let vb = v.clone().slice([b..b + 1, 0..heads, 0..n, 0..d]);
-            self.k
-                .inplace(|c| c.slice_assign([b..b + 1, 0..heads, s..s + n, 0..d], kb));
-            self.v
-                .inplace(|c| c.slice_assign([b..b + 1, 0..heads, s..s + n, 0..d], vb));
-        }
+        let xb = x.clone().slice([b..b + 1, 0..heads, 0..n, 0..d]);
+        target.inplace(|c| c.slice_assign([b..b + 1, 0..heads, s..s + n, 0..d], xb));
     }
 }

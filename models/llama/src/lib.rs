@@ -20,6 +20,8 @@ pub mod names;
 pub mod perplexity;
 pub mod rope;
 pub mod sampling;
+pub mod selector;
+pub mod synthetic;
 #[cfg(test)]
 mod test_util;
 pub mod tokenizer;
@@ -31,6 +33,7 @@ pub use error::LlamaError;
 pub use generate::{generate, GenerateConfig, GenerateStats};
 pub use model::{LayerQk, Llama};
 pub use sampling::Sampling;
+pub use selector::{KeySelector, SelectRows, Selection};
 pub use tokenizer::{ChatTemplate, Tokenizer};
 #[cfg(test)]
 mod load_tests;

@@ -285,13 +285,15 @@ impl<B: LlamaBackend> Llama<B> {
             &device,
         );
         step.record_queries = cache.record_queries;
+        step.selection = cache.selection.clone();
         let mut x = self
             .embed
             .clone()
             .select(0, ids)
             .reshape([batch, len, c.hidden_size]);
-        for (block, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = block.forward(x, &self.rope, &step, layer_cache);
+        for (i, (block, layer_cache)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate()
+        {
+            x = block.forward(x, &self.rope, &step, i, layer_cache);
         }
         for (l, n) in cache.lens.iter_mut().zip(&new_lens) {
             *l += n;

@@ -1,0 +1,281 @@
+//! The selectors of the model's sparse attention, on SYNTHETIC weights and inputs: scores against
+//! plain-Rust references (popcount of packed codes, Quest's page bound), and the model's sparse
+//! decode (one token at a time, keys coded at insert) against its teacher-forced every-row form.
+
+use std::sync::Arc;
+
+use burn::backend::ndarray::NdArray;
+use burn::tensor::{Tensor, TensorData};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use spotlight_kernels::reference::{self, pack_signs};
+use spotlight_kernels::{Budget, CodeShape};
+use spotlight_llama::synthetic::SyntheticWeights;
+use spotlight_llama::{KeySelector, Llama, LlamaConfig, SelectRows, Selection};
+use spotlight_train::quality::{Heads, Method};
+use spotlight_train::selector::{selector_for, Hash, Quest};
+use spotlight_train::{HashFile, HashHeader, HashMlp, LayerHash, Layout};
+
+type Cpu = NdArray<f32>;
+
+fn random<const D: usize>(shape: [usize; D], rng: &mut StdRng) -> Tensor<Cpu, D> {
+    let n = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    Tensor::from_data(TensorData::new(v, shape), &Default::default())
+}
+
+fn host<const D: usize>(t: Tensor<Cpu, D>) -> Vec<f32> {
+    t.into_data().to_vec::<f32>().unwrap()
+}
+
+/// A hash far from the identity (random weights of scale 0.3), so signs actually change.
+fn random_hash(config: &LlamaConfig, layout: Layout) -> HashFile {
+    let device = Default::default();
+    let (h, kv, d) = (
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        config.head_dim,
+    );
+    let nets = |n| {
+        HashMlp::<Cpu>::random(n, d, 0.3, &device)
+            .to_weights()
+            .unwrap()
+    };
+    HashFile {
+        header: HashHeader::new("synthetic", config, layout, serde_json::Value::Null),
+        layers: (0..config.num_hidden_layers)
+            .map(|_| LayerHash {
+                query: nets(h),
+                key: (layout == Layout::Group).then(|| nets(kv)),
+            })
+            .collect(),
+    }
+}
+
+fn heads(c: &LlamaConfig) -> Heads {
+    Heads {
+        q_heads: c.num_attention_heads,
+        kv_heads: c.num_key_value_heads,
+        head_dim: c.head_dim,
+    }
+}
+
+#[test]
+fn hash_scores_are_popcounts_of_the_packed_codes() {
+    let (batch, h, kv, d, t, n) = (2, 6, 2, 32, 5, 37);
+    let g = h / kv;
+    let config = LlamaConfig::attention_shape(1, h, kv, d, 64);
+    let mut rng = StdRng::seed_from_u64(11);
+    for layout in [Layout::Group, Layout::Faithful] {
+        let file = random_hash(&config, layout);
+        let sel = Hash::<Cpu>::new("h", &file, heads(&config), &Default::default());
+        let q = random([batch, kv, t * g, d], &mut rng);
+        let k = random([batch, kv, n, d], &mut rng);
+        let codes = sel.encode_keys(0, k.clone());
+        let got = host(sel.scores(0, q.clone(), k.clone(), codes));
+        let (qh, kh) = (host(q), host(k));
+        let lh = &file.layers[0];
+        let sets = layout.key_nets(h, kv);
+        let shape = CodeShape::new(h, sets, d).unwrap();
+        for b in 0..batch {
+            // Key codes [n][sets][words] from the reference MLP; set s reads KV head s·kv/sets.
+            let k_codes: Vec<u32> = (0..n)
+                .flat_map(|j| (0..sets).map(move |s| (j, s)))
+                .flat_map(|(j, s)| {
+                    let head = s * kv / sets;
+                    let x = &kh[((b * kv + head) * n + j) * d..][..d];
+                    pack_signs(&lh.key_weights().forward(s, x))
+                })
+                .collect();
+            for ti in 0..t {
+                // Query codes [q_heads][words] of position ti (row ti·G + gi of KV head hh / G).
+                let q_codes: Vec<u32> = (0..h)
+                    .flat_map(|hh| {
+                        let row = ti * g + hh % g;
+                        let x = &qh[((b * kv + hh / g) * t * g + row) * d..][..d];
+                        pack_signs(&lh.query.forward(hh, x))
+                    })
+                    .collect();
+                for hh in 0..h {
+                    let set = if sets == kv { hh / g } else { hh };
+                    let want = reference::scores(&shape, &q_codes, &k_codes, n, set);
+                    let row = ti * g + hh % g;
+                    let at = ((b * kv + hh / g) * t * g + row) * n;
+                    let have: Vec<u32> = got[at..at + n].iter().map(|&x| x as u32).collect();
+                    assert_eq!(have, want, "{layout:?} seq {b} position {ti} head {hh}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn quest_scores_are_page_bounds() {
+    let (batch, kv, rows, d) = (2, 2, 4, 8);
+    let mut rng = StdRng::seed_from_u64(3);
+    for (n, page) in [(1, 16), (16, 16), (37, 16), (50, 7)] {
+        let q = random([batch, kv, rows, d], &mut rng);
+        let k = random([batch, kv, n, d], &mut rng);
+        let got = host(KeySelector::<Cpu>::scores(
+            &Quest { page },
+            0,
+            q.clone(),
+            k.clone(),
+            None,
+        ));
+        let (qh, kh) = (host(q), host(k));
+        for b in 0..batch {
+            for hh in 0..kv {
+                for r in 0..rows {
+                    let qv = &qh[((b * kv + hh) * rows + r) * d..][..d];
+                    for j in 0..n {
+                        let p0 = j / page * page;
+                        let want: f32 = (0..d)
+                            .map(|c| {
+                                let vals = (p0..(p0 + page).min(n))
+                                    .map(|i| kh[((b * kv + hh) * n + i) * d + c]);
+                                let lo = vals.clone().fold(f32::INFINITY, f32::min);
+                                let hi = vals.fold(f32::NEG_INFINITY, f32::max);
+                                (qv[c] * lo).max(qv[c] * hi)
+                            })
+                            .sum();
+                        let have = got[((b * kv + hh) * rows + r) * n + j];
+                        assert!(
+                            (have - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "n {n} page {page} ({b},{hh},{r},{j}): {have} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// 4 layers (2 dense, 2 sparse), 6 q / 2 kv heads, head_dim 32: SYNTHETIC weights.
+fn tiny_model() -> (LlamaConfig, Llama<Cpu>) {
+    let c = LlamaConfig {
+        vocab_size: 61,
+        hidden_size: 48,
+        intermediate_size: 40,
+        num_hidden_layers: 4,
+        num_attention_heads: 6,
+        num_key_value_heads: 2,
+        head_dim: 32,
+        ..LlamaConfig::attention_shape(4, 6, 2, 32, 128)
+    };
+    let model = Llama::load(&c, &SyntheticWeights::new(&c, 4), 128, &Default::default()).unwrap();
+    (c, model)
+}
+
+/// Logits [len][vocab] of `tokens` with `selection`, all rows in one call.
+fn every_row(model: &Llama<Cpu>, tokens: &[u32], selection: Option<Selection<Cpu>>) -> Vec<f32> {
+    let mut cache = model.new_cache(1, tokens.len()).unwrap();
+    cache.selection = selection;
+    host(model.logits(model.forward(&[tokens.to_vec()], &mut cache).unwrap()))
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn sparse_decode_equals_teacher_forced_selection() {
+    let (c, model) = tiny_model();
+    let mut rng = StdRng::seed_from_u64(8);
+    let tokens: Vec<u32> = (0..45).map(|_| rng.random_range(0..61)).collect();
+    // fraction 0: top_k = min_tokens at every length, so decode budgets equal the every-row one.
+    let budget = Budget {
+        fraction: 0.0,
+        min_tokens: 5,
+        sink: 2,
+        window: 3,
+    };
+    let dense = every_row(&model, &tokens, None);
+    for method in [
+        Method::Hash {
+            name: "group".into(),
+            file: random_hash(&c, Layout::Group),
+        },
+        Method::Hash {
+            name: "faithful".into(),
+            file: random_hash(&c, Layout::Faithful),
+        },
+        Method::Linear { bits: 64, seed: 1 },
+        Method::Oracle,
+        Method::Quest { page: 4 },
+    ] {
+        let sel: Arc<dyn KeySelector<Cpu>> =
+            selector_for(&method, heads(&c), c.num_hidden_layers, &Default::default());
+        let name = sel.name();
+        let forced = every_row(
+            &model,
+            &tokens,
+            Some(Selection::new(
+                sel.clone(),
+                budget,
+                SelectRows::EveryRow {
+                    budget_len: tokens.len(),
+                },
+            )),
+        );
+        // Quest bounds pages of keys the teacher-forced row cannot see yet (a later key of its
+        // own page); one token at a time sees only cached keys. Every other method must agree.
+        if !name.starts_with("quest") {
+            let mut cache = model.new_cache(1, tokens.len()).unwrap();
+            cache.selection = Some(Selection::new(sel.clone(), budget, SelectRows::Decode));
+            let vocab = c.vocab_size;
+            for (i, &tok) in tokens.iter().enumerate() {
+                let step = host(model.forward_last(&[vec![tok]], &mut cache).unwrap());
+                let diff = max_abs_diff(&step, &forced[i * vocab..(i + 1) * vocab]);
+                assert!(diff < 1e-4, "{name} position {i}: decode differs by {diff}");
+            }
+            let codes = cache.layers[2].codes.is_some();
+            assert_eq!(
+                codes,
+                !matches!(method, Method::Oracle),
+                "{name}: key codes kept at insert"
+            );
+            assert!(cache.layers[0].codes.is_none(), "dense layers code nothing");
+        }
+        // Sparse attention must change something once rows see more than the budget (10 keys).
+        let diff = max_abs_diff(&forced, &dense);
+        assert!(diff > 1e-3, "{name}: selection had no effect ({diff})");
+        // ...and nothing for rows that see no more than it.
+        let early = 10 * c.vocab_size;
+        let diff = max_abs_diff(&forced[..early], &dense[..early]);
+        assert!(diff < 1e-4, "{name}: rows within budget differ by {diff}");
+    }
+}
+
+#[test]
+fn full_budget_is_dense() {
+    let (c, model) = tiny_model();
+    let tokens: Vec<u32> = (0..30).map(|i| (i * 7 % 61) as u32).collect();
+    let dense = every_row(&model, &tokens, None);
+    let sel = selector_for::<Cpu>(
+        &Method::Hash {
+            name: "group".into(),
+            file: random_hash(&c, Layout::Group),
+        },
+        heads(&c),
+        c.num_hidden_layers,
+        &Default::default(),
+    );
+    let all = Budget {
+        fraction: 1.0,
+        ..Budget::default()
+    };
+    let sparse = every_row(
+        &model,
+        &tokens,
+        Some(Selection::new(
+            sel,
+            all,
+            SelectRows::EveryRow { budget_len: 30 },
+        )),
+    );
+    let diff = max_abs_diff(&dense, &sparse);
+    assert!(diff < 1e-5, "budget 1 differs from dense by {diff}");
+}
