@@ -235,9 +235,8 @@ mod tests {
                 .unwrap();
             for s in 0..batch {
                 for h in 0..kv {
-                    for r in 0..rows {
+                    for (r, &pos) in row_pos[s].iter().enumerate() {
                         let at = ((s * kv + h) * rows + r) * n;
-                        let pos = row_pos[s][r];
                         let kept: Vec<u32> = (0..=pos as u32)
                             .filter(|&j| !mask[at + j as usize])
                             .collect();
