@@ -46,7 +46,7 @@ fn run<B: LlamaBackend>(device: &B::Device) -> (Vec<f32>, Vec<u32>) {
         seed: 0,
         stop_ids: vec![],
     };
-    let (tokens, _) = generate(&m.model, &[ids], &config, |_, _| Ok(())).unwrap();
+    let (tokens, _) = generate(&m.model, &[ids], &config, None, |_, _| Ok(())).unwrap();
     (logits, tokens.into_iter().next().unwrap())
 }
 

@@ -145,7 +145,8 @@ impl OnBackend for Job {
                 let mut prefill = Vec::new();
                 let mut decode = Vec::new();
                 for run in 0..=a.runs {
-                    let (_, stats) = generate(&loaded.model, &prompts, &config, |_, _| Ok(()))?;
+                    let (_, stats) =
+                        generate(&loaded.model, &prompts, &config, None, |_, _| Ok(()))?;
                     if run > 0 {
                         prefill.push(stats.prefill_secs);
                         decode.push(stats.decode_secs);

@@ -84,7 +84,13 @@ impl OnBackend for Job<'_> {
             seed: 0,
             stop_ids: vec![],
         };
-        let (greedy, _) = generate(&m.model, std::slice::from_ref(&ids), &config, |_, _| Ok(()))?;
+        let (greedy, _) = generate(
+            &m.model,
+            std::slice::from_ref(&ids),
+            &config,
+            None,
+            |_, _| Ok(()),
+        )?;
         let greedy = greedy.into_iter().next().unwrap_or_default();
         let ppl = match &self.text {
             Some(text) if a.ppl_tokens >= 2 => {

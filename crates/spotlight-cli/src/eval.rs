@@ -15,6 +15,9 @@ pub enum EvalCommand {
     Ppl(PplArgs),
     /// Retrieval quality of the hash and the baselines (IoU, recall, attention mass) per budget.
     Retrieval(crate::eval_retrieval::RetrievalArgs),
+    /// Sparse attention against dense: perplexity, passkey / multi-key / variable-tracking
+    /// retrieval, agreement of greedy continuations.
+    Fidelity(crate::eval_fidelity::FidelityArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -56,6 +59,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     let args = match cmd {
         EvalCommand::Ppl(a) => a,
         EvalCommand::Retrieval(a) => return crate::eval_retrieval::run(a),
+        EvalCommand::Fidelity(a) => return crate::eval_fidelity::run(a),
     };
     let text = match &args.text {
         Some(t) => t.clone(),

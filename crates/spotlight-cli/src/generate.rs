@@ -2,8 +2,11 @@
 
 use std::io::{BufRead, Write};
 
-use spotlight_llama::{generate, GenerateConfig, GenerateStats, Sampling, Tokenizer};
+use spotlight_llama::{
+    generate, GenerateConfig, GenerateStats, Sampling, SelectRows, Selection, Tokenizer,
+};
 
+use crate::attention_args::{self, AttentionArgs, AttentionKind};
 use crate::backend::{self, BackendKind, OnBackend, SpotlightBackend};
 use crate::error::{CliError, Result};
 use crate::model_args::{self, ModelArgs};
@@ -14,10 +17,15 @@ const DEFAULT_QUESTION: &str = "What is the capital of France? Answer in one sen
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub attention: AttentionArgs,
     /// Text to continue as is. Without --prompt (and without -i) a default question is asked in
     /// the model's chat format.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prompt_file")]
     pub prompt: Option<String>,
+    /// Read --prompt from this file (long contexts).
+    #[arg(long)]
+    pub prompt_file: Option<std::path::PathBuf>,
     /// Wrap --prompt in the model's chat template.
     #[arg(long)]
     pub chat: bool,
@@ -76,22 +84,69 @@ impl GenerateArgs {
     }
 }
 
-pub fn run(args: GenerateArgs) -> Result<()> {
+pub fn run(mut args: GenerateArgs) -> Result<()> {
     args.validate()?;
+    if let Some(f) = args.prompt_file.take() {
+        args.prompt = Some(std::fs::read_to_string(&f).map_err(|e| {
+            CliError::Io(format!("cannot read --prompt-file {}: {e}", f.display()))
+        })?);
+    }
     let path = args.model.path()?;
-    backend::run(args.model.backend, Job { args, path })
+    let attention = args.attention.resolve(&crate::train::model_id(&path))?;
+    backend::run(
+        args.model.backend,
+        Job {
+            args,
+            path,
+            attention,
+        },
+    )
 }
 
 struct Job {
     args: GenerateArgs,
     path: std::path::PathBuf,
+    attention: (AttentionKind, Option<std::path::PathBuf>),
 }
 
 impl OnBackend for Job {
     type Output = ();
     fn run<B: SpotlightBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
         let args = self.args;
+        let model_id = crate::train::model_id(&self.path);
+        let (kind, hash) = self.attention;
+        // Hash weights are checked before the (slower) model load.
+        let hash = hash
+            .map(|h| spotlight_train::HashFile::load(&h))
+            .transpose()?;
         let loaded = model_args::load::<B>(&self.path, None, &device)?;
+        let selection = args
+            .attention
+            .method(kind, hash, &model_id, &loaded.config)?
+            .map(|m| {
+                attention_args::selection::<B>(
+                    &m,
+                    args.attention.budget().expect("validated"),
+                    SelectRows::Decode,
+                    &loaded.config,
+                    &device,
+                )
+            });
+        let attention = Attention {
+            label: match &selection {
+                Some(s) => format!(
+                    "{} (budget {} of the tokens, ≥ {}, + sink {} + window {}; layers ≥ {})",
+                    s.selector.name(),
+                    s.budget.fraction,
+                    s.budget.min_tokens,
+                    s.budget.sink,
+                    s.budget.window,
+                    s.dense_layers
+                ),
+                None => "dense".into(),
+            },
+            selection,
+        };
         let tok = &loaded.tokenizer;
         let config = args.config(tok);
         let mut messages: Vec<(String, String)> = args
@@ -123,9 +178,10 @@ impl OnBackend for Job {
                 tok,
                 &ids,
                 &config,
+                attention.selection.as_ref(),
                 args.prompt.is_some() && !args.chat,
             )?;
-            report(&stats, backend);
+            report(&stats, backend, &attention.label);
             return Ok(());
         }
         eprintln!(
@@ -148,11 +204,24 @@ impl OnBackend for Job {
             }
             messages.push(("user".into(), line.trim().to_string()));
             let ids = chat_prompt(&messages)?;
-            let (reply, stats) = stream(&loaded.model, tok, &ids, &config, false)?;
+            let (reply, stats) = stream(
+                &loaded.model,
+                tok,
+                &ids,
+                &config,
+                attention.selection.as_ref(),
+                false,
+            )?;
             messages.push(("assistant".into(), tok.decode(&reply)?));
-            report(&stats, backend);
+            report(&stats, backend, &attention.label);
         }
     }
+}
+
+/// The attention of a run and how it is reported.
+struct Attention<B: spotlight_llama::LlamaBackend> {
+    selection: Option<Selection<B>>,
+    label: String,
 }
 
 /// Generates from `ids`, printing text as it arrives; returns the new tokens.
@@ -161,6 +230,7 @@ fn stream<B: spotlight_llama::LlamaBackend>(
     tok: &Tokenizer,
     ids: &[u32],
     config: &GenerateConfig,
+    selection: Option<&Selection<B>>,
     echo_prompt: bool,
 ) -> Result<(Vec<u32>, GenerateStats)> {
     let mut out = std::io::stdout().lock();
@@ -169,7 +239,7 @@ fn stream<B: spotlight_llama::LlamaBackend>(
         let _ = out.flush();
     }
     let mut text = tok.stream();
-    let (tokens, stats) = generate(model, &[ids.to_vec()], config, |_, t| {
+    let (tokens, stats) = generate(model, &[ids.to_vec()], config, selection, |_, t| {
         let piece = text.push(t)?;
         let _ = write!(out, "{piece}");
         let _ = out.flush();
@@ -179,7 +249,7 @@ fn stream<B: spotlight_llama::LlamaBackend>(
     Ok((tokens.into_iter().next().unwrap_or_default(), stats))
 }
 
-fn report(s: &GenerateStats, backend: BackendKind) {
+fn report(s: &GenerateStats, backend: BackendKind, attention: &str) {
     eprintln!(
         "[{}] prefill {} tokens in {:.3} s ({:.1} tok/s); decode {} tokens in {:.3} s ({:.1} tok/s)",
         backend.name(),
@@ -189,5 +259,9 @@ fn report(s: &GenerateStats, backend: BackendKind) {
         s.generated_tokens.saturating_sub(1),
         s.decode_secs,
         s.decode_tok_s(1)
+    );
+    eprintln!(
+        "[attention] {attention}: decode read {:.1}% of the cached K/V rows",
+        100.0 * s.kv_read_share
     );
 }

@@ -2,6 +2,7 @@
 //! The library never prints; this crate owns the terminal.
 
 pub mod assets;
+pub mod attention_args;
 pub mod backend;
 pub mod bench;
 pub mod bench_linear;
@@ -10,7 +11,9 @@ pub mod bench_train;
 pub mod check;
 pub mod error;
 pub mod eval;
+pub mod eval_fidelity;
 pub mod eval_retrieval;
+pub mod fidelity_tasks;
 pub mod generate;
 pub mod info;
 pub mod model_args;

@@ -112,3 +112,61 @@ pub fn line_chart(
     root.present().map_err(|e| err(e.to_string()))?;
     Ok(())
 }
+
+/// A grid of `values[row][col]` in [0, 1] (e.g. pass rates) as coloured cells, red (0) to green (1),
+/// each labelled with its value.
+pub fn heatmap(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    cols: &[String],
+    rows: &[String],
+    values: &[Vec<f64>],
+) -> Result<()> {
+    let err = |e: String| CliError::Io(format!("cannot draw {}: {e}", path.display()));
+    let (nx, ny) = (cols.len().max(1), rows.len().max(1));
+    let root =
+        SVGBackend::new(path, (160 + 70 * nx as u32, 140 + 44 * ny as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0..nx, 0..ny)
+        .map_err(|e| err(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .x_labels(nx + 1)
+        .y_labels(ny + 1)
+        .x_label_formatter(&|i| cols.get(*i).cloned().unwrap_or_default())
+        .y_label_formatter(&|i| rows.get(*i).cloned().unwrap_or_default())
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    let cells = values
+        .iter()
+        .enumerate()
+        .flat_map(|(r, row)| row.iter().enumerate().map(move |(c, &v)| (r, c, v)));
+    chart
+        .draw_series(cells.clone().map(|(r, c, v)| {
+            let v = v.clamp(0.0, 1.0);
+            let color = RGBColor((220.0 * (1.0 - v)) as u8 + 30, (180.0 * v) as u8 + 40, 60);
+            Rectangle::new([(c, r), (c + 1, r + 1)], color.filled())
+        }))
+        .map_err(|e| err(e.to_string()))?;
+    chart
+        .draw_series(cells.map(|(r, c, v)| {
+            Text::new(
+                format!(" {v:.2}"),
+                (c, r + 1),
+                ("sans-serif", 13).into_font().color(&WHITE),
+            )
+        }))
+        .map_err(|e| err(e.to_string()))?;
+    root.present().map_err(|e| err(e.to_string()))?;
+    Ok(())
+}

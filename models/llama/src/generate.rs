@@ -6,6 +6,7 @@ use crate::backend::LlamaBackend;
 use crate::error::LlamaError;
 use crate::model::Llama;
 use crate::sampling::{Sampler, Sampling};
+use crate::selector::Selection;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -27,6 +28,9 @@ pub struct GenerateStats {
     pub prefill_secs: f64,
     /// All decode steps after the first token.
     pub decode_secs: f64,
+    /// Mean share of the cached K/V rows a decode step reads, over all layers and steps
+    /// (1 for dense attention).
+    pub kv_read_share: f64,
 }
 
 impl GenerateStats {
@@ -41,11 +45,13 @@ impl GenerateStats {
 }
 
 /// Generates continuations of a batch of prompts. `on_token(seq, token)` is called as each token
-/// is chosen, so callers can stream. Returns the new tokens per prompt.
+/// is chosen, so callers can stream. Returns the new tokens per prompt. With a `selection`,
+/// decode steps attend sparsely (the prompt is prefilled densely; its keys are coded on insert).
 pub fn generate<B: LlamaBackend>(
     model: &Llama<B>,
     prompts: &[Vec<u32>],
     config: &GenerateConfig,
+    selection: Option<&Selection<B>>,
     mut on_token: impl FnMut(usize, u32) -> Result<(), LlamaError>,
 ) -> Result<(Vec<Vec<u32>>, GenerateStats), LlamaError> {
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
@@ -64,6 +70,9 @@ pub fn generate<B: LlamaBackend>(
     }
     let batch = prompts.len();
     let mut cache = model.new_cache(batch, longest + config.max_tokens)?;
+    cache.selection = selection.cloned();
+    let layers = model.config.num_hidden_layers;
+    let (mut read_sum, mut read_steps) = (0.0, 0usize);
     let mut samplers: Vec<Sampler> = (0..batch)
         .map(|b| {
             Sampler::new(
@@ -84,6 +93,15 @@ pub fn generate<B: LlamaBackend>(
     let mut input: Vec<Vec<u32>> = prompts.to_vec();
     let mut first = true;
     while !done.iter().all(|&d| d) {
+        if !first {
+            for (b, inp) in input.iter().enumerate() {
+                if !inp.is_empty() {
+                    let len = cache.lens[b] + 1;
+                    read_sum += selection.map_or(1.0, |s| s.read_share(layers, len));
+                    read_steps += 1;
+                }
+            }
+        }
         let logits = model.forward_last(&input, &mut cache)?;
         let vocab = logits.dims()[1];
         // sync: read the logits of every sequence's last position (one host round-trip per step).
@@ -121,5 +139,10 @@ pub fn generate<B: LlamaBackend>(
         }
     }
     stats.decode_secs = start.elapsed().as_secs_f64() - stats.prefill_secs;
+    stats.kv_read_share = if read_steps > 0 {
+        read_sum / read_steps as f64
+    } else {
+        1.0
+    };
     Ok((out, stats))
 }

@@ -6,15 +6,19 @@ use burn::tensor::{activation::log_softmax, Int, Tensor, TensorData};
 use crate::backend::LlamaBackend;
 use crate::error::LlamaError;
 use crate::model::Llama;
+use crate::selector::{SelectRows, Selection};
 
 /// Query positions per forward call.
 pub const DEFAULT_CHUNK: usize = 512;
 
 /// Sum of −log p(token[t+1] | tokens[..=t]) over the window, and the number of predicted tokens.
+/// With a `selection`, every row attends sparsely with the budget of the whole window
+/// (METHOD.md: "teacher-forced with the sparse selection applied on every row").
 pub fn window_nll<B: LlamaBackend>(
     model: &Llama<B>,
     tokens: &[u32],
     chunk: usize,
+    selection: Option<&Selection<B>>,
 ) -> Result<(f64, usize), LlamaError> {
     if tokens.len() < 2 {
         return Err(LlamaError::Invalid(
@@ -24,6 +28,12 @@ pub fn window_nll<B: LlamaBackend>(
     let device = model.embed.device();
     let mut cache = model.new_cache(1, tokens.len())?;
     let inputs = &tokens[..tokens.len() - 1];
+    cache.selection = selection.map(|s| Selection {
+        rows: SelectRows::EveryRow {
+            budget_len: inputs.len(),
+        },
+        ..s.clone()
+    });
     let mut total = 0.0;
     for (i, part) in inputs.chunks(chunk.max(1)).enumerate() {
         let start = i * chunk.max(1);
@@ -56,7 +66,7 @@ pub fn perplexity<B: LlamaBackend>(
     tokens: &[u32],
     chunk: usize,
 ) -> Result<f64, LlamaError> {
-    let (nll, n) = window_nll(model, tokens, chunk)?;
+    let (nll, n) = window_nll(model, tokens, chunk, None)?;
     Ok((nll / n as f64).exp())
 }
 

@@ -1,0 +1,212 @@
+//! Flags that choose the attention of a run: dense, or sparse with a selector (the trained hash —
+//! Spotlight Attention — or a baseline) and its budget policy.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use spotlight_kernels::Budget;
+use spotlight_llama::{KeySelector, LlamaBackend, LlamaConfig, SelectRows, Selection};
+use spotlight_train::quality::{Heads, Method};
+use spotlight_train::selector::selector_for;
+use spotlight_train::HashFile;
+
+use crate::error::{CliError, Result};
+
+/// Which keys attention reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttentionKind {
+    /// Every cached key.
+    Dense,
+    /// The trained hash (Spotlight Attention).
+    Spotlight,
+    /// Random linear hashing (sign of random orthogonal projections), --linear-bits long.
+    Linear,
+    /// Quest: pages of --quest-page keys ranked by their per-channel min/max bound.
+    Quest,
+    /// Exact top-k of q·k: the ceiling, not a practical method (it reads every key).
+    Oracle,
+}
+
+impl AttentionKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Dense => "dense",
+            Self::Spotlight => "spotlight",
+            Self::Linear => "linear",
+            Self::Quest => "quest",
+            Self::Oracle => "oracle",
+        }
+    }
+}
+
+/// `--attention` and `--budget` for commands that run one attention (generate).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AttentionArgs {
+    /// Attention [default: spotlight when a hash file exists for the model, else dense].
+    #[arg(long, value_enum)]
+    pub attention: Option<AttentionKind>,
+    /// Keys chosen by score, as a fraction of the cached tokens.
+    #[arg(long, default_value_t = 0.02)]
+    pub budget: f64,
+    #[command(flatten)]
+    pub selector: SelectorArgs,
+}
+
+/// How every selector is configured, apart from the budget fraction.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SelectorArgs {
+    /// Hash weights for spotlight attention [default: the shipped file for the model, looked up
+    /// in $SPOTLIGHT_HOME/hash/ and then in this repository's models/hash/].
+    #[arg(long)]
+    pub hash: Option<PathBuf>,
+    /// Keys chosen by score: at least this many.
+    #[arg(long, default_value_t = 20)]
+    pub min_tokens: usize,
+    /// First tokens always attended.
+    #[arg(long, default_value_t = 4)]
+    pub sink: usize,
+    /// Most recent tokens always attended.
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// Code length of --attention linear.
+    #[arg(long, default_value_t = 128)]
+    pub linear_bits: usize,
+    /// Page size of --attention quest.
+    #[arg(long, default_value_t = 16)]
+    pub quest_page: usize,
+    /// Seed of the linear hash's random projections.
+    #[arg(long, default_value_t = 0)]
+    pub hash_seed: u64,
+}
+
+/// Where the shipped hash of `model_id` would be: the cache first, then the repository.
+pub fn shipped_hash(model_id: &str) -> Option<PathBuf> {
+    let name = format!("{model_id}.group.safetensors");
+    let home = crate::assets::home().join("hash").join(&name);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/hash")
+        .join(&name);
+    [home, repo].into_iter().find(|p| p.is_file())
+}
+
+impl AttentionArgs {
+    pub fn budget(&self) -> Result<Budget> {
+        self.selector.budget(self.budget)
+    }
+
+    /// The attention kind after the default is resolved, and the hash file it needs.
+    pub fn resolve(&self, model_id: &str) -> Result<(AttentionKind, Option<PathBuf>)> {
+        let hash = self.selector.hash_path(model_id);
+        let kind = self.attention.unwrap_or(if hash.is_some() {
+            AttentionKind::Spotlight
+        } else {
+            AttentionKind::Dense
+        });
+        self.selector.check(kind, model_id)?;
+        self.budget()?;
+        Ok((kind, hash.filter(|_| kind == AttentionKind::Spotlight)))
+    }
+
+    pub fn method(
+        &self,
+        kind: AttentionKind,
+        hash: Option<HashFile>,
+        model_id: &str,
+        config: &LlamaConfig,
+    ) -> Result<Option<Method>> {
+        self.selector.method(kind, hash, model_id, config)
+    }
+}
+
+impl SelectorArgs {
+    /// The budget policy with `fraction` of the cached tokens chosen by score.
+    pub fn budget(&self, fraction: f64) -> Result<Budget> {
+        let b = Budget {
+            fraction,
+            min_tokens: self.min_tokens,
+            sink: self.sink,
+            window: self.window,
+        };
+        b.validate()
+            .map_err(|_| CliError::Usage(format!("budget {fraction}: must be in [0, 1]")))?;
+        Ok(b)
+    }
+
+    /// --hash, else the shipped file of the model if there is one.
+    pub fn hash_path(&self, model_id: &str) -> Option<PathBuf> {
+        self.hash.clone().or_else(|| shipped_hash(model_id))
+    }
+
+    /// Checks that `kind` can run with these flags.
+    pub fn check(&self, kind: AttentionKind, model_id: &str) -> Result<()> {
+        if kind == AttentionKind::Spotlight && self.hash_path(model_id).is_none() {
+            return Err(CliError::Usage(format!(
+                "spotlight attention: no hash weights for {model_id}; train them with `spotlight train` and pass --hash FILE"
+            )));
+        }
+        if kind == AttentionKind::Linear
+            && (self.linear_bits == 0 || !self.linear_bits.is_multiple_of(32))
+        {
+            return Err(CliError::Usage(format!(
+                "--linear-bits {}: must be a positive multiple of 32",
+                self.linear_bits
+            )));
+        }
+        if kind == AttentionKind::Quest && self.quest_page == 0 {
+            return Err(CliError::Usage("--quest-page must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The retrieval method of `kind` (None for dense); `hash` (loaded before the model, so a
+    /// damaged file is reported first) is checked against the model.
+    pub fn method(
+        &self,
+        kind: AttentionKind,
+        hash: Option<HashFile>,
+        model_id: &str,
+        config: &LlamaConfig,
+    ) -> Result<Option<Method>> {
+        Ok(match kind {
+            AttentionKind::Dense => None,
+            AttentionKind::Oracle => Some(Method::Oracle),
+            AttentionKind::Quest => Some(Method::Quest {
+                page: self.quest_page,
+            }),
+            AttentionKind::Linear => Some(Method::Linear {
+                bits: self.linear_bits,
+                seed: self.hash_seed,
+            }),
+            AttentionKind::Spotlight => {
+                let file = hash.expect("resolved with a hash file");
+                file.check_model(model_id, config)?;
+                Some(Method::Hash {
+                    name: format!("spotlight-{}", file.header.layout.name()),
+                    file,
+                })
+            }
+        })
+    }
+}
+
+/// The model's heads as the selectors need them.
+pub fn heads(c: &LlamaConfig) -> Heads {
+    Heads {
+        q_heads: c.num_attention_heads,
+        kv_heads: c.num_key_value_heads,
+        head_dim: c.head_dim,
+    }
+}
+
+/// A selection for `method` on `device`.
+pub fn selection<B: LlamaBackend>(
+    method: &Method,
+    budget: Budget,
+    rows: SelectRows,
+    config: &LlamaConfig,
+    device: &B::Device,
+) -> Selection<B> {
+    let selector: Arc<dyn KeySelector<B>> =
+        selector_for(method, heads(config), config.num_hidden_layers, device);
+    Selection::new(selector, budget, rows)
+}
