@@ -108,10 +108,13 @@ pub struct FidelityArgs {
     /// Result JSON; CSVs and plots go beside it.
     #[arg(long, default_value = "benches/results/fidelity.json")]
     pub json: PathBuf,
+    /// Keep the rows of other tasks already in --json (a long evaluation split over several runs).
+    #[arg(long)]
+    pub merge: bool,
 }
 
 /// One result row (the schema plus the number of trials or windows averaged).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct FidelityRow {
     pub method: String,
     pub budget: f64,
@@ -365,6 +368,9 @@ impl OnBackend for Job {
             }
         }
         bar.finish();
+        if a.merge {
+            rows = merged(&a.json, rows)?;
+        }
         for r in &rows {
             println!(
                 "{:<16} {:>5.1}% {:<16} {:>6} {:>9.4} (dense {:.4})",
@@ -399,6 +405,30 @@ impl OnBackend for Job {
             },
         )
     }
+}
+
+/// This run's rows after the rows of other tasks already in `path` (if it exists).
+fn merged(path: &std::path::Path, rows: Vec<FidelityRow>) -> Result<Vec<FidelityRow>> {
+    #[derive(serde::Deserialize)]
+    struct Previous {
+        rows: Vec<FidelityRow>,
+    }
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(rows);
+    };
+    let previous: Previous = serde_json::from_str(&text).map_err(|e| {
+        CliError::Usage(format!(
+            "--merge: {} is not a fidelity report: {e}",
+            path.display()
+        ))
+    })?;
+    let mut out: Vec<FidelityRow> = previous
+        .rows
+        .into_iter()
+        .filter(|p| !rows.iter().any(|r| r.task == p.task))
+        .collect();
+    out.extend(rows);
+    Ok(out)
 }
 
 fn row<B: SpotlightBackend>(
@@ -595,7 +625,13 @@ fn write_outputs(
         ));
     }
     write(stem.with_extension("csv"), csv)?;
-    write(stem.with_extension("trials.csv"), trials_csv.to_string())?;
+    let trials_path = stem.with_extension("trials.csv");
+    let trials = match std::fs::read_to_string(&trials_path) {
+        // Merged runs keep earlier trials (header once).
+        Ok(old) if a.merge => old + trials_csv.split_once('\n').map_or("", |(_, rest)| rest),
+        _ => trials_csv.to_string(),
+    };
+    write(trials_path, trials)?;
     // Per task: score against context, one line per method and budget, dense dashed-free first.
     let mut tasks: BTreeMap<&str, Lines> = BTreeMap::new();
     for r in rows {
