@@ -171,8 +171,52 @@ def training():
     return lines
 
 
+def fidelity():
+    lines = []
+    for name, d in load("fidelity.json"):
+        lines += [f"**Fidelity of sparse attention** (`{name}`, {d['device']}, {d['date']}, commit {d['commit']}): {d['model']}, "
+                  f"held-out text {d['text']}; hash `{d['hash_file']}`. Sparse layers ≥ {d['dense_layers']}; each row keeps its "
+                  f"first {d['sink']} and last {d['window']} keys plus the budget (share of the keys, at least {d['min_tokens']}) chosen by score. "
+                  "Perplexity: teacher-forced, selection on every row, budget from the window length, mean over 3 windows spread over the book "
+                  "(+x% = over dense). Retrieval tasks: greedy answers, share of expected strings found, 10 depths × 2 trials per context. "
+                  "Agreement: 20 prompts of 2,048 tokens, first 64 greedy tokens against dense (exact = all 64 equal; LCS = longest common subsequence ÷ 64). "
+                  "Plots and per-trial CSVs: `benches/results/fidelity/`.", "", "Commands:", ""]
+        lines += [f"    {c}" for c in d["commands"]] + [""]
+        rows = d["rows"]
+        tasks = []
+        for r in rows:
+            if r["task"] not in tasks:
+                tasks.append(r["task"])
+        for task in tasks:
+            tr = [r for r in rows if r["task"] == task]
+            ctxs = sorted({r["context"] for r in tr})
+            head = "| method | budget | " + " | ".join(f"{c} tokens" for c in ctxs) + " |"
+            lines += [f"*{task}*", "", head, "|---|---|" + "---|" * len(ctxs)]
+            dense = {r["context"]: r["dense_score"] for r in tr}
+            lines.append("| dense | 100% | " + " | ".join(f"{dense[c]:.3f}" for c in ctxs) + " |")
+            keys = []
+            for r in tr:
+                k = (r["method"], r["budget"])
+                if k not in keys:
+                    keys.append(k)
+            for m, b in sorted(keys, key=lambda k: (k[1], k[0])):
+                cells = []
+                for c in ctxs:
+                    hit = [r for r in tr if r["method"] == m and r["budget"] == b and r["context"] == c]
+                    if not hit:
+                        cells.append("–")
+                    elif task == "ppl":
+                        v = hit[0]["score"]
+                        cells.append(f"{v:.2f} (+{100 * (v / dense[c] - 1):.1f}%)")
+                    else:
+                        cells.append(f"{hit[0]['score']:.3f}")
+                lines.append(f"| {m} | {100 * b:g}% | " + " | ".join(cells) + " |")
+            lines.append("")
+    return lines
+
+
 def main():
-    body = "\n".join(checks() + ppls() + generation() + profiles() + retrieval() + linear() + quality() + training() + peers()).strip() or "(no results yet)"
+    body = "\n".join(checks() + ppls() + generation() + profiles() + retrieval() + linear() + quality() + training() + fidelity() + peers()).strip() or "(no results yet)"
     path = os.path.join(ROOT, "README.md")
     text = open(path).read()
     new = re.sub(r"<!-- results:begin -->.*<!-- results:end -->",

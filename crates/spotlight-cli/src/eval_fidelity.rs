@@ -8,7 +8,8 @@
 //!   tokens equal, and longest-common-subsequence overlap.
 //!
 //! Writes `fidelity.json` = {"model", "rows": [{"method", "budget", "task", "context", "score",
-//! "dense_score"}]}, a CSV of rows, a CSV of every retrieval trial, and SVG plots beside it.
+//! "dense_score"}]}, and beside it a folder of the same name with a CSV of the rows, a CSV of every
+//! retrieval trial and the SVG plots.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -105,10 +106,11 @@ pub struct FidelityArgs {
     /// Held-out text [default: Moby-Dick].
     #[arg(long)]
     pub text: Option<PathBuf>,
-    /// Result JSON; CSVs and plots go beside it.
+    /// Result JSON; CSVs and plots go into the folder of the same name beside it.
     #[arg(long, default_value = "benches/results/fidelity.json")]
     pub json: PathBuf,
-    /// Keep the rows of other tasks already in --json (a long evaluation split over several runs).
+    /// Keep the rows already in --json that this run does not redo (same task, method, budget and
+    /// context are replaced): a long evaluation split over several runs.
     #[arg(long)]
     pub merge: bool,
 }
@@ -127,7 +129,8 @@ pub struct FidelityRow {
 
 #[derive(Debug, Serialize)]
 struct FidelityReport {
-    command: String,
+    /// Every invocation whose rows the report holds (several with --merge).
+    commands: Vec<String>,
     commit: String,
     date: Option<String>,
     device: String,
@@ -368,8 +371,11 @@ impl OnBackend for Job {
             }
         }
         bar.finish();
+        let mut commands = vec![crate::invocation()];
         if a.merge {
-            rows = merged(&a.json, rows)?;
+            let (old_commands, all) = merged(&a.json, rows)?;
+            rows = all;
+            commands = old_commands.into_iter().chain(commands).collect();
         }
         for r in &rows {
             println!(
@@ -387,7 +393,7 @@ impl OnBackend for Job {
         crate::bench::write_report(
             &a.json,
             &FidelityReport {
-                command: crate::invocation(),
+                commands,
                 commit: crate::bench::git_commit(),
                 date: crate::bench::command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
                 device: crate::bench::device_name(kind),
@@ -407,14 +413,19 @@ impl OnBackend for Job {
     }
 }
 
-/// This run's rows after the rows of other tasks already in `path` (if it exists).
-fn merged(path: &std::path::Path, rows: Vec<FidelityRow>) -> Result<Vec<FidelityRow>> {
+/// The commands and rows of the report at `path` (if any) that this run's rows do not replace
+/// (same task, method, budget and context), followed by this run's rows.
+fn merged(
+    path: &std::path::Path,
+    rows: Vec<FidelityRow>,
+) -> Result<(Vec<String>, Vec<FidelityRow>)> {
     #[derive(serde::Deserialize)]
     struct Previous {
+        commands: Vec<String>,
         rows: Vec<FidelityRow>,
     }
     let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(rows);
+        return Ok((Vec::new(), rows));
     };
     let previous: Previous = serde_json::from_str(&text).map_err(|e| {
         CliError::Usage(format!(
@@ -422,13 +433,16 @@ fn merged(path: &std::path::Path, rows: Vec<FidelityRow>) -> Result<Vec<Fidelity
             path.display()
         ))
     })?;
+    let same = |p: &FidelityRow, r: &FidelityRow| {
+        (&p.task, &p.method, p.budget, p.context) == (&r.task, &r.method, r.budget, r.context)
+    };
     let mut out: Vec<FidelityRow> = previous
         .rows
         .into_iter()
-        .filter(|p| !rows.iter().any(|r| r.task == p.task))
+        .filter(|p| !rows.iter().any(|r| same(p, r)))
         .collect();
     out.extend(rows);
-    Ok(out)
+    Ok((previous.commands, out))
 }
 
 fn row<B: SpotlightBackend>(
@@ -478,7 +492,7 @@ fn file_label(method: &str, budget: f64) -> String {
 
 /// The classic needle picture (passkey): per attention, mean score by depth (rows) and context.
 fn depth_heatmaps(a: &FidelityArgs, scores: &[DepthScore], model: &str) -> Result<()> {
-    let stem = a.json.with_extension("");
+    let dir = a.json.with_extension("");
     let mut groups: BTreeMap<(&str, &str), Vec<&DepthScore>> = BTreeMap::new();
     for s in scores.iter().filter(|s| s.task == "passkey") {
         groups.entry((s.task, s.file.as_str())).or_default().push(s);
@@ -508,12 +522,7 @@ fn depth_heatmaps(a: &FidelityArgs, scores: &[DepthScore], model: &str) -> Resul
             .collect();
         let file = format!("{task}_depth_{file}.svg");
         heatmap(
-            &stem.with_file_name(format!(
-                "{}_{file}",
-                stem.file_name()
-                    .map(|n| n.to_string_lossy())
-                    .unwrap_or_default()
-            )),
+            &dir.join(file),
             &format!("{task}, {label}: score by depth and context ({model})"),
             "context (tokens)",
             "needle depth",
@@ -608,11 +617,9 @@ fn write_outputs(
     trials_csv: &str,
     model: &str,
 ) -> Result<()> {
-    let stem = a.json.with_extension("");
-    if let Some(dir) = a.json.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| CliError::Io(format!("cannot create {}: {e}", dir.display())))?;
-    }
+    let dir = a.json.with_extension("");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| CliError::Io(format!("cannot create {}: {e}", dir.display())))?;
     let write = |path: PathBuf, body: String| {
         std::fs::write(&path, body)
             .map_err(|e| CliError::Io(format!("cannot write {}: {e}", path.display())))
@@ -624,8 +631,8 @@ fn write_outputs(
             r.method, r.budget, r.task, r.context, r.score, r.dense_score, r.trials
         ));
     }
-    write(stem.with_extension("csv"), csv)?;
-    let trials_path = stem.with_extension("trials.csv");
+    write(dir.join("rows.csv"), csv)?;
+    let trials_path = dir.join("trials.csv");
     let trials = match std::fs::read_to_string(&trials_path) {
         // Merged runs keep earlier trials (header once).
         Ok(old) if a.merge => old + trials_csv.split_once('\n').map_or("", |(_, rest)| rest),
@@ -659,7 +666,7 @@ fn write_outputs(
             })
             .collect();
         line_chart(
-            &stem.with_extension(format!("{task}.svg")),
+            &dir.join(format!("{task}.svg")),
             &format!("{task} vs context ({model})"),
             "context (tokens)",
             if *task == "ppl" {
@@ -713,7 +720,7 @@ fn write_outputs(
             );
         }
         heatmap(
-            &stem.with_extension(format!("{task}_heatmap.svg")),
+            &dir.join(format!("{task}_heatmap.svg")),
             &format!("{task}: score by context ({model})"),
             "context (tokens)",
             "",

@@ -361,3 +361,78 @@ fn bad_training_flags_and_hash_files() {
     eval(&truncated, "hash file");
     eval(&shipped, "trained with model");
 }
+
+#[test]
+fn bad_attention_flags_and_hash_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_tiny(dir.path(), "t.gguf", |_, _| {});
+    let m = model.to_str().unwrap();
+    let generate = |extra: &[&str], needle: &str| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            m,
+            "--backend",
+            "cpu",
+            "--prompt",
+            "t1",
+            "--max-tokens",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        assert_one_line_error(&args, needle);
+    };
+    // No hash file exists for this model: spotlight needs one.
+    generate(&["--attention", "spotlight"], "no hash weights");
+    generate(
+        &["--attention", "linear", "--linear-bits", "40"],
+        "multiple of 32",
+    );
+    generate(&["--attention", "quest", "--quest-page", "0"], "quest-page");
+    generate(
+        &["--attention", "oracle", "--budget", "1.5"],
+        "must be in [0, 1]",
+    );
+    let missing = dir.path().join("none.txt");
+    assert_one_line_error(
+        &[
+            "generate",
+            "--model",
+            m,
+            "--backend",
+            "cpu",
+            "--prompt-file",
+            missing.to_str().unwrap(),
+        ],
+        "cannot read --prompt-file",
+    );
+    // Damaged hash files, and the shipped one, made for another model.
+    let garbage = dir.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"not a safetensors file at all").unwrap();
+    let g = garbage.to_str().unwrap();
+    generate(
+        &["--attention", "spotlight", "--hash", g],
+        "not a valid safetensors",
+    );
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/hash/SmolLM2-135M-Instruct.Q4_1.gguf.group.safetensors");
+    let s = shipped.to_str().unwrap();
+    generate(
+        &["--attention", "spotlight", "--hash", s],
+        "trained with model",
+    );
+    let fidelity = |extra: &[&str], needle: &str| {
+        let mut args = vec!["eval", "fidelity", "--model", m, "--backend", "cpu"];
+        args.extend_from_slice(extra);
+        assert_one_line_error(&args, needle);
+    };
+    fidelity(&["--methods", "dense"], "dense is always the reference");
+    fidelity(
+        &["--methods", "oracle", "--budgets", "2"],
+        "must be in [0, 1]",
+    );
+    fidelity(
+        &["--methods", "spotlight", "--hash", g],
+        "not a valid safetensors",
+    );
+}

@@ -1,0 +1,205 @@
+//! Sparse attention on the REAL model and held-out text (Moby-Dick), on the CPU: the shipped hash
+//! inside the model, against dense and the untrained hash; `spotlight eval fidelity` and
+//! `spotlight generate --attention` end to end. Small (512-token windows) so it runs in CI; the
+//! full evaluation is `benches/results/fidelity.json`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use burn::backend::{Autodiff, NdArray};
+use spotlight_cli::attention_args::{heads, selection};
+use spotlight_cli::{assets, model_args};
+use spotlight_kernels::Budget;
+use spotlight_llama::{perplexity, SelectRows};
+use spotlight_train::quality::Method;
+use spotlight_train::{HashFile, Layout, TrainConfig, Trainer};
+
+type Cpu = NdArray<f32>;
+
+fn shipped_hash() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/hash/SmolLM2-135M-Instruct.Q4_1.gguf.group.safetensors")
+}
+
+fn moby_tokens(tok: &spotlight_llama::Tokenizer, start: usize, len: usize) -> Vec<u32> {
+    assets::ensure(&assets::MOBY_DICK, &mut |m| eprintln!("{m}")).unwrap();
+    let text = std::fs::read_to_string(assets::moby_dick_path()).unwrap();
+    tok.encode(&text, false).unwrap()[start..start + len].to_vec()
+}
+
+/// Teacher-forced perplexity on 512 held-out tokens with every row selected at a 10% budget:
+/// the trained hash must lose less to dense than the untrained one, and a full budget is dense.
+#[test]
+fn shipped_hash_keeps_perplexity_closer_to_dense_than_the_untrained_hash() {
+    assets::ensure(&assets::SMOLLM2, &mut |m| eprintln!("{m}")).unwrap();
+    let path = assets::default_model_path();
+    let device = Default::default();
+    let m = model_args::load::<Cpu>(&path, Some(512), &device).unwrap();
+    let c = &m.config;
+    let tokens = moby_tokens(&m.tokenizer, 20_000, 512);
+    let ppl = |method: Option<&Method>, fraction: f64| {
+        let sel = method.map(|method| {
+            let budget = Budget {
+                fraction,
+                ..Budget::default()
+            };
+            selection::<Cpu>(method, budget, SelectRows::Decode, c, &device)
+        });
+        let (nll, n) =
+            perplexity::window_nll(&m.model, &tokens, perplexity::DEFAULT_CHUNK, sel.as_ref())
+                .unwrap();
+        (nll / n as f64).exp()
+    };
+    let model_id = "SmolLM2-135M-Instruct.Q4_1.gguf";
+    let trained = HashFile::load(&shipped_hash()).unwrap();
+    trained.check_model(model_id, c).unwrap();
+    let untrained = Trainer::<Autodiff<Cpu>>::new(TrainConfig::default(), model_id, c, &device)
+        .unwrap()
+        .hash_file(Layout::Group)
+        .unwrap();
+    let hash = |name: &str, file: HashFile| Method::Hash {
+        name: name.into(),
+        file,
+    };
+    let (trained, untrained) = (hash("trained", trained), hash("untrained", untrained));
+    let dense = ppl(None, 1.0);
+    let full = ppl(Some(&trained), 1.0);
+    let ours = ppl(Some(&trained), 0.1);
+    let init = ppl(Some(&untrained), 0.1);
+    eprintln!(
+        "dense {dense:.3}  full budget {full:.3}  trained 10% {ours:.3}  untrained 10% {init:.3}"
+    );
+    assert!(
+        (full - dense).abs() < 1e-4 * dense,
+        "a full budget must be dense: {full} vs {dense}"
+    );
+    assert!(ours > dense, "10% of 512 keys must change something");
+    assert!(
+        ours - dense < 0.5 * (init - dense),
+        "trained {ours} must lose less than half of what untrained {init} loses to dense {dense}"
+    );
+    // Sanity: the hash is wired into the same heads as the model.
+    assert_eq!(heads(c).q_heads, c.num_attention_heads);
+}
+
+#[test]
+fn eval_fidelity_and_generate_with_each_attention() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("fid.json");
+    let spotlight = env!("CARGO_BIN_EXE_spotlight");
+    let out = Command::new(spotlight)
+        .args([
+            "eval",
+            "fidelity",
+            "--backend",
+            "cpu",
+            "--tasks",
+            "ppl,passkey",
+            "--ppl-contexts",
+            "256",
+            "--ppl-windows",
+            "1",
+            "--contexts",
+            "256",
+            "--depths",
+            "2",
+            "--needles",
+            "1",
+            "--methods",
+            "spotlight,quest",
+            "--budgets",
+            "0.1",
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .output()
+        .expect("binary runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    // 2 methods × 1 budget × (ppl + passkey), each against its dense score.
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    for r in rows {
+        assert!(r["score"].as_f64().unwrap().is_finite());
+        assert!(r["dense_score"].as_f64().unwrap().is_finite());
+    }
+    let aux = dir.path().join("fid");
+    for f in ["rows.csv", "trials.csv", "ppl.svg", "passkey_heatmap.svg"] {
+        assert!(aux.join(f).is_file(), "{f} missing");
+    }
+    // --merge keeps rows the new run does not redo.
+    let out = Command::new(spotlight)
+        .args([
+            "eval",
+            "fidelity",
+            "--backend",
+            "cpu",
+            "--tasks",
+            "ppl",
+            "--ppl-contexts",
+            "256",
+            "--ppl-windows",
+            "1",
+            "--methods",
+            "oracle",
+            "--budgets",
+            "0.1",
+            "--merge",
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["rows"].as_array().unwrap().len(), 5);
+    assert_eq!(report["commands"].as_array().unwrap().len(), 2);
+
+    // Every attention generates, and reports what share of the cache it read.
+    let prompt = dir.path().join("prompt.txt");
+    std::fs::write(
+        &prompt,
+        "It was the best of times, it was the worst of times, ".repeat(20),
+    )
+    .unwrap();
+    for attention in ["dense", "spotlight", "linear", "quest", "oracle"] {
+        let out = Command::new(spotlight)
+            .args([
+                "generate",
+                "--backend",
+                "cpu",
+                "--attention",
+                attention,
+                "--prompt-file",
+                prompt.to_str().unwrap(),
+                "--max-tokens",
+                "3",
+                "--temperature",
+                "0",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{attention}: {err}");
+        let share = err
+            .lines()
+            .find(|l| l.starts_with("[attention]"))
+            .unwrap_or_else(|| panic!("{attention}: no attention line in {err}"));
+        if attention == "dense" {
+            assert!(share.contains("read 100.0%"), "{share}");
+        } else {
+            assert!(
+                !share.contains("read 100.0%"),
+                "{attention} read everything: {share}"
+            );
+        }
+    }
+}
