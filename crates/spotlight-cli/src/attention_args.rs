@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use spotlight_kernels::Budget;
-use spotlight_llama::{KeySelector, LlamaBackend, LlamaConfig, SelectRows, Selection};
+use spotlight_llama::{KeySelector, LlamaConfig, SelectRows, Selection};
+use spotlight_train::kernel_selector::SelectorBackend;
 use spotlight_train::quality::{Heads, Method};
 use spotlight_train::selector::selector_for;
 use spotlight_train::HashFile;
@@ -198,15 +199,21 @@ pub fn heads(c: &LlamaConfig) -> Heads {
     }
 }
 
-/// A selection for `method` on `device`.
-pub fn selection<B: LlamaBackend>(
+/// A selection for `method` on `device`. Decoding with the trained hash runs the decode kernels on
+/// cube backends (CUDA, wgpu); everything else, and every-row evaluation, runs the mask path.
+pub fn selection<B: SelectorBackend>(
     method: &Method,
     budget: Budget,
     rows: SelectRows,
     config: &LlamaConfig,
     device: &B::Device,
-) -> Selection<B> {
-    let selector: Arc<dyn KeySelector<B>> =
-        selector_for(method, heads(config), config.num_hidden_layers, device);
-    Selection::new(selector, budget, rows)
+) -> Result<Selection<B>> {
+    let selector: Arc<dyn KeySelector<B>> = match (method, rows) {
+        (Method::Hash { name, file }, SelectRows::Decode) => {
+            B::decode_hash_selector(name, file, heads(config), device)
+                .map_err(|e| CliError::Usage(format!("spotlight attention on this device: {e}")))?
+        }
+        _ => selector_for(method, heads(config), config.num_hidden_layers, device),
+    };
+    Ok(Selection::new(selector, budget, rows))
 }

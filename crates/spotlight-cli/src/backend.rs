@@ -8,6 +8,7 @@ use burn::backend::{
     cuda::CudaDevice, ndarray::NdArrayDevice, wgpu::WgpuDevice, Cuda, NdArray, Wgpu,
 };
 use spotlight_llama::LlamaBackend;
+use spotlight_train::kernel_selector::SelectorBackend;
 
 use crate::error::{CliError, Result};
 
@@ -32,9 +33,10 @@ impl BackendKind {
     }
 }
 
-/// What every command needs of a backend (the model's ops, which include the top-keys kernel).
-pub trait SpotlightBackend: LlamaBackend {}
-impl<B: LlamaBackend> SpotlightBackend for B {}
+/// What every command needs of a backend: the model's ops (the top-keys kernel among them) and
+/// how Spotlight Attention decodes on it.
+pub trait SpotlightBackend: LlamaBackend + SelectorBackend {}
+impl<B: LlamaBackend + SelectorBackend> SpotlightBackend for B {}
 
 /// Work to run on whichever backend was chosen.
 pub trait OnBackend {

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use serde::Serialize;
-use spotlight_llama::{generate, GenerateConfig, Sampling};
+use spotlight_llama::{generate, GenerateConfig, Sampling, SelectRows};
 
+use crate::attention_args::{self, AttentionKind, SelectorArgs};
 use crate::backend::{self, BackendKind, OnBackend, SpotlightBackend};
 use crate::error::{CliError, Result};
 use crate::model_args::{self, ModelArgs};
@@ -41,10 +42,21 @@ pub struct GenerateBenchArgs {
     /// Output JSON file.
     #[arg(long)]
     pub out: PathBuf,
+    /// Attentions timed (each decode step of a sparse one reads the budget of the cache).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "dense")]
+    pub attentions: Vec<AttentionKind>,
+    /// Budget of the sparse attentions (share of the cached tokens chosen by score).
+    #[arg(long, default_value_t = 0.02)]
+    pub budget: f64,
+    #[command(flatten)]
+    pub selector: SelectorArgs,
 }
 
 #[derive(Debug, Serialize)]
 struct Row {
+    attention: String,
+    /// Mean share of the cached K/V rows a decode step read (all layers).
+    kv_read_share: f64,
     batch: usize,
     prompt_tokens: usize,
     new_tokens: usize,
@@ -120,7 +132,40 @@ impl OnBackend for Job {
     type Output = Report;
     fn run<B: SpotlightBackend>(self, device: B::Device, backend: BackendKind) -> Result<Report> {
         let a = &self.args;
+        let model_id = crate::train::model_id(&self.path);
+        for &kind in &a.attentions {
+            a.selector.check(kind, &model_id)?;
+        }
+        let budget = a.selector.budget(a.budget)?;
+        let hash = if a.attentions.contains(&AttentionKind::Spotlight) {
+            a.selector
+                .hash_path(&model_id)
+                .map(|p| spotlight_train::HashFile::load(&p))
+                .transpose()?
+        } else {
+            None
+        };
         let loaded = model_args::load::<B>(&self.path, None, &device)?;
+        let mut selections = Vec::new();
+        for &kind in &a.attentions {
+            let selection = a
+                .selector
+                .method(kind, hash.clone(), &model_id, &loaded.config)?
+                .map(|m| {
+                    attention_args::selection::<B>(
+                        &m,
+                        budget,
+                        SelectRows::Decode,
+                        &loaded.config,
+                        &device,
+                    )
+                })
+                .transpose()?;
+            let name = selection
+                .as_ref()
+                .map_or("dense".to_string(), |s| s.selector.name());
+            selections.push((name, selection));
+        }
         let text = std::fs::read_to_string(crate::assets::moby_dick_path())
             .map_err(|e| CliError::Io(e.to_string()))?;
         let corpus = loaded.tokenizer.encode(&text, false)?;
@@ -133,42 +178,53 @@ impl OnBackend for Job {
             stop_ids: vec![],
         };
         let mut rows = Vec::new();
-        for &len in &a.prompt_tokens {
-            for &batch in &a.batch {
-                // Different text per sequence, so batching cannot share work by accident.
-                let prompts: Vec<Vec<u32>> = (0..batch)
-                    .map(|b| {
-                        let s = (b * 7919 * 13) % corpus.len().saturating_sub(len).max(1);
-                        corpus[s..s + len].to_vec()
-                    })
-                    .collect();
-                let mut prefill = Vec::new();
-                let mut decode = Vec::new();
-                for run in 0..=a.runs {
-                    let (_, stats) =
-                        generate(&loaded.model, &prompts, &config, None, |_, _| Ok(()))?;
-                    if run > 0 {
-                        prefill.push(stats.prefill_secs);
-                        decode.push(stats.decode_secs);
-                    }
-                    eprintln!(
-                        "  batch {batch} prompt {len}: run {run}: prefill {:.3} s, decode {:.3} s",
+        for (attention, selection) in &selections {
+            for &len in &a.prompt_tokens {
+                for &batch in &a.batch {
+                    // Different text per sequence, so batching cannot share work by accident.
+                    let prompts: Vec<Vec<u32>> = (0..batch)
+                        .map(|b| {
+                            let s = (b * 7919 * 13) % corpus.len().saturating_sub(len).max(1);
+                            corpus[s..s + len].to_vec()
+                        })
+                        .collect();
+                    let mut prefill = Vec::new();
+                    let mut decode = Vec::new();
+                    let mut share = 1.0;
+                    for run in 0..=a.runs {
+                        let (_, stats) = generate(
+                            &loaded.model,
+                            &prompts,
+                            &config,
+                            selection.as_ref(),
+                            |_, _| Ok(()),
+                        )?;
+                        if run > 0 {
+                            prefill.push(stats.prefill_secs);
+                            decode.push(stats.decode_secs);
+                        }
+                        share = stats.kv_read_share;
+                        eprintln!(
+                        "  {attention} batch {batch} prompt {len}: run {run}: prefill {:.3} s, decode {:.3} s",
                         stats.prefill_secs, stats.decode_secs
                     );
+                    }
+                    let (p, d) = (median(prefill), median(decode));
+                    let steps = (a.new_tokens - 1) as f64;
+                    rows.push(Row {
+                        attention: attention.clone(),
+                        kv_read_share: share,
+                        batch,
+                        prompt_tokens: len,
+                        new_tokens: a.new_tokens,
+                        runs: a.runs,
+                        prefill_s_median: p,
+                        prefill_tok_s: (batch * len) as f64 / p,
+                        decode_s_median: d,
+                        decode_tok_s: batch as f64 * steps / d,
+                        decode_ms_per_step: d / steps * 1e3,
+                    });
                 }
-                let (p, d) = (median(prefill), median(decode));
-                let steps = (a.new_tokens - 1) as f64;
-                rows.push(Row {
-                    batch,
-                    prompt_tokens: len,
-                    new_tokens: a.new_tokens,
-                    runs: a.runs,
-                    prefill_s_median: p,
-                    prefill_tok_s: (batch * len) as f64 / p,
-                    decode_s_median: d,
-                    decode_tok_s: batch as f64 * steps / d,
-                    decode_ms_per_step: d / steps * 1e3,
-                });
             }
         }
         Ok(Report {

@@ -155,7 +155,10 @@ struct Job(FidelityArgs);
 struct Variant<B: SpotlightBackend> {
     method: String,
     budget: f64,
-    selection: Selection<B>,
+    /// For generation: the decode kernels where the backend has them.
+    decode: Selection<B>,
+    /// For teacher-forced perplexity: every row, mask path.
+    every_row: Selection<B>,
 }
 
 impl OnBackend for Job {
@@ -205,17 +208,27 @@ impl OnBackend for Job {
                 .method(m, hash.clone(), &model_id, c)?
                 .expect("sparse");
             for &b in &a.budgets {
-                let selection = attention_args::selection::<B>(
+                let budget = a.selector.budget(b)?;
+                let decode = attention_args::selection::<B>(
                     &method,
-                    a.selector.budget(b)?,
+                    budget,
                     SelectRows::Decode,
                     c,
                     &device,
-                );
+                )?;
+                // Every-row evaluation runs the mask path (window_nll sets the budget length).
+                let every_row = attention_args::selection::<B>(
+                    &method,
+                    budget,
+                    SelectRows::EveryRow { budget_len: 0 },
+                    c,
+                    &device,
+                )?;
                 variants.push(Variant {
-                    method: selection.selector.name(),
+                    method: every_row.selector.name(),
                     budget: b,
-                    selection,
+                    decode,
+                    every_row,
                 });
             }
         }
@@ -265,7 +278,7 @@ impl OnBackend for Job {
                                 v,
                                 "ppl",
                                 ctx,
-                                ppl(Some(&v.selection))?,
+                                ppl(Some(&v.every_row))?,
                                 dense,
                                 windows.len(),
                             ));
@@ -287,7 +300,7 @@ impl OnBackend for Job {
                             model,
                             &prompts,
                             a.agreement_tokens,
-                            Some(&v.selection),
+                            Some(&v.decode),
                             a.batch,
                         )?;
                         let n = prompts.len();
@@ -362,7 +375,7 @@ impl OnBackend for Job {
                         let dense = score(None, "dense", 1.0)?;
                         bar.inc(1);
                         for v in &variants {
-                            let s = score(Some(&v.selection), &v.method, v.budget)?;
+                            let s = score(Some(&v.decode), &v.method, v.budget)?;
                             rows.push(row(v, rt.name(), ctx, s, dense, trials.len()));
                             bar.inc(1);
                         }

@@ -131,7 +131,8 @@ impl OnBackend for Job {
                     &loaded.config,
                     &device,
                 )
-            });
+            })
+            .transpose()?;
         let attention = Attention {
             label: match &selection {
                 Some(s) => format!(

@@ -43,7 +43,7 @@ fn shipped_hash_keeps_perplexity_closer_to_dense_than_the_untrained_hash() {
                 fraction,
                 ..Budget::default()
             };
-            selection::<Cpu>(method, budget, SelectRows::Decode, c, &device)
+            selection::<Cpu>(method, budget, SelectRows::Decode, c, &device).unwrap()
         });
         let (nll, n) =
             perplexity::window_nll(&m.model, &tokens, perplexity::DEFAULT_CHUNK, sel.as_ref())

@@ -11,6 +11,7 @@ pub mod data;
 pub mod error;
 pub mod hash_file;
 pub mod hash_mlp;
+pub mod kernel_selector;
 pub mod layout;
 pub mod quality;
 pub mod run;

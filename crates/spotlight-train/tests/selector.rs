@@ -279,3 +279,74 @@ fn full_budget_is_dense() {
     let diff = max_abs_diff(&dense, &sparse);
     assert!(diff < 1e-5, "budget 1 differs from dense by {diff}");
 }
+
+/// The decode kernels (hash_pack at insert, popcount score + histogram select, sparse attend) on
+/// wgpu (lavapipe in CI) against the mask path on the same backend: a ragged batch of two
+/// sequences, prefilled, then decoded token by token. Both layouts. SYNTHETIC weights.
+#[test]
+fn kernel_decode_matches_the_mask_path() {
+    use burn::backend::wgpu::{Wgpu, WgpuDevice};
+    use spotlight_train::kernel_selector::KernelHash;
+    type Gpu = Wgpu<f32, i32>;
+    let device = WgpuDevice::DefaultDevice;
+    // head_dim 64: a multiple of every plane (subgroup) size the attend kernel may meet.
+    let c = LlamaConfig {
+        vocab_size: 61,
+        hidden_size: 96,
+        intermediate_size: 40,
+        num_hidden_layers: 3,
+        ..LlamaConfig::attention_shape(3, 6, 2, 64, 96)
+    };
+    let model = Llama::<Gpu>::load(&c, &SyntheticWeights::new(&c, 6), 96, &device).unwrap();
+    let mut rng = StdRng::seed_from_u64(21);
+    let prompts: Vec<Vec<u32>> = [37usize, 52]
+        .iter()
+        .map(|&n| (0..n).map(|_| rng.random_range(0..61)).collect())
+        .collect();
+    let steps: Vec<Vec<u32>> = (0..6)
+        .map(|_| (0..2).map(|_| rng.random_range(0..61)).collect())
+        .collect();
+    let budget = Budget {
+        fraction: 0.1,
+        min_tokens: 5,
+        sink: 2,
+        window: 3,
+    };
+    // Logits of the prefill and of every decode step, both sequences.
+    let run = |sel: Option<Arc<dyn KeySelector<Gpu>>>| -> Vec<f32> {
+        let mut cache = model.new_cache(2, 96).unwrap();
+        cache.selection = sel.map(|s| Selection::new(s, budget, SelectRows::Decode));
+        let mut out = host_gpu(model.forward_last(&prompts, &mut cache).unwrap());
+        for step in &steps {
+            let input: Vec<Vec<u32>> = step.iter().map(|&t| vec![t]).collect();
+            out.extend(host_gpu(model.forward_last(&input, &mut cache).unwrap()));
+        }
+        out
+    };
+    let dense = run(None);
+    for layout in [Layout::Group, Layout::Faithful] {
+        let file = random_hash(&c, layout);
+        let kernel: Arc<dyn KeySelector<Gpu>> =
+            Arc::new(KernelHash::new("kernel", &file, heads(&c), &device).unwrap());
+        let mask: Arc<dyn KeySelector<Gpu>> =
+            Arc::new(Hash::<Gpu>::new("mask", &file, heads(&c), &device));
+        let (k, m) = (run(Some(kernel)), run(Some(mask)));
+        let prefill = 2 * c.vocab_size;
+        // Prefill is dense for both: identical up to summation order.
+        assert!(max_abs_diff(&k[..prefill], &dense[..prefill]) < 1e-4);
+        let diff = max_abs_diff(&k, &m);
+        assert!(
+            diff < 1e-3,
+            "{layout:?}: kernel vs mask path differ by {diff}"
+        );
+        let sparse = max_abs_diff(&k[prefill..], &dense[prefill..]);
+        assert!(
+            sparse > 1e-3,
+            "{layout:?}: selection had no effect ({sparse})"
+        );
+    }
+}
+
+fn host_gpu<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}

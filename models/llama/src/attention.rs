@@ -158,6 +158,21 @@ impl<B: LlamaBackend> Attention<B> {
             .reshape([batch, len, kv, g, d])
             .permute([0, 2, 1, 3, 4])
             .reshape([batch, kv, len * g, d]);
+        if let Some(sel) = selection.filter(|_| len == 1) {
+            // Decode: a selector with its own kernels (score → select → sparse attend) reads only
+            // the selected K/V rows.
+            let plans: Vec<_> = (0..batch)
+                .map(|b| sel.plan(step.starts[b] + step.new_lens[b]))
+                .collect();
+            if let Some(codes) = &cache.codes {
+                if let Some(out) =
+                    sel.selector
+                        .decode_attend(layer, q.clone(), &cache.k, &cache.v, codes, &plans)
+                {
+                    return self.o.forward(out.reshape([batch, 1, h * d]));
+                }
+            }
+        }
         let scale = (d as f64).sqrt().recip();
         let outs: Vec<Tensor<B, 4>> = step
             .chunks
@@ -170,10 +185,7 @@ impl<B: LlamaBackend> Attention<B> {
                 let scores = q.clone().matmul(keys.clone().swap_dims(2, 3)) * scale;
                 let mut mask = c.mask.clone().expand([batch, kv, rows, c.n_keys]);
                 if let Some(sel) = selection {
-                    let codes = cache.codes.as_ref().map(|t| {
-                        let [_, sets, _, width] = t.dims();
-                        t.clone().slice([0..batch, 0..sets, 0..c.n_keys, 0..width])
-                    });
+                    let codes = cache.codes_of(c.n_keys);
                     let s = sel.selector.scores(layer, q, keys, codes);
                     let row_pos: Vec<Vec<usize>> = (0..batch)
                         .map(|b| (0..rows).map(|r| step.starts[b] + c.t0 + r / g).collect())

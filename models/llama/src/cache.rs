@@ -18,8 +18,11 @@ pub struct LayerCache<B: Backend> {
     /// The last forward call's post-RoPE queries [batch, len, q_heads, head_dim], kept only when
     /// the cache records queries (hash training reads q and k of every layer from here).
     pub queries: Option<Tensor<B, 4>>,
-    /// Key codes of the selector [batch, sets, capacity, width], allocated at the first write.
+    /// Key codes of the selector, allocated at the first write, stored [batch, 1, capacity,
+    /// sets·width] — position-major, the layout the score kernel reads (`[batch][cap][sets][words]`).
     pub codes: Option<Tensor<B, 4>>,
+    /// Code sets per token (the `sets` of [`Self::codes`]).
+    pub code_sets: usize,
 }
 
 /// The whole model's cache plus each sequence's current length.
@@ -49,6 +52,7 @@ impl<B: Backend> KvCache<B> {
             v: Tensor::zeros([batch, kv_heads, capacity, head_dim], device),
             queries: None,
             codes: None,
+            code_sets: 0,
         };
         Self {
             layers: (0..n_layers).map(|_| layer()).collect(),
@@ -104,12 +108,26 @@ impl<B: Backend> LayerCache<B> {
 
     /// Writes key codes ([batch, sets, len, width]) like [`Self::write`] writes keys.
     pub fn write_codes(&mut self, codes: Tensor<B, 4>, starts: &[usize], new_lens: &[usize]) {
-        let [batch, sets, _, width] = codes.dims();
+        let [batch, sets, len, width] = codes.dims();
         let cap = self.k.dims()[2];
+        self.code_sets = sets;
         let target = self
             .codes
-            .get_or_insert_with(|| Tensor::zeros([batch, sets, cap, width], &codes.device()));
-        write_rows(target, codes, starts, new_lens);
+            .get_or_insert_with(|| Tensor::zeros([batch, 1, cap, sets * width], &codes.device()));
+        let rows = codes.swap_dims(1, 2).reshape([batch, 1, len, sets * width]);
+        write_rows(target, rows, starts, new_lens);
+    }
+
+    /// The codes of the first `n` positions as [batch, sets, n, width].
+    pub fn codes_of(&self, n: usize) -> Option<Tensor<B, 4>> {
+        self.codes.as_ref().map(|t| {
+            let [batch, _, _, all] = t.dims();
+            let sets = self.code_sets;
+            t.clone()
+                .slice([0..batch, 0..1, 0..n, 0..all])
+                .reshape([batch, n, sets, all / sets])
+                .swap_dims(1, 2)
+        })
     }
 }
 

@@ -42,6 +42,22 @@ pub trait KeySelector<B: Backend>: Send + Sync + Debug {
     /// `Some(levels)` when scores are integers in 0..levels (hash codes): ties are everywhere at
     /// the cut and are then broken exactly, towards recent keys. `None`: real-valued scores.
     fn score_levels(&self) -> Option<usize>;
+
+    /// Decode attention done by the selector's own kernels, for one new token per sequence:
+    /// q [batch, kv_heads, G, d] against the cache's keys and values [batch, kv_heads, cap, d] and
+    /// key codes as stored ([batch, 1, cap, sets·width]), with each sequence's budget → the
+    /// attention output [batch, kv_heads, G, d]. `None` (the default): use the mask path.
+    fn decode_attend(
+        &self,
+        _layer: usize,
+        _q: Tensor<B, 4>,
+        _keys: &Tensor<B, 4>,
+        _values: &Tensor<B, 4>,
+        _codes: &Tensor<B, 4>,
+        _plans: &[SequencePlan],
+    ) -> Option<Tensor<B, 4>> {
+        None
+    }
 }
 
 /// Which rows a selection applies to.
