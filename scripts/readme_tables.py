@@ -52,16 +52,19 @@ def generation():
     copy = {d["device"]: d["copy_gbps"] for _, d in load("copy_bandwidth*.json")}
     lines = []
     for name, d in load("generate_*.json"):
+        sparse = any("attention" in r for r in d["rows"])
         bw = copy.get(d["device"])
         floor = f"; weights-read floor per decode step {SMOLLM2_F32_BYTES / (bw * 1e9) * 1e3:.3f} ms at the measured copy rate {bw:.0f} GB/s" if bw else ""
         lines += [f"**Generation throughput** (`{name}`): {d['device']}, backend {d['backend']}, {d['dtype']}, "
                   f"commit {d['commit']}, {d['date']}{floor}.", "", f"    {d.get('command', '')}", "",
-                  "| batch | prompt tokens | prefill s | prefill tok/s | decode tok/s | ms / decode step |"
+                  ("| attention | K/V rows read " if sparse else "")
+                  + "| batch | prompt tokens | prefill s | prefill tok/s | decode tok/s | ms / decode step |"
                   + (" floor ratio |" if bw else ""),
-                  "|---|---|---|---|---|---|" + ("---|" if bw else "")]
+                  ("|---|---" if sparse else "") + "|---|---|---|---|---|---|" + ("---|" if bw else "")]
         for r in d["rows"]:
             ratio = f" {SMOLLM2_F32_BYTES / (bw * 1e9) * 1e3 / r['decode_ms_per_step']:.1%} |" if bw else ""
-            lines.append(f"| {r['batch']} | {r['prompt_tokens']} | {r['prefill_s_median']:.3f} | {r['prefill_tok_s']:.0f} | "
+            att = f"| {r['attention']} | {r['kv_read_share']:.1%} " if sparse else ""
+            lines.append(f"{att}| {r['batch']} | {r['prompt_tokens']} | {r['prefill_s_median']:.3f} | {r['prefill_tok_s']:.0f} | "
                          f"{r['decode_tok_s']:.1f} | {r['decode_ms_per_step']:.2f} |{ratio}")
         lines.append("")
     return lines
