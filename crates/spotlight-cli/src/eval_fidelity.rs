@@ -109,6 +109,9 @@ pub struct FidelityArgs {
     /// Result JSON; CSVs and plots go into the folder of the same name beside it.
     #[arg(long, default_value = "benches/results/fidelity.json")]
     pub json: PathBuf,
+    /// Only redraw the plots (and rows.csv) from --json and the trials.csv beside it.
+    #[arg(long)]
+    pub replot: bool,
     /// Keep the rows already in --json that this run does not redo (same task, method, budget and
     /// context are replaced): a long evaluation split over several runs.
     #[arg(long)]
@@ -145,8 +148,29 @@ struct FidelityReport {
 }
 
 pub fn run(args: FidelityArgs) -> Result<()> {
+    if args.replot {
+        return replot(&args);
+    }
     let kind = args.model.backend;
     backend::run(kind, Job(args))
+}
+
+/// Redraws the CSV of rows and every plot from the report at --json and its trials.csv.
+fn replot(a: &FidelityArgs) -> Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Saved {
+        model: String,
+        rows: Vec<FidelityRow>,
+    }
+    let text = std::fs::read_to_string(&a.json)
+        .map_err(|e| CliError::Io(format!("--replot: cannot read {}: {e}", a.json.display())))?;
+    let saved: Saved = serde_json::from_str(&text).map_err(|e| {
+        CliError::Usage(format!(
+            "--replot: {} is not a fidelity report: {e}",
+            a.json.display()
+        ))
+    })?;
+    write_outputs(a, &saved.rows, None, &saved.model)
 }
 
 struct Job(FidelityArgs);
@@ -250,7 +274,6 @@ impl OnBackend for Job {
         );
         let mut rows = Vec::new();
         let mut trials_csv = String::from("task,context,depth,trial,method,budget,score,output\n");
-        let mut by_depth: Vec<DepthScore> = Vec::new();
         let model = &loaded.model;
         for &task in &a.tasks {
             match task {
@@ -356,14 +379,6 @@ impl OnBackend for Job {
                                 let text = loaded.tokenizer.decode(&out)?;
                                 let s = trial.score(&text);
                                 total += s;
-                                by_depth.push(DepthScore {
-                                    task: rt.name(),
-                                    label: label(name, budget),
-                                    file: file_label(name, budget),
-                                    context: ctx,
-                                    depth: *d,
-                                    score: s,
-                                });
                                 trials_csv.push_str(&format!(
                                     "{},{ctx},{d},{n},{name},{budget},{s},{:?}\n",
                                     rt.name(),
@@ -401,8 +416,7 @@ impl OnBackend for Job {
                 r.dense_score
             );
         }
-        write_outputs(&a, &rows, &trials_csv, &model_id)?;
-        depth_heatmaps(&a, &by_depth, &model_id)?;
+        write_outputs(&a, &rows, Some(&trials_csv), &model_id)?;
         crate::bench::write_report(
             &a.json,
             &FidelityReport {
@@ -479,7 +493,7 @@ fn row<B: SpotlightBackend>(
 
 /// One retrieval trial's score, for the depth × context heatmaps.
 struct DepthScore {
-    task: &'static str,
+    task: String,
     label: String,
     file: String,
     context: usize,
@@ -503,19 +517,43 @@ fn file_label(method: &str, budget: f64) -> String {
     }
 }
 
+/// The trials of trials.csv (task,context,depth,trial,method,budget,score,output).
+fn parse_trials(csv: &str) -> Vec<DepthScore> {
+    csv.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.splitn(8, ',').collect();
+            let (method, budget) = (f.get(4)?, f.get(5)?.parse::<f64>().ok()?);
+            Some(DepthScore {
+                task: f[0].to_string(),
+                label: label(method, budget),
+                file: file_label(method, budget),
+                context: f.get(1)?.parse().ok()?,
+                depth: f.get(2)?.parse().ok()?,
+                score: f.get(6)?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
 /// The classic needle picture (passkey): per attention, mean score by depth (rows) and context.
 fn depth_heatmaps(a: &FidelityArgs, scores: &[DepthScore], model: &str) -> Result<()> {
     let dir = a.json.with_extension("");
     let mut groups: BTreeMap<(&str, &str), Vec<&DepthScore>> = BTreeMap::new();
     for s in scores.iter().filter(|s| s.task == "passkey") {
-        groups.entry((s.task, s.file.as_str())).or_default().push(s);
+        groups
+            .entry((s.task.as_str(), s.file.as_str()))
+            .or_default()
+            .push(s);
     }
     for ((task, file), group) in groups {
         let label = &group[0].label;
         let mut contexts: Vec<usize> = group.iter().map(|s| s.context).collect();
         contexts.sort_unstable();
         contexts.dedup();
-        let grid: Vec<Vec<f64>> = (0..a.depths)
+        // Depths as recorded in the trials (a replot need not repeat the flags).
+        let depths = group.iter().map(|s| s.depth + 1).max().unwrap_or(1);
+        let grid: Vec<Vec<f64>> = (0..depths)
             .map(|d| {
                 contexts
                     .iter()
@@ -530,8 +568,8 @@ fn depth_heatmaps(a: &FidelityArgs, scores: &[DepthScore], model: &str) -> Resul
                     .collect()
             })
             .collect();
-        let depth_names: Vec<String> = (0..a.depths)
-            .map(|d| format!("{:.0}%", 100.0 * d as f64 / (a.depths.max(2) - 1) as f64))
+        let depth_names: Vec<String> = (0..depths)
+            .map(|d| format!("{:.0}%", 100.0 * d as f64 / (depths.max(2) - 1) as f64))
             .collect();
         let file = format!("{task}_depth_{file}.svg");
         heatmap(
@@ -627,7 +665,7 @@ type Lines = BTreeMap<String, Vec<(f64, f64)>>;
 fn write_outputs(
     a: &FidelityArgs,
     rows: &[FidelityRow],
-    trials_csv: &str,
+    trials_csv: Option<&str>,
     model: &str,
 ) -> Result<()> {
     let dir = a.json.with_extension("");
@@ -646,12 +684,17 @@ fn write_outputs(
     }
     write(dir.join("rows.csv"), csv)?;
     let trials_path = dir.join("trials.csv");
-    let trials = match std::fs::read_to_string(&trials_path) {
-        // Merged runs keep earlier trials (header once).
-        Ok(old) if a.merge => old + trials_csv.split_once('\n').map_or("", |(_, rest)| rest),
-        _ => trials_csv.to_string(),
-    };
-    write(trials_path, trials)?;
+    if let Some(new) = trials_csv {
+        let trials = match std::fs::read_to_string(&trials_path) {
+            // Merged runs keep earlier trials (header once).
+            Ok(old) if a.merge => old + new.split_once('\n').map_or("", |(_, rest)| rest),
+            _ => new.to_string(),
+        };
+        write(trials_path.clone(), trials)?;
+    }
+    if let Ok(trials) = std::fs::read_to_string(&trials_path) {
+        depth_heatmaps(a, &parse_trials(&trials), model)?;
+    }
     // Per task: score against context, one line per method and budget, dense dashed-free first.
     let mut tasks: BTreeMap<&str, Lines> = BTreeMap::new();
     for r in rows {

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::error::{CliError, Result};
 
@@ -114,7 +115,7 @@ pub fn line_chart(
 }
 
 /// A grid of `values[row][col]` in [0, 1] (e.g. pass rates) as coloured cells, red (0) to green (1),
-/// each labelled with its value.
+/// each labelled with its value; row 0 is drawn at the bottom.
 pub fn heatmap(
     path: &Path,
     title: &str,
@@ -126,25 +127,30 @@ pub fn heatmap(
 ) -> Result<()> {
     let err = |e: String| CliError::Io(format!("cannot draw {}: {e}", path.display()));
     let (nx, ny) = (cols.len().max(1), rows.len().max(1));
-    let root =
-        SVGBackend::new(path, (160 + 70 * nx as u32, 140 + 44 * ny as u32)).into_drawing_area();
+    let width = (220 + 80 * nx as u32).max(12 * title.chars().count() as u32 / 2 + 40);
+    let root = SVGBackend::new(path, (width, 120 + 40 * ny as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
+        .caption(title, ("sans-serif", 14))
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0..nx, 0..ny)
+        .y_label_area_size(150)
+        // A segmented range a..b has b − a + 1 segments.
+        .build_cartesian_2d((0..nx - 1).into_segmented(), (0..ny - 1).into_segmented())
         .map_err(|e| err(e.to_string()))?;
+    let name = |names: &[String], v: &SegmentValue<usize>| match v {
+        SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
+        _ => String::new(),
+    };
     chart
         .configure_mesh()
         .disable_mesh()
         .x_desc(x_label)
         .y_desc(y_label)
-        .x_labels(nx + 1)
-        .y_labels(ny + 1)
-        .x_label_formatter(&|i| cols.get(*i).cloned().unwrap_or_default())
-        .y_label_formatter(&|i| rows.get(*i).cloned().unwrap_or_default())
+        .x_labels(nx)
+        .y_labels(ny)
+        .x_label_formatter(&|v| name(cols, v))
+        .y_label_formatter(&|v| name(rows, v))
         .draw()
         .map_err(|e| err(e.to_string()))?;
     let cells = values
@@ -153,17 +159,31 @@ pub fn heatmap(
         .flat_map(|(r, row)| row.iter().enumerate().map(move |(c, &v)| (r, c, v)));
     chart
         .draw_series(cells.clone().map(|(r, c, v)| {
-            let v = v.clamp(0.0, 1.0);
-            let color = RGBColor((220.0 * (1.0 - v)) as u8 + 30, (180.0 * v) as u8 + 40, 60);
-            Rectangle::new([(c, r), (c + 1, r + 1)], color.filled())
+            let color = if v.is_finite() {
+                let v = v.clamp(0.0, 1.0);
+                RGBColor((220.0 * (1.0 - v)) as u8 + 30, (180.0 * v) as u8 + 40, 60)
+            } else {
+                RGBColor(200, 200, 200)
+            };
+            Rectangle::new(
+                [
+                    (SegmentValue::Exact(c), SegmentValue::Exact(r + 1)),
+                    (SegmentValue::Exact(c + 1), SegmentValue::Exact(r)),
+                ],
+                color.filled(),
+            )
         }))
         .map_err(|e| err(e.to_string()))?;
+    let style = ("sans-serif", 13)
+        .into_font()
+        .color(&WHITE)
+        .pos(Pos::new(HPos::Center, VPos::Center));
     chart
         .draw_series(cells.map(|(r, c, v)| {
             Text::new(
-                format!(" {v:.2}"),
-                (c, r + 1),
-                ("sans-serif", 13).into_font().color(&WHITE),
+                format!("{v:.2}"),
+                (SegmentValue::CenterOf(c), SegmentValue::CenterOf(r)),
+                style.clone(),
             )
         }))
         .map_err(|e| err(e.to_string()))?;

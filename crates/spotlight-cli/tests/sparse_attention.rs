@@ -162,6 +162,31 @@ fn eval_fidelity_and_generate_with_each_attention() {
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(report["rows"].as_array().unwrap().len(), 5);
     assert_eq!(report["commands"].as_array().unwrap().len(), 2);
+    // --replot redraws every plot from the report and the trials, without the model.
+    for f in std::fs::read_dir(&aux).unwrap() {
+        let f = f.unwrap().path();
+        if f.extension().is_some_and(|e| e == "svg") {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+    let out = Command::new(spotlight)
+        .args([
+            "eval",
+            "fidelity",
+            "--replot",
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["ppl.svg", "passkey_heatmap.svg", "passkey_depth_dense.svg"] {
+        assert!(aux.join(f).is_file(), "{f} not redrawn");
+    }
 
     // Every attention generates, and reports what share of the cache it read.
     let prompt = dir.path().join("prompt.txt");
