@@ -151,7 +151,14 @@ impl<B: LlamaBackend> Attention<B> {
                 cache.write_codes(codes, &step.starts, &step.new_lens);
             }
         }
-        let selection = selection.filter(|s| s.applies_to_call(len));
+        // A budget that keeps every visible key is dense attention: skip the selection.
+        let selection = selection.filter(|s| {
+            s.applies_to_call(len)
+                && (0..batch).any(|b| {
+                    let p = s.plan(step.starts[b] + step.new_lens[b]);
+                    p.selected() < step.starts[b] + step.new_lens[b]
+                })
+        });
         cache.write(k, v.swap_dims(1, 2), &step.starts, &step.new_lens);
         // [batch, len, kv·G, d] → [batch, kv, len·G, d]: head h = kv_head·G + g.
         let q = q
