@@ -107,16 +107,6 @@ impl AttentionArgs {
         self.budget()?;
         Ok((kind, hash.filter(|_| kind == AttentionKind::Spotlight)))
     }
-
-    pub fn method(
-        &self,
-        kind: AttentionKind,
-        hash: Option<HashFile>,
-        model_id: &str,
-        config: &LlamaConfig,
-    ) -> Result<Option<Method>> {
-        self.selector.method(kind, hash, model_id, config)
-    }
 }
 
 impl SelectorArgs {

@@ -122,6 +122,7 @@ impl OnBackend for Job {
         let loaded = model_args::load::<B>(&self.path, None, &device)?;
         let selection = args
             .attention
+            .selector
             .method(kind, hash, &model_id, &loaded.config)?
             .map(|m| {
                 attention_args::selection::<B>(

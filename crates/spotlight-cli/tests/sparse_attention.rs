@@ -82,43 +82,45 @@ fn shipped_hash_keeps_perplexity_closer_to_dense_than_the_untrained_hash() {
     assert_eq!(heads(c).q_heads, c.num_attention_heads);
 }
 
+/// Runs the `spotlight` binary; it must succeed. Returns its stderr.
+fn run_ok(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_spotlight"))
+        .args(args)
+        .output()
+        .expect("binary runs");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{args:?}: {err}");
+    err
+}
+
 #[test]
 fn eval_fidelity_and_generate_with_each_attention() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("fid.json");
-    let spotlight = env!("CARGO_BIN_EXE_spotlight");
-    let out = Command::new(spotlight)
-        .args([
-            "eval",
-            "fidelity",
-            "--backend",
-            "cpu",
-            "--tasks",
-            "ppl,passkey",
-            "--ppl-contexts",
-            "256",
-            "--ppl-windows",
-            "1",
-            "--contexts",
-            "256",
-            "--depths",
-            "2",
-            "--needles",
-            "1",
-            "--methods",
-            "spotlight,quest",
-            "--budgets",
-            "0.1",
-            "--json",
-            json.to_str().unwrap(),
-        ])
-        .output()
-        .expect("binary runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&[
+        "eval",
+        "fidelity",
+        "--backend",
+        "cpu",
+        "--tasks",
+        "ppl,passkey",
+        "--ppl-contexts",
+        "256",
+        "--ppl-windows",
+        "1",
+        "--contexts",
+        "256",
+        "--depths",
+        "2",
+        "--needles",
+        "1",
+        "--methods",
+        "spotlight,quest",
+        "--budgets",
+        "0.1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let rows = report["rows"].as_array().unwrap();
     // 2 methods × 1 budget × (ppl + passkey), each against its dense score.
@@ -132,33 +134,25 @@ fn eval_fidelity_and_generate_with_each_attention() {
         assert!(aux.join(f).is_file(), "{f} missing");
     }
     // --merge keeps rows the new run does not redo.
-    let out = Command::new(spotlight)
-        .args([
-            "eval",
-            "fidelity",
-            "--backend",
-            "cpu",
-            "--tasks",
-            "ppl",
-            "--ppl-contexts",
-            "256",
-            "--ppl-windows",
-            "1",
-            "--methods",
-            "oracle",
-            "--budgets",
-            "0.1",
-            "--merge",
-            "--json",
-            json.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&[
+        "eval",
+        "fidelity",
+        "--backend",
+        "cpu",
+        "--tasks",
+        "ppl",
+        "--ppl-contexts",
+        "256",
+        "--ppl-windows",
+        "1",
+        "--methods",
+        "oracle",
+        "--budgets",
+        "0.1",
+        "--merge",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(report["rows"].as_array().unwrap().len(), 5);
     assert_eq!(report["commands"].as_array().unwrap().len(), 2);
@@ -169,21 +163,13 @@ fn eval_fidelity_and_generate_with_each_attention() {
             std::fs::remove_file(f).unwrap();
         }
     }
-    let out = Command::new(spotlight)
-        .args([
-            "eval",
-            "fidelity",
-            "--replot",
-            "--json",
-            json.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&[
+        "eval",
+        "fidelity",
+        "--replot",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     for f in ["ppl.svg", "passkey_heatmap.svg", "passkey_depth_dense.svg"] {
         assert!(aux.join(f).is_file(), "{f} not redrawn");
     }
@@ -196,24 +182,19 @@ fn eval_fidelity_and_generate_with_each_attention() {
     )
     .unwrap();
     for attention in ["dense", "spotlight", "linear", "quest", "oracle"] {
-        let out = Command::new(spotlight)
-            .args([
-                "generate",
-                "--backend",
-                "cpu",
-                "--attention",
-                attention,
-                "--prompt-file",
-                prompt.to_str().unwrap(),
-                "--max-tokens",
-                "3",
-                "--temperature",
-                "0",
-            ])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{attention}: {err}");
+        let err = run_ok(&[
+            "generate",
+            "--backend",
+            "cpu",
+            "--attention",
+            attention,
+            "--prompt-file",
+            prompt.to_str().unwrap(),
+            "--max-tokens",
+            "3",
+            "--temperature",
+            "0",
+        ]);
         let share = err
             .lines()
             .find(|l| l.starts_with("[attention]"))

@@ -169,10 +169,6 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> KeySelector<Cube<R, I, BT>>
         )
     }
 
-    fn score_levels(&self) -> Option<usize> {
-        None
-    }
-
     fn decode_attend(
         &self,
         layer: usize,

@@ -45,9 +45,6 @@ impl<B: Backend> KeySelector<B> for Oracle {
     fn name(&self) -> String {
         "oracle".into()
     }
-    fn encode_keys(&self, _: usize, _: Tensor<B, 4>) -> Option<Tensor<B, 4>> {
-        None
-    }
     fn scores(
         &self,
         _: usize,
@@ -56,9 +53,6 @@ impl<B: Backend> KeySelector<B> for Oracle {
         _: Option<Tensor<B, 4>>,
     ) -> Tensor<B, 4> {
         q.matmul(keys.swap_dims(2, 3))
-    }
-    fn score_levels(&self) -> Option<usize> {
-        None
     }
 }
 
@@ -233,9 +227,6 @@ impl<B: Backend> KeySelector<B> for Quest {
     fn name(&self) -> String {
         format!("quest-{}", self.page)
     }
-    fn encode_keys(&self, _: usize, _: Tensor<B, 4>) -> Option<Tensor<B, 4>> {
-        None
-    }
     fn scores(
         &self,
         _: usize,
@@ -269,8 +260,5 @@ impl<B: Backend> KeySelector<B> for Quest {
             .expand([batch, kv, rows, pages, page])
             .reshape([batch, kv, rows, pages * page])
             .slice([0..batch, 0..kv, 0..rows, 0..n])
-    }
-    fn score_levels(&self) -> Option<usize> {
-        None
     }
 }

@@ -5,6 +5,7 @@
 //! that KV head's keys serves the whole group — the layout the Spotlight score kernel also uses.
 
 use burn::tensor::{activation::softmax, backend::Backend, Bool, Int, Tensor, TensorData};
+use spotlight_kernels::SequencePlan;
 
 use crate::backend::LlamaBackend;
 use crate::cache::LayerCache;
@@ -50,8 +51,14 @@ pub struct Step<B: Backend> {
     pub chunks: Vec<QueryChunk<B>>,
     /// Keep each layer's post-RoPE queries in its cache (see `LayerCache::queries`).
     pub record_queries: bool,
-    /// Sparse attention for the layers and rows it applies to (see [`Selection`]).
+    /// Sparse attention for the layers and rows it applies to (see [`Selection`]); set with
+    /// [`Step::with_selection`].
     pub selection: Option<Selection<B>>,
+    /// Each sequence's budget for this call (empty without a selection).
+    pub plans: Vec<SequencePlan>,
+    /// Whether this call's rows attend sparsely: the selection applies to the call and some
+    /// sequence's budget leaves keys out (a budget that keeps every key is dense attention).
+    pub prunes: bool,
 }
 
 impl<B: Backend> Step<B> {
@@ -110,7 +117,23 @@ impl<B: Backend> Step<B> {
             chunks,
             record_queries: false,
             selection: None,
+            plans: Vec::new(),
+            prunes: false,
         }
+    }
+
+    /// Attaches `selection` and works out, once for all layers, each sequence's budget.
+    pub fn with_selection(mut self, selection: Option<Selection<B>>) -> Self {
+        if let Some(sel) = &selection {
+            let lens: Vec<usize> = (0..self.starts.len())
+                .map(|b| self.starts[b] + self.new_lens[b])
+                .collect();
+            self.plans = lens.iter().map(|&n| sel.plan(n)).collect();
+            self.prunes = sel.applies_to_call(self.len)
+                && self.plans.iter().zip(&lens).any(|(p, &n)| p.selected() < n);
+        }
+        self.selection = selection;
+        self
     }
 }
 
@@ -151,14 +174,7 @@ impl<B: LlamaBackend> Attention<B> {
                 cache.write_codes(codes, &step.starts, &step.new_lens);
             }
         }
-        // A budget that keeps every visible key is dense attention: skip the selection.
-        let selection = selection.filter(|s| {
-            s.applies_to_call(len)
-                && (0..batch).any(|b| {
-                    let p = s.plan(step.starts[b] + step.new_lens[b]);
-                    p.selected() < step.starts[b] + step.new_lens[b]
-                })
-        });
+        let selection = selection.filter(|_| step.prunes);
         cache.write(k, v.swap_dims(1, 2), &step.starts, &step.new_lens);
         // [batch, len, kv·G, d] → [batch, kv, len·G, d]: head h = kv_head·G + g.
         let q = q
@@ -168,14 +184,15 @@ impl<B: LlamaBackend> Attention<B> {
         if let Some(sel) = selection.filter(|_| len == 1) {
             // Decode: a selector with its own kernels (score → select → sparse attend) reads only
             // the selected K/V rows.
-            let plans: Vec<_> = (0..batch)
-                .map(|b| sel.plan(step.starts[b] + step.new_lens[b]))
-                .collect();
             if let Some(codes) = &cache.codes {
-                if let Some(out) =
-                    sel.selector
-                        .decode_attend(layer, q.clone(), &cache.k, &cache.v, codes, &plans)
-                {
+                if let Some(out) = sel.selector.decode_attend(
+                    layer,
+                    q.clone(),
+                    &cache.k,
+                    &cache.v,
+                    codes,
+                    &step.plans,
+                ) {
                     return self.o.forward(out.reshape([batch, 1, h * d]));
                 }
             }
@@ -197,11 +214,8 @@ impl<B: LlamaBackend> Attention<B> {
                     let row_pos: Vec<Vec<usize>> = (0..batch)
                         .map(|b| (0..rows).map(|r| step.starts[b] + c.t0 + r / g).collect())
                         .collect();
-                    let plans: Vec<_> = (0..batch)
-                        .map(|b| sel.plan(step.starts[b] + step.new_lens[b]))
-                        .collect();
                     let levels = sel.selector.score_levels();
-                    mask = mask.bool_or(selection_mask(s, &row_pos, &plans, levels));
+                    mask = mask.bool_or(selection_mask(s, &row_pos, &step.plans, levels));
                 }
                 let probs = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
                 probs.matmul(values)

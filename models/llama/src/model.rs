@@ -283,9 +283,9 @@ impl<B: LlamaBackend> Llama<B> {
             c.num_key_value_heads,
             self.rope.max_positions(),
             &device,
-        );
+        )
+        .with_selection(cache.selection.clone());
         step.record_queries = cache.record_queries;
-        step.selection = cache.selection.clone();
         let mut x = self
             .embed
             .clone()

@@ -26,8 +26,11 @@ pub trait KeySelector<B: Backend>: Send + Sync + Debug {
     fn name(&self) -> String;
 
     /// Per-key data kept beside K/V, computed once when keys enter the cache:
-    /// k [batch, kv_heads, len, d] → [batch, sets, len, width]. `None`: the selector needs none.
-    fn encode_keys(&self, layer: usize, k: Tensor<B, 4>) -> Option<Tensor<B, 4>>;
+    /// k [batch, kv_heads, len, d] → [batch, sets, len, width]. `None` (the default): the
+    /// selector scores the keys themselves.
+    fn encode_keys(&self, _layer: usize, _k: Tensor<B, 4>) -> Option<Tensor<B, 4>> {
+        None
+    }
 
     /// Scores [batch, kv_heads, rows, n] of q [batch, kv_heads, rows, d] against the first n
     /// cached keys [batch, kv_heads, n, d] and their codes [batch, sets, n, width]. Larger = keep.
@@ -40,8 +43,11 @@ pub trait KeySelector<B: Backend>: Send + Sync + Debug {
     ) -> Tensor<B, 4>;
 
     /// `Some(levels)` when scores are integers in 0..levels (hash codes): ties are everywhere at
-    /// the cut and are then broken exactly, towards recent keys. `None`: real-valued scores.
-    fn score_levels(&self) -> Option<usize>;
+    /// the cut and are then broken exactly, towards recent keys. `None` (the default):
+    /// real-valued scores.
+    fn score_levels(&self) -> Option<usize> {
+        None
+    }
 
     /// Decode attention done by the selector's own kernels, for one new token per sequence:
     /// q [batch, kv_heads, G, d] against the cache's keys and values [batch, kv_heads, cap, d] and
@@ -272,13 +278,6 @@ mod tests {
             fn name(&self) -> String {
                 "nothing".into()
             }
-            fn encode_keys(
-                &self,
-                _: usize,
-                _: Tensor<TestBackend, 4>,
-            ) -> Option<Tensor<TestBackend, 4>> {
-                None
-            }
             fn scores(
                 &self,
                 _: usize,
@@ -287,9 +286,6 @@ mod tests {
                 _: Option<Tensor<TestBackend, 4>>,
             ) -> Tensor<TestBackend, 4> {
                 q
-            }
-            fn score_levels(&self) -> Option<usize> {
-                None
             }
         }
         let sel = Selection::new(Arc::new(Nothing), Budget::default(), SelectRows::Decode);
