@@ -510,3 +510,219 @@ fn top_keys_match_reference() {
     )
     .is_err());
 }
+
+fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, e)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - e).abs() <= tol * (1.0 + e.abs()),
+            "{what}: element {i}: {g} vs {e}"
+        );
+    }
+}
+
+#[test]
+fn linear_epilogues_match_reference() {
+    use spotlight_kernels::linear::{linear_epilogue, Epilogue};
+    let client = client();
+    let mut rng = rng("linear_epilogues");
+    // m > 16 runs as several launches; 37 rows leave a ragged last one.
+    for (m, k, n) in [(1, 64, 1), (5, 36, 13), (37, 100, 19), (16, 8, 300)] {
+        let x = normal(&mut rng, m * k, 1.0);
+        let w = normal(&mut rng, n * k, 1.0);
+        let up = normal(&mut rng, n * k, 1.0);
+        let y0 = normal(&mut rng, m * n, 1.0);
+        let (xh, wh, uh) = (
+            upload_f32(&client, &x),
+            upload_f32(&client, &w),
+            upload_f32(&client, &up),
+        );
+        let gate = reference::linear(&x, &w, m, k, n);
+        let upv = reference::linear(&x, &up, m, k, n);
+        let tol = 1e-5 * (k as f32).sqrt();
+        let what = format!("m {m} k {k} n {n}");
+
+        let y = filled_f32(&client, m * n, f32::NAN);
+        linear_epilogue::<WgpuRuntime, f32>(&client, &xh, &wh, Epilogue::Store, &y, m, k, n)
+            .unwrap();
+        assert_close(&read_f32(&client, y, m * n), &gate, tol, &what);
+
+        let y = upload_f32(&client, &y0);
+        linear_epilogue::<WgpuRuntime, f32>(&client, &xh, &wh, Epilogue::Accumulate, &y, m, k, n)
+            .unwrap();
+        let want: Vec<f32> = y0.iter().zip(&gate).map(|(a, b)| a + b).collect();
+        assert_close(&read_f32(&client, y, m * n), &want, tol, &what);
+
+        let y = filled_f32(&client, m * n, f32::NAN);
+        linear_epilogue::<WgpuRuntime, f32>(
+            &client,
+            &xh,
+            &wh,
+            Epilogue::SwiGlu { up: &uh },
+            &y,
+            m,
+            k,
+            n,
+        )
+        .unwrap();
+        let want: Vec<f32> = gate
+            .iter()
+            .zip(&upv)
+            .map(|(&g, &u)| (g as f64 / (1.0 + (-g as f64).exp()) * u as f64) as f32)
+            .collect();
+        assert_close(&read_f32(&client, y, m * n), &want, tol, &what);
+    }
+}
+
+#[test]
+fn rms_norm_matches_reference() {
+    let client = client();
+    let mut rng = rng("rms_norm");
+    for (m, k) in [(1, 1), (3, 37), (16, 576), (2, 4096)] {
+        let x = normal(&mut rng, m * k, 3.0);
+        let gamma = normal(&mut rng, k, 1.0);
+        let out = filled_f32(&client, m * k, f32::NAN);
+        spotlight_kernels::rms_norm::rms_norm::<WgpuRuntime>(
+            &client,
+            &upload_f32(&client, &x),
+            &upload_f32(&client, &gamma),
+            &out,
+            m,
+            k,
+            1e-5,
+        )
+        .unwrap();
+        let want = reference::rms_norm(&x, &gamma, k, 1e-5);
+        assert_close(
+            &read_f32(&client, out, m * k),
+            &want,
+            1e-5,
+            &format!("m {m} k {k}"),
+        );
+    }
+}
+
+#[test]
+fn rope_append_rotates_q_and_writes_k_v_at_each_rows_place() {
+    use spotlight_kernels::rope_append::{rope_append, RopeShape, RowPlace};
+    let client = client();
+    let mut rng = rng("rope_append");
+    // Ragged places: two rows of one sequence, a sequence skipped, the last cache row.
+    let places = [
+        RowPlace { seq: 0, pos: 5 },
+        RowPlace { seq: 2, pos: 0 },
+        RowPlace { seq: 0, pos: 6 },
+        RowPlace { seq: 2, pos: 10 },
+    ];
+    for (q_heads, kv_heads, d) in [(3, 1, 2), (6, 2, 64), (4, 4, 10)] {
+        let shape = RopeShape {
+            q_heads,
+            kv_heads,
+            head_dim: d,
+            batch: 3,
+            cap: 11,
+        };
+        let (m, heads, half) = (places.len(), q_heads + 2 * kv_heads, d / 2);
+        let qkv = normal(&mut rng, m * heads * d, 1.0);
+        let angles: Vec<f32> = (0..shape.cap * half)
+            .map(|i| (i as f32 * 0.37).sin() * 3.0)
+            .collect();
+        let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+        let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+        let cache_len = shape.batch * kv_heads * shape.cap * d;
+        let (q, kc, vc) = (
+            filled_f32(&client, m * q_heads * d, f32::NAN),
+            filled_f32(&client, cache_len, 7.0),
+            filled_f32(&client, cache_len, 7.0),
+        );
+        let column =
+            |f: fn(&RowPlace) -> usize| places.iter().map(|p| f(p) as u32).collect::<Vec<_>>();
+        rope_append::<WgpuRuntime, f32>(
+            &client,
+            &shape,
+            &upload_f32(&client, &qkv),
+            (&upload_f32(&client, &cos), &upload_f32(&client, &sin)),
+            &places,
+            (
+                &upload_u32(&client, &column(|p| p.seq)),
+                &upload_u32(&client, &column(|p| p.pos)),
+            ),
+            &q,
+            (&kc, &vc),
+        )
+        .unwrap();
+        let (mut want_q, mut want_k, mut want_v) =
+            (Vec::new(), vec![7.0f32; cache_len], vec![7.0f32; cache_len]);
+        for (r, p) in places.iter().enumerate() {
+            let table = |t: &[f32]| t[p.pos * half..(p.pos + 1) * half].to_vec();
+            let head = |h: usize| &qkv[(r * heads + h) * d..(r * heads + h + 1) * d];
+            for h in 0..q_heads {
+                want_q.extend(reference::rotate_half(head(h), &table(&cos), &table(&sin)));
+            }
+            for h in 0..kv_heads {
+                let at = ((p.seq * kv_heads + h) * shape.cap + p.pos) * d;
+                let k = reference::rotate_half(head(q_heads + h), &table(&cos), &table(&sin));
+                want_k[at..at + d].copy_from_slice(&k);
+                want_v[at..at + d].copy_from_slice(head(q_heads + kv_heads + h));
+            }
+        }
+        let what = format!("heads {q_heads}/{kv_heads} d {d}");
+        assert_close(&read_f32(&client, q, want_q.len()), &want_q, 1e-6, &what);
+        assert_close(&read_f32(&client, kc, cache_len), &want_k, 1e-6, &what);
+        assert_close(&read_f32(&client, vc, cache_len), &want_v, 0.0, &what);
+    }
+    // A place past the capacity is an error, not a write.
+    let shape = RopeShape {
+        q_heads: 1,
+        kv_heads: 1,
+        head_dim: 2,
+        batch: 1,
+        cap: 4,
+    };
+    let h = filled_f32(&client, 64, 0.0);
+    let err = rope_append::<WgpuRuntime, f32>(
+        &client,
+        &shape,
+        &h,
+        (&h, &h),
+        &[RowPlace { seq: 0, pos: 4 }],
+        (&h, &h),
+        &h,
+        (&h, &h),
+    );
+    assert!(err.is_err());
+}
+
+#[test]
+fn embed_gathers_rows_and_rejects_ids_outside_the_vocabulary() {
+    let client = client();
+    let mut rng = rng("embed");
+    let (vocab, d) = (13, 7);
+    let table = normal(&mut rng, vocab * d, 1.0);
+    let ids = [12u32, 0, 5, 5];
+    let out = filled_f32(&client, ids.len() * d, f32::NAN);
+    let th = upload_f32(&client, &table);
+    spotlight_kernels::embed::embed::<WgpuRuntime, f32>(
+        &client,
+        &th,
+        (vocab, d),
+        &ids,
+        &upload_u32(&client, &ids),
+        &out,
+    )
+    .unwrap();
+    let want: Vec<f32> = ids
+        .iter()
+        .flat_map(|&t| table[t as usize * d..(t as usize + 1) * d].to_vec())
+        .collect();
+    assert_eq!(read_f32(&client, out.clone(), want.len()), want);
+    let err = spotlight_kernels::embed::embed::<WgpuRuntime, f32>(
+        &client,
+        &th,
+        (vocab, d),
+        &[13],
+        &upload_u32(&client, &[13]),
+        &out,
+    );
+    assert!(err.is_err());
+}

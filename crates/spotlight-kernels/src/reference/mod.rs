@@ -5,11 +5,15 @@
 pub mod attend;
 pub mod hash_pack;
 pub mod linear;
+pub mod rms_norm;
+pub mod rope;
 pub mod select;
 pub mod top_keys;
 
 pub use attend::attend;
 pub use hash_pack::{hash_pack, pack_signs, HashWeights};
 pub use linear::linear;
+pub use rms_norm::rms_norm;
+pub use rope::rotate_half;
 pub use select::{scores, select};
 pub use top_keys::top_keys;

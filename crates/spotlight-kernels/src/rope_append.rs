@@ -1,0 +1,150 @@
+//! After the fused QKV projection of a decode step: rotate q and k (RoPE, HF `rotate_half`
+//! layout: dimension i pairs with i + d/2), hand q to attention and write k and v into the KV
+//! cache at each row's (sequence, position), converted to the cache's element type. One launch
+//! instead of a slice, a rotation per tensor and two cache writes.
+
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+
+use crate::device::{arg, cubes, CUBE_THREADS};
+use crate::KernelError;
+
+/// Where each row of a step goes: its sequence in the cache and its position there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowPlace {
+    pub seq: usize,
+    pub pos: usize,
+}
+
+/// Shapes of one rope-and-append call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RopeShape {
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Sequences in the cache.
+    pub batch: usize,
+    /// Rows per (sequence, KV head) in the cache, and rows of the cos/sin tables.
+    pub cap: usize,
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn rope_append_kernel<F: Float>(
+    qkv: &Array<f32>,
+    cos: &Array<f32>,
+    sin: &Array<f32>,
+    row_seq: &Array<u32>,
+    row_pos: &Array<u32>,
+    q: &mut Array<f32>,
+    k_cache: &mut Array<F>,
+    v_cache: &mut Array<F>,
+    cap: u32,
+    units: u32,
+    #[comptime] q_heads: usize,
+    #[comptime] kv_heads: usize,
+    #[comptime] d: usize,
+) {
+    let i = ABSOLUTE_POS_X as usize;
+    if i < units as usize {
+        let half = comptime!(d / 2);
+        let heads = comptime!(q_heads + 2 * kv_heads);
+        let j = i % half;
+        let h = (i / half) % heads;
+        let r = i / (half * heads);
+        let from = (r * heads + h) * d;
+        let a = qkv[from + j];
+        let b = qkv[from + j + half];
+        let pos = row_pos[r] as usize;
+        let seq = row_seq[r] as usize;
+        if h < q_heads + kv_heads {
+            let c = cos[pos * half + j];
+            let s = sin[pos * half + j];
+            let lo = a * c - b * s;
+            let hi = b * c + a * s;
+            if h < q_heads {
+                let to = (r * q_heads + h) * d;
+                q[to + j] = lo;
+                q[to + j + half] = hi;
+            } else {
+                let to = ((seq * kv_heads + h - q_heads) * cap as usize + pos) * d;
+                k_cache[to + j] = F::cast_from(lo);
+                k_cache[to + j + half] = F::cast_from(hi);
+            }
+        } else {
+            let to = ((seq * kv_heads + h - q_heads - kv_heads) * cap as usize + pos) * d;
+            v_cache[to + j] = F::cast_from(a);
+            v_cache[to + j + half] = F::cast_from(b);
+        }
+    }
+}
+
+/// qkv `[m][q_heads + 2·kv_heads][d]` (f32) → q `[m][q_heads][d]` (f32, rotated); K and V
+/// `[batch][kv_heads][cap][d]` of type `F` get row `pos` of sequence `seq` for each row.
+/// `cos`/`sin` are `[cap][d/2]`; `row_seq`/`row_pos` hold `places` on the device.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_append<R: Runtime, F: Float + CubeElement>(
+    client: &ComputeClient<R>,
+    shape: &RopeShape,
+    qkv: &Handle,
+    (cos, sin): (&Handle, &Handle),
+    places: &[RowPlace],
+    (row_seq, row_pos): (&Handle, &Handle),
+    q: &Handle,
+    (k_cache, v_cache): (&Handle, &Handle),
+) -> Result<(), KernelError> {
+    let RopeShape {
+        q_heads,
+        kv_heads,
+        head_dim: d,
+        batch,
+        cap,
+    } = *shape;
+    if d == 0 || !d.is_multiple_of(2) {
+        return Err(KernelError::HeadDim(d));
+    }
+    for (i, p) in places.iter().enumerate() {
+        if p.seq >= batch {
+            return Err(KernelError::Length {
+                what: "row sequence",
+                expected: batch,
+                got: p.seq,
+            });
+        }
+        if p.pos >= cap {
+            return Err(KernelError::OverCapacity {
+                seq: i,
+                len: p.pos + 1,
+                cap,
+            });
+        }
+    }
+    let m = places.len();
+    let units = m * (q_heads + 2 * kv_heads) * d / 2;
+    if units == 0 {
+        return Ok(());
+    }
+    let cache_len = batch * kv_heads * cap * d;
+    // Safety: indices stay within the lengths passed (crate docs, "Unchecked launches").
+    unsafe {
+        rope_append_kernel::launch_unchecked::<F, R>(
+            client,
+            CubeCount::Static(cubes(units, CUBE_THREADS), 1, 1),
+            CubeDim::new_1d(CUBE_THREADS),
+            arg(qkv, m * (q_heads + 2 * kv_heads) * d),
+            arg(cos, cap * d / 2),
+            arg(sin, cap * d / 2),
+            arg(row_seq, m),
+            arg(row_pos, m),
+            arg(q, m * q_heads * d),
+            arg(k_cache, cache_len),
+            arg(v_cache, cache_len),
+            cap as u32,
+            units as u32,
+            q_heads,
+            kv_heads,
+            d,
+        )
+    };
+    Ok(())
+}
