@@ -45,6 +45,7 @@ fn run<B: LlamaBackend>(device: &B::Device) -> (Vec<f32>, Vec<u32>) {
         repetition_penalty: 1.0,
         seed: 0,
         stop_ids: vec![],
+        fused_decode: true,
     };
     let (tokens, _) = generate(&m.model, &[ids], &config, None, |_, _| Ok(())).unwrap();
     (logits, tokens.into_iter().next().unwrap())

@@ -9,6 +9,7 @@ use spotlight_llama::{generate, GenerateConfig, Sampling, SelectRows};
 use crate::attention_args::{self, AttentionKind, SelectorArgs};
 use crate::backend::{self, BackendKind, OnBackend, SpotlightBackend};
 use crate::error::{CliError, Result};
+use crate::generate::DecodePath;
 use crate::model_args::{self, ModelArgs};
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -50,11 +51,17 @@ pub struct GenerateBenchArgs {
     pub budget: f64,
     #[command(flatten)]
     pub selector: SelectorArgs,
+    /// Decode paths timed (fused applies to dense attention on cube backends).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "fused")]
+    pub decode_paths: Vec<DecodePath>,
 }
 
 #[derive(Debug, Serialize)]
 struct Row {
     attention: String,
+    /// Requested decode path; `fused_launches_per_step` is null when the step ran on tensor ops.
+    decode_path: DecodePath,
+    fused_launches_per_step: Option<usize>,
     /// Mean share of the cached K/V rows a decode step read (all layers).
     kv_read_share: f64,
     batch: usize,
@@ -170,15 +177,20 @@ impl OnBackend for Job {
             .map_err(|e| CliError::Io(e.to_string()))?;
         let corpus = loaded.tokenizer.encode(&text, false)?;
         // Greedy, no stop tokens: every run generates exactly new_tokens per sequence.
-        let config = GenerateConfig {
-            max_tokens: a.new_tokens,
-            sampling: Sampling::Greedy,
-            repetition_penalty: 1.0,
-            seed: 0,
-            stop_ids: vec![],
-        };
         let mut rows = Vec::new();
-        for (attention, selection) in &selections {
+        for (&path, (attention, selection)) in a
+            .decode_paths
+            .iter()
+            .flat_map(|p| selections.iter().map(move |s| (p, s)))
+        {
+            let config = GenerateConfig {
+                max_tokens: a.new_tokens,
+                sampling: Sampling::Greedy,
+                repetition_penalty: 1.0,
+                seed: 0,
+                stop_ids: vec![],
+                fused_decode: path == DecodePath::Fused,
+            };
             for &len in &a.prompt_tokens {
                 for &batch in &a.batch {
                     // Different text per sequence, so batching cannot share work by accident.
@@ -191,6 +203,7 @@ impl OnBackend for Job {
                     let mut prefill = Vec::new();
                     let mut decode = Vec::new();
                     let mut share = 1.0;
+                    let mut launches = None;
                     for run in 0..=a.runs {
                         let (_, stats) = generate(
                             &loaded.model,
@@ -204,8 +217,9 @@ impl OnBackend for Job {
                             decode.push(stats.decode_secs);
                         }
                         share = stats.kv_read_share;
+                        launches = stats.fused_launches;
                         eprintln!(
-                        "  {attention} batch {batch} prompt {len}: run {run}: prefill {:.3} s, decode {:.3} s",
+                        "  {attention} ({path:?}) batch {batch} prompt {len}: run {run}: prefill {:.3} s, decode {:.3} s",
                         stats.prefill_secs, stats.decode_secs
                     );
                     }
@@ -213,6 +227,8 @@ impl OnBackend for Job {
                     let steps = (a.new_tokens - 1) as f64;
                     rows.push(Row {
                         attention: attention.clone(),
+                        decode_path: path,
+                        fused_launches_per_step: launches,
                         kv_read_share: share,
                         batch,
                         prompt_tokens: len,

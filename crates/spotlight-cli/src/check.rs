@@ -83,6 +83,7 @@ impl OnBackend for Job<'_> {
             repetition_penalty: 1.0,
             seed: 0,
             stop_ids: vec![],
+            fused_decode: true,
         };
         let (greedy, _) = generate(
             &m.model,

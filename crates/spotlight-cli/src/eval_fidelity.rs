@@ -633,6 +633,7 @@ fn greedy<B: SpotlightBackend>(
         repetition_penalty: 1.0,
         seed: 0,
         stop_ids: Vec::new(),
+        fused_decode: false,
     };
     let mut out = Vec::with_capacity(prompts.len());
     for part in prompts.chunks(batch.max(1)) {

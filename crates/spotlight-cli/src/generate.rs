@@ -53,6 +53,19 @@ pub struct GenerateArgs {
     /// Random seed: the same seed gives the same text.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Decode steps on the fused kernels (cube backends, dense attention) or on Burn tensor ops.
+    #[arg(long, value_enum, default_value_t = DecodePath::Fused)]
+    pub decode_path: DecodePath,
+}
+
+/// How decode steps run after the prefill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecodePath {
+    /// The fused decoder where the backend has one (CUDA, wgpu; dense attention), else tensor ops.
+    Fused,
+    /// Burn tensor ops on every backend.
+    Tensor,
 }
 
 impl GenerateArgs {
@@ -63,6 +76,7 @@ impl GenerateArgs {
             repetition_penalty: self.repetition_penalty,
             seed: self.seed,
             stop_ids: tokenizer.stop_ids.clone(),
+            fused_decode: self.decode_path == DecodePath::Fused,
         }
     }
 
@@ -266,4 +280,8 @@ fn report(s: &GenerateStats, backend: BackendKind, attention: &str) {
         "[attention] {attention}: decode read {:.1}% of the cached K/V rows",
         100.0 * s.kv_read_share
     );
+    match s.fused_launches {
+        Some(n) => eprintln!("[decode] fused kernels: {n} launches per step"),
+        None => eprintln!("[decode] Burn tensor ops"),
+    }
 }

@@ -29,12 +29,12 @@ fn fill_bits_kernel(out: &mut Array<u32>, n: u32, seed: u32) {
 }
 
 #[cube(launch_unchecked)]
-fn fill_uniform_kernel<F: Float>(out: &mut Array<F>, n: u32, seed: u32) {
+fn fill_uniform_kernel<F: Float>(out: &mut Array<F>, n: u32, seed: u32, scale: f32) {
     let stride = (CUBE_COUNT_X * CUBE_DIM_X) as usize;
     let mut i = ABSOLUTE_POS_X as usize;
     while i < n as usize {
         let h = mix(i as u32 ^ mix(seed));
-        out[i] = F::cast_from(f32::cast_from(h & 0xFFFFu32) / 32768.0f32 - 1.0f32);
+        out[i] = F::cast_from((f32::cast_from(h & 0xFFFFu32) / 32768.0f32 - 1.0f32) * scale);
         i += stride;
     }
 }
@@ -66,6 +66,16 @@ pub fn random_uniform<R: Runtime, F: Float + CubeElement>(
     n: usize,
     seed: u32,
 ) -> Handle {
+    random_uniform_scaled::<R, F>(client, n, seed, 1.0)
+}
+
+/// `n` values uniform in [−scale, scale) of element type `F` (synthetic weights).
+pub fn random_uniform_scaled<R: Runtime, F: Float + CubeElement>(
+    client: &ComputeClient<R>,
+    n: usize,
+    seed: u32,
+    scale: f32,
+) -> Handle {
     let out = client.empty(core::mem::size_of::<F>() * n.max(1));
     // Safety: indices stay within the lengths passed (crate docs, "Unchecked launches").
     unsafe {
@@ -76,6 +86,7 @@ pub fn random_uniform<R: Runtime, F: Float + CubeElement>(
             arg(&out, n),
             n as u32,
             seed,
+            scale,
         )
     };
     out

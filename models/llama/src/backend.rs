@@ -17,6 +17,11 @@ use burn_ndarray::{
 use rayon::prelude::*;
 use spotlight_kernels::reference;
 
+use crate::cache::KvCache;
+use crate::error::LlamaError;
+use crate::fast::{handle_of, Decoder, DecoderWeights, FastDecode};
+use crate::model::Llama;
+
 /// Operations of a backend that can run a Llama-family model.
 pub trait LlamaBackend: Backend {
     /// y = x·Wᵀ with x: [rows, in] and W stored as HF does, [out, in]; returns [rows, out].
@@ -30,6 +35,16 @@ pub trait LlamaBackend: Backend {
         positions: IntTensor<Self>,
         k: usize,
     ) -> (IntTensor<Self>, IntTensor<Self>, FloatTensor<Self>);
+
+    /// The fused decode engine over a prefilled cache ([`crate::fast`]), or None where this
+    /// backend or this model has none (generation then decodes with tensor ops). The default:
+    /// none.
+    fn fast_decoder(
+        _model: &Llama<Self>,
+        _cache: &KvCache<Self>,
+    ) -> Result<Option<Box<dyn FastDecode>>, LlamaError> {
+        Ok(None)
+    }
 }
 
 /// The same product through Burn's matmul: the reference and the fallback.
@@ -143,6 +158,35 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LlamaBacke
         )
         .expect("k ≤ n checked by the caller");
         (top, count, thr)
+    }
+
+    fn fast_decoder(
+        model: &Llama<Self>,
+        cache: &KvCache<Self>,
+    ) -> Result<Option<Box<dyn FastDecode>>, LlamaError> {
+        // Dense attention only (sparse decode runs through the selector), no recorded queries.
+        if cache.selection.is_some() || cache.record_queries {
+            return Ok(None);
+        }
+        let Some(weights) = DecoderWeights::from_model(model) else {
+            return Ok(None);
+        };
+        let client = R::client(&model.embed.device());
+        let (cos, sin) = model.rope.tables();
+        let (k, v) = cache
+            .layers
+            .iter()
+            .map(|l| (handle_of(&l.k), handle_of(&l.v)))
+            .unzip();
+        let decoder = Decoder::<R, F>::new(
+            client,
+            weights,
+            (k, v),
+            cache.lens.clone(),
+            cache.capacity(),
+            (handle_of(cos), handle_of(sin)),
+        )?;
+        Ok(Some(Box::new(decoder)))
     }
 }
 

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use crate::backend::LlamaBackend;
 use crate::error::LlamaError;
+use crate::fast::{FastDecode, StepRow};
 use crate::model::Llama;
 use crate::sampling::{Sampler, Sampling};
 use crate::selector::Selection;
@@ -17,6 +18,9 @@ pub struct GenerateConfig {
     pub seed: u64,
     /// Generation of a sequence ends at any of these (the stop token is not returned).
     pub stop_ids: Vec<u32>,
+    /// Decode with the backend's fused kernels where it has them ([`crate::fast`]); false keeps
+    /// every step on Burn tensor ops (the reference, and A/B comparisons).
+    pub fused_decode: bool,
 }
 
 /// Timings of one `generate` call.
@@ -31,6 +35,8 @@ pub struct GenerateStats {
     /// Mean share of the cached K/V rows a decode step reads, over all layers and steps
     /// (1 for dense attention).
     pub kv_read_share: f64,
+    /// Kernel launches of the last decode step when it ran on the fused decoder (None: tensor ops).
+    pub fused_launches: Option<usize>,
 }
 
 impl GenerateStats {
@@ -92,6 +98,7 @@ pub fn generate<B: LlamaBackend>(
     let start = Instant::now();
     let mut input: Vec<Vec<u32>> = prompts.to_vec();
     let mut first = true;
+    let mut fused: Option<Box<dyn FastDecode>> = None;
     while !done.iter().all(|&d| d) {
         if !first {
             for (b, inp) in input.iter().enumerate() {
@@ -102,19 +109,39 @@ pub fn generate<B: LlamaBackend>(
                 }
             }
         }
-        let logits = model.forward_last(&input, &mut cache)?;
-        let vocab = logits.dims()[1];
-        // sync: read the logits of every sequence's last position (one host round-trip per step).
-        let logits = logits
-            .into_data()
-            .to_vec::<f32>()
-            .map_err(|e| LlamaError::Invalid(format!("{e:?}")))?;
+        let vocab = model.config.vocab_size;
+        // Row of each sequence in this step's logits.
+        let mut row_of: Vec<usize> = (0..batch).collect();
+        let logits = match fused.as_mut() {
+            Some(decoder) => {
+                let rows: Vec<StepRow> = (0..batch)
+                    .filter(|&b| !input[b].is_empty())
+                    .map(|b| StepRow {
+                        seq: b,
+                        token: input[b][0],
+                    })
+                    .collect();
+                for (i, r) in rows.iter().enumerate() {
+                    row_of[r.seq] = i;
+                }
+                let logits = decoder.step(&rows)?;
+                stats.fused_launches = Some(decoder.launches());
+                logits
+            }
+            // sync: read the logits of every sequence's last position (one host round-trip per step).
+            None => model
+                .forward_last(&input, &mut cache)?
+                .into_data()
+                .to_vec::<f32>()
+                .map_err(|e| LlamaError::Invalid(format!("{e:?}")))?,
+        };
         for b in 0..batch {
             input[b].clear();
             if done[b] {
                 continue;
             }
-            let mut row = logits[b * vocab..(b + 1) * vocab].to_vec();
+            let r = row_of[b];
+            let mut row = logits[r * vocab..(r + 1) * vocab].to_vec();
             let token = samplers[b].sample(&mut row, &seen[b]);
             if config.stop_ids.contains(&token) {
                 done[b] = true;
@@ -133,6 +160,10 @@ pub fn generate<B: LlamaBackend>(
         if first {
             stats.prefill_secs = start.elapsed().as_secs_f64();
             first = false;
+            if config.fused_decode {
+                // The decoder takes over the prefilled cache (the tensor path no longer runs).
+                fused = B::fast_decoder(model, &cache)?;
+            }
         }
         if input.iter().all(Vec::is_empty) {
             break;

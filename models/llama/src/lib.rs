@@ -10,6 +10,7 @@ pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod fast;
 pub mod generate;
 pub mod gguf;
 pub mod layers;

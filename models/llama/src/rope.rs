@@ -76,6 +76,11 @@ impl<B: Backend> Rope<B> {
         }
     }
 
+    /// The cos and sin tables, [max_positions, d/2].
+    pub fn tables(&self) -> (&Tensor<B, 2>, &Tensor<B, 2>) {
+        (&self.cos, &self.sin)
+    }
+
     pub fn max_positions(&self) -> usize {
         self.max_positions
     }

@@ -1,0 +1,373 @@
+//! One decode step as a fixed sequence of kernel launches over preallocated buffers.
+
+use burn_cubecl::cubecl::prelude::*;
+use burn_cubecl::cubecl::server::Handle;
+use spotlight_kernels::attend::{attend, KvLayout, QueryRow, QueryRows};
+use spotlight_kernels::device::{read_f32, upload_f32, upload_u32};
+use spotlight_kernels::embed::embed;
+use spotlight_kernels::fill::random_uniform;
+use spotlight_kernels::linear::{linear_epilogue, Epilogue, MAX_ROWS};
+use spotlight_kernels::rms_norm::rms_norm;
+use spotlight_kernels::rope_append::{rope_append, RopeShape, RowPlace};
+use spotlight_kernels::{AttendShape, KernelError};
+
+use super::weights::DecoderWeights;
+use super::FastDecode;
+use crate::error::LlamaError;
+use crate::rope::inv_freq;
+
+/// One row of a decode step: the token to append to sequence `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepRow {
+    pub seq: usize,
+    pub token: u32,
+}
+
+/// Per-step activations, sized for every sequence decoding at once.
+struct Scratch {
+    /// The residual stream `[rows][hidden]`.
+    x: Handle,
+    /// Its normalised copy, the projections' input.
+    xn: Handle,
+    qkv: Handle,
+    q: Handle,
+    attended: Handle,
+    hidden: Handle,
+    logits: Handle,
+}
+
+/// The decode engine: weights, the KV cache (`[batch][kv_heads][cap][d]` per layer, element type
+/// `E`), RoPE tables and scratch buffers, all on one device.
+pub struct Decoder<R: Runtime, E: Float + CubeElement> {
+    client: ComputeClient<R>,
+    weights: DecoderWeights,
+    k: Vec<Handle>,
+    v: Vec<Handle>,
+    /// Tokens cached per sequence.
+    lens: Vec<usize>,
+    cap: usize,
+    cos: Handle,
+    sin: Handle,
+    scratch: Scratch,
+    attend_shape: AttendShape,
+    launches: usize,
+    _element: std::marker::PhantomData<E>,
+}
+
+fn kernel(e: KernelError) -> LlamaError {
+    LlamaError::Invalid(format!("decode kernels: {e}"))
+}
+
+impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
+    /// A decoder over an existing KV cache: `k[l]`/`v[l]` hold `[batch][kv_heads][cap][d]` of `E`
+    /// and sequence b has `lens[b]` tokens in it. `cos`/`sin` are RoPE tables of at least `cap`
+    /// rows of d/2 f32 values.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: ComputeClient<R>,
+        weights: DecoderWeights,
+        (k, v): (Vec<Handle>, Vec<Handle>),
+        lens: Vec<usize>,
+        cap: usize,
+        (cos, sin): (Handle, Handle),
+    ) -> Result<Self, LlamaError> {
+        let c = &weights.config;
+        let layers = c.num_hidden_layers;
+        if k.len() != layers || v.len() != layers || weights.layers.len() != layers {
+            return Err(LlamaError::Invalid(format!(
+                "decoder: {layers} layers, got {} weight layers and {}/{} cache layers",
+                weights.layers.len(),
+                k.len(),
+                v.len()
+            )));
+        }
+        if let Some(b) = lens.iter().position(|&n| n > cap) {
+            return Err(kernel(KernelError::OverCapacity {
+                seq: b,
+                len: lens[b],
+                cap,
+            }));
+        }
+        let attend_shape =
+            AttendShape::dense(c.num_attention_heads, c.num_key_value_heads, c.head_dim)
+                .map_err(kernel)?;
+        let plane = client.properties().hardware.plane_size_max as usize;
+        if plane == 0 || !c.head_dim.is_multiple_of(plane) || plane > c.head_dim {
+            return Err(kernel(KernelError::PlaneSize {
+                plane,
+                d: c.head_dim,
+            }));
+        }
+        let vec = 16 / core::mem::size_of::<E>();
+        let q_width = c.num_attention_heads * c.head_dim;
+        for k_in in [c.hidden_size, q_width, c.intermediate_size] {
+            if !k_in.is_multiple_of(vec) {
+                return Err(kernel(KernelError::Length {
+                    what: "projection input size (multiple of 16 bytes)",
+                    expected: vec,
+                    got: k_in,
+                }));
+            }
+        }
+        let rows = lens.len().max(1);
+        let f32s = |n: usize| client.empty(4 * n.max(1));
+        let scratch = Scratch {
+            x: f32s(rows * c.hidden_size),
+            xn: f32s(rows * c.hidden_size),
+            qkv: f32s(rows * (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim),
+            q: f32s(rows * q_width),
+            attended: f32s(rows * q_width),
+            hidden: f32s(rows * c.intermediate_size),
+            logits: f32s(rows * c.vocab_size),
+        };
+        Ok(Self {
+            client,
+            weights,
+            k,
+            v,
+            lens,
+            cap,
+            cos,
+            sin,
+            scratch,
+            attend_shape,
+            launches: 0,
+            _element: std::marker::PhantomData,
+        })
+    }
+
+    /// A SYNTHETIC decoder for benchmarks: random weights (see [`DecoderWeights::synthetic`]) and
+    /// a cache of `batch` sequences with `context` random tokens each, room for `new_tokens` more,
+    /// all generated on the device (no prefill).
+    pub fn synthetic(
+        client: ComputeClient<R>,
+        config: &crate::LlamaConfig,
+        batch: usize,
+        context: usize,
+        new_tokens: usize,
+        seed: u32,
+    ) -> Result<Self, LlamaError> {
+        let weights = DecoderWeights::synthetic::<R, E>(&client, config, seed);
+        let cap = context + new_tokens;
+        let n = batch * config.num_key_value_heads * cap * config.head_dim;
+        let layers = config.num_hidden_layers as u32;
+        let fill = |l: u32, which: u32| {
+            random_uniform::<R, E>(&client, n, seed ^ (l * 2 + which).wrapping_mul(0x85EB_CA6B))
+        };
+        let k = (0..layers).map(|l| fill(l, 0)).collect();
+        let v = (0..layers).map(|l| fill(l, 1)).collect();
+        let tables = rope_tables(&client, config, cap);
+        Self::new(client, weights, (k, v), vec![context; batch], cap, tables)
+    }
+
+    pub fn weights(&self) -> &DecoderWeights {
+        &self.weights
+    }
+
+    pub fn lens(&self) -> &[usize] {
+        &self.lens
+    }
+
+    /// Waits for every launched kernel (benchmarks time whole steps).
+    pub fn sync(&self) -> Result<(), LlamaError> {
+        burn_cubecl::cubecl::future::block_on(self.client.sync())
+            .map_err(|e| LlamaError::Invalid(format!("device: {e:?}")))
+    }
+
+    /// Runs one decode step without reading the logits back (benchmarks); see [`FastDecode::step`].
+    pub fn launch_step(&mut self, rows: &[StepRow]) -> Result<(), LlamaError> {
+        let c = self.weights.config.clone();
+        let m = rows.len();
+        if m == 0 {
+            return Ok(());
+        }
+        if m > self.lens.len() {
+            return Err(LlamaError::Invalid(format!(
+                "decode step of {m} rows for {} sequences",
+                self.lens.len()
+            )));
+        }
+        let mut places = Vec::with_capacity(m);
+        for (i, r) in rows.iter().enumerate() {
+            if r.seq >= self.lens.len() || rows[..i].iter().any(|o| o.seq == r.seq) {
+                return Err(LlamaError::Invalid(format!(
+                    "decode step: sequence {} is not one of {} or appears twice",
+                    r.seq,
+                    self.lens.len()
+                )));
+            }
+            let pos = self.lens[r.seq];
+            if pos >= self.cap {
+                return Err(LlamaError::ContextOverflow {
+                    tokens: pos,
+                    new: 1,
+                    context: self.cap,
+                });
+            }
+            places.push(RowPlace { seq: r.seq, pos });
+        }
+        let client = &self.client;
+        let s = &self.scratch;
+        let (h, d) = (c.hidden_size, c.head_dim);
+        let (hq, hkv) = (c.num_attention_heads, c.num_key_value_heads);
+        let eps = c.rms_norm_eps as f32;
+        let tokens: Vec<u32> = rows.iter().map(|r| r.token).collect();
+        let column =
+            |f: fn(&RowPlace) -> usize| places.iter().map(|p| f(p) as u32).collect::<Vec<_>>();
+        let row_seq = upload_u32(client, &column(|p| p.seq));
+        let row_pos = upload_u32(client, &column(|p| p.pos));
+        let query_rows = QueryRows::upload(
+            client,
+            &places
+                .iter()
+                .map(|p| QueryRow {
+                    seq: p.seq,
+                    len: p.pos + 1,
+                })
+                .collect::<Vec<_>>(),
+        );
+        let rope_shape = RopeShape {
+            q_heads: hq,
+            kv_heads: hkv,
+            head_dim: d,
+            batch: self.lens.len(),
+            cap: self.cap,
+        };
+        let kv = KvLayout {
+            batch: self.lens.len(),
+            cap: self.cap,
+        };
+        let linears = m.div_ceil(MAX_ROWS);
+        let w = &self.weights;
+        embed::<R, E>(
+            client,
+            &w.embed,
+            (c.vocab_size, h),
+            &tokens,
+            &upload_u32(client, &tokens),
+            &s.x,
+        )
+        .map_err(kernel)?;
+        for (l, lw) in w.layers.iter().enumerate() {
+            rms_norm(client, &s.x, &lw.attention_norm, &s.xn, m, h, eps).map_err(kernel)?;
+            let qkv_width = (hq + 2 * hkv) * d;
+            linear_epilogue::<R, E>(
+                client,
+                &s.xn,
+                &lw.qkv,
+                Epilogue::Store,
+                &s.qkv,
+                m,
+                h,
+                qkv_width,
+            )
+            .map_err(kernel)?;
+            rope_append::<R, E>(
+                client,
+                &rope_shape,
+                &s.qkv,
+                (&self.cos, &self.sin),
+                &places,
+                (&row_seq, &row_pos),
+                &s.q,
+                (&self.k[l], &self.v[l]),
+            )
+            .map_err(kernel)?;
+            attend::<R, E>(
+                client,
+                &self.attend_shape,
+                &s.q,
+                &self.k[l],
+                &self.v[l],
+                kv,
+                &query_rows,
+                None,
+                &s.attended,
+            )
+            .map_err(kernel)?;
+            linear_epilogue::<R, E>(
+                client,
+                &s.attended,
+                &lw.o,
+                Epilogue::Accumulate,
+                &s.x,
+                m,
+                hq * d,
+                h,
+            )
+            .map_err(kernel)?;
+            rms_norm(client, &s.x, &lw.mlp_norm, &s.xn, m, h, eps).map_err(kernel)?;
+            linear_epilogue::<R, E>(
+                client,
+                &s.xn,
+                &lw.gate,
+                Epilogue::SwiGlu { up: &lw.up },
+                &s.hidden,
+                m,
+                h,
+                c.intermediate_size,
+            )
+            .map_err(kernel)?;
+            linear_epilogue::<R, E>(
+                client,
+                &s.hidden,
+                &lw.down,
+                Epilogue::Accumulate,
+                &s.x,
+                m,
+                c.intermediate_size,
+                h,
+            )
+            .map_err(kernel)?;
+        }
+        rms_norm(client, &s.x, &w.norm, &s.xn, m, h, eps).map_err(kernel)?;
+        linear_epilogue::<R, E>(
+            client,
+            &s.xn,
+            &w.lm_head,
+            Epilogue::Store,
+            &s.logits,
+            m,
+            h,
+            c.vocab_size,
+        )
+        .map_err(kernel)?;
+        // embed + per layer (2 norms, rope, 2 attend, 4 linears) + final norm + head.
+        self.launches = 1 + c.num_hidden_layers * (5 + 4 * linears) + 1 + linears;
+        for p in &places {
+            self.lens[p.seq] += 1;
+        }
+        Ok(())
+    }
+}
+
+impl<R: Runtime, E: Float + CubeElement> FastDecode for Decoder<R, E> {
+    fn step(&mut self, rows: &[StepRow]) -> Result<Vec<f32>, LlamaError> {
+        self.launch_step(rows)?;
+        let n = rows.len() * self.weights.config.vocab_size;
+        // sync: the logits go to the host sampler.
+        Ok(read_f32(&self.client, self.scratch.logits.clone(), n))
+    }
+
+    fn launches(&self) -> usize {
+        self.launches
+    }
+}
+
+/// RoPE cos/sin tables `[rows][d/2]` (angles in f64, as the model's own tables).
+pub fn rope_tables<R: Runtime>(
+    client: &ComputeClient<R>,
+    config: &crate::LlamaConfig,
+    rows: usize,
+) -> (Handle, Handle) {
+    let freqs = inv_freq(config);
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for p in 0..rows {
+        for &f in &freqs {
+            let a = p as f64 * f;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    (upload_f32(client, &cos), upload_f32(client, &sin))
+}

@@ -1,0 +1,33 @@
+//! The fused decode path for cube backends (CUDA, wgpu): one decode step of the whole model as a
+//! short, fixed sequence of CubeCL kernel launches on raw device buffers, instead of ~77 Burn
+//! tensor ops per layer (each a launch plus host-side bookkeeping).
+//!
+//! Per layer, 9 launches: RMSNorm → fused QKV linear → RoPE + KV-cache append → split-K attention
+//! (2) → output linear accumulated into the residual → RMSNorm → gate/up linear with the SwiGLU
+//! epilogue → down linear accumulated into the residual. Plus the embedding lookup, the final
+//! norm and the LM head once per step. The linear kernel streams each weight once per step
+//! (bandwidth-bound at decode), so the step costs the weight bytes plus the K/V bytes plus the
+//! launches.
+//!
+//! Prefill stays on the Burn model (its matmuls are compute-bound and fine); the decoder takes
+//! over the filled KV cache. Benchmarks build the decoder directly with synthetic weights and a
+//! randomly filled cache ([`Decoder::synthetic`]).
+
+mod decoder;
+mod weights;
+
+pub use decoder::{Decoder, StepRow};
+pub(crate) use weights::handle_of;
+pub use weights::{DecoderWeights, LayerWeights};
+
+use crate::error::LlamaError;
+
+/// A decode engine behind a trait object, so generation needs no knowledge of the runtime or
+/// element type.
+pub trait FastDecode {
+    /// Decodes one token for each row (sequence, token) at that sequence's next position and
+    /// returns the logits `[rows][vocab]`.
+    fn step(&mut self, rows: &[StepRow]) -> Result<Vec<f32>, LlamaError>;
+    /// Kernel launches of the last step.
+    fn launches(&self) -> usize;
+}
