@@ -50,3 +50,20 @@ pub fn arg<R: Runtime>(handle: &Handle, len: usize) -> ArrayArg<R> {
 pub fn cubes(n: usize, per_cube: u32) -> u32 {
     (n as u32).div_ceil(per_cube).max(1)
 }
+
+/// Checks that `handle` holds at least `bytes` (kernels launched unchecked trust their lengths).
+pub fn check_bytes(
+    handle: &Handle,
+    bytes: usize,
+    what: &'static str,
+) -> Result<(), crate::KernelError> {
+    let held = handle.size_in_used() as usize;
+    if held < bytes {
+        return Err(crate::KernelError::Length {
+            what,
+            expected: bytes,
+            got: held,
+        });
+    }
+    Ok(())
+}

@@ -111,6 +111,7 @@ fn hash_pack_kernel(
 }
 
 /// Hash weights resident on the device.
+#[derive(Debug, Clone)]
 pub struct DeviceHashWeights {
     pub heads: usize,
     pub dim: usize,

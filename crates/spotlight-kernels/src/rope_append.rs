@@ -39,11 +39,13 @@ fn rope_append_kernel<F: Float>(
     q: &mut Array<f32>,
     k_cache: &mut Array<F>,
     v_cache: &mut Array<F>,
+    k_rows: &mut Array<f32>,
     cap: u32,
     units: u32,
     #[comptime] q_heads: usize,
     #[comptime] kv_heads: usize,
     #[comptime] d: usize,
+    #[comptime] keep_keys: bool,
 ) {
     let i = ABSOLUTE_POS_X as usize;
     if i < units as usize {
@@ -70,6 +72,11 @@ fn rope_append_kernel<F: Float>(
                 let to = ((seq * kv_heads + h - q_heads) * cap as usize + pos) * d;
                 k_cache[to + j] = F::cast_from(lo);
                 k_cache[to + j + half] = F::cast_from(hi);
+                if comptime!(keep_keys) {
+                    let row = (r * kv_heads + h - q_heads) * d;
+                    k_rows[row + j] = lo;
+                    k_rows[row + j + half] = hi;
+                }
             }
         } else {
             let to = ((seq * kv_heads + h - q_heads - kv_heads) * cap as usize + pos) * d;
@@ -81,7 +88,8 @@ fn rope_append_kernel<F: Float>(
 
 /// qkv `[m][q_heads + 2·kv_heads][d]` (f32) → q `[m][q_heads][d]` (f32, rotated); K and V
 /// `[batch][kv_heads][cap][d]` of type `F` get row `pos` of sequence `seq` for each row.
-/// `cos`/`sin` are `[cap][d/2]`; `row_seq`/`row_pos` hold `places` on the device.
+/// `cos`/`sin` have at least `cap` rows of d/2; `row_seq`/`row_pos` hold `places` on the device.
+/// With `k_rows`, the rotated keys also go there as f32 `[m][kv_heads][d]` (for key hashing).
 #[allow(clippy::too_many_arguments)]
 pub fn rope_append<R: Runtime, F: Float + CubeElement>(
     client: &ComputeClient<R>,
@@ -92,6 +100,7 @@ pub fn rope_append<R: Runtime, F: Float + CubeElement>(
     (row_seq, row_pos): (&Handle, &Handle),
     q: &Handle,
     (k_cache, v_cache): (&Handle, &Handle),
+    k_rows: Option<&Handle>,
 ) -> Result<(), KernelError> {
     let RopeShape {
         q_heads,
@@ -139,11 +148,13 @@ pub fn rope_append<R: Runtime, F: Float + CubeElement>(
             arg(q, m * q_heads * d),
             arg(k_cache, cache_len),
             arg(v_cache, cache_len),
+            arg(k_rows.unwrap_or(q), m * kv_heads * d),
             cap as u32,
             units as u32,
             q_heads,
             kv_heads,
             d,
+            k_rows.is_some(),
         )
     };
     Ok(())

@@ -630,10 +630,11 @@ fn rope_append_rotates_q_and_writes_k_v_at_each_rows_place() {
         let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
         let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
         let cache_len = shape.batch * kv_heads * shape.cap * d;
-        let (q, kc, vc) = (
+        let (q, kc, vc, k_rows) = (
             filled_f32(&client, m * q_heads * d, f32::NAN),
             filled_f32(&client, cache_len, 7.0),
             filled_f32(&client, cache_len, 7.0),
+            filled_f32(&client, m * kv_heads * d, f32::NAN),
         );
         let column =
             |f: fn(&RowPlace) -> usize| places.iter().map(|p| f(p) as u32).collect::<Vec<_>>();
@@ -649,10 +650,15 @@ fn rope_append_rotates_q_and_writes_k_v_at_each_rows_place() {
             ),
             &q,
             (&kc, &vc),
+            Some(&k_rows),
         )
         .unwrap();
-        let (mut want_q, mut want_k, mut want_v) =
-            (Vec::new(), vec![7.0f32; cache_len], vec![7.0f32; cache_len]);
+        let (mut want_q, mut want_k, mut want_v, mut want_rows) = (
+            Vec::new(),
+            vec![7.0f32; cache_len],
+            vec![7.0f32; cache_len],
+            Vec::new(),
+        );
         for (r, p) in places.iter().enumerate() {
             let table = |t: &[f32]| t[p.pos * half..(p.pos + 1) * half].to_vec();
             let head = |h: usize| &qkv[(r * heads + h) * d..(r * heads + h + 1) * d];
@@ -663,6 +669,7 @@ fn rope_append_rotates_q_and_writes_k_v_at_each_rows_place() {
                 let at = ((p.seq * kv_heads + h) * shape.cap + p.pos) * d;
                 let k = reference::rotate_half(head(q_heads + h), &table(&cos), &table(&sin));
                 want_k[at..at + d].copy_from_slice(&k);
+                want_rows.extend(k);
                 want_v[at..at + d].copy_from_slice(head(q_heads + kv_heads + h));
             }
         }
@@ -670,6 +677,8 @@ fn rope_append_rotates_q_and_writes_k_v_at_each_rows_place() {
         assert_close(&read_f32(&client, q, want_q.len()), &want_q, 1e-6, &what);
         assert_close(&read_f32(&client, kc, cache_len), &want_k, 1e-6, &what);
         assert_close(&read_f32(&client, vc, cache_len), &want_v, 0.0, &what);
+        let kept = read_f32(&client, k_rows, want_rows.len());
+        assert_close(&kept, &want_rows, 1e-6, &what);
     }
     // A place past the capacity is an error, not a write.
     let shape = RopeShape {
@@ -689,8 +698,54 @@ fn rope_append_rotates_q_and_writes_k_v_at_each_rows_place() {
         (&h, &h),
         &h,
         (&h, &h),
+        None,
     );
     assert!(err.is_err());
+}
+
+#[test]
+fn place_rows_writes_each_row_at_its_place_only() {
+    use spotlight_kernels::copy::place_rows;
+    use spotlight_kernels::rope_append::RowPlace;
+    let client = client();
+    let (batch, cap, width) = (3, 5, 3);
+    let places = [
+        RowPlace { seq: 2, pos: 4 },
+        RowPlace { seq: 0, pos: 0 },
+        RowPlace { seq: 1, pos: 2 },
+    ];
+    let src: Vec<u32> = (0..places.len() as u32 * width as u32).collect();
+    let dst = filled_u32(&client, batch * cap * width, POISON);
+    let column = |f: fn(&RowPlace) -> usize| places.iter().map(|p| f(p) as u32).collect::<Vec<_>>();
+    let (seq, pos) = (
+        upload_u32(&client, &column(|p| p.seq)),
+        upload_u32(&client, &column(|p| p.pos)),
+    );
+    place_rows(
+        &client,
+        &upload_u32(&client, &src),
+        &places,
+        (&seq, &pos),
+        &dst,
+        (batch, cap, width),
+    )
+    .unwrap();
+    let mut want = vec![POISON; batch * cap * width];
+    for (r, p) in places.iter().enumerate() {
+        let at = (p.seq * cap + p.pos) * width;
+        want[at..at + width].copy_from_slice(&src[r * width..(r + 1) * width]);
+    }
+    assert_eq!(read_u32(&client, dst.clone(), want.len()), want);
+    let over = [RowPlace { seq: 0, pos: cap }];
+    assert!(place_rows(
+        &client,
+        &dst,
+        &over,
+        (&seq, &pos),
+        &dst,
+        (batch, cap, width)
+    )
+    .is_err());
 }
 
 #[test]

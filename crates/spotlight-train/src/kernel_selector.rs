@@ -21,6 +21,7 @@ use spotlight_kernels::attend::{attend, KvLayout, QueryRow, QueryRows};
 use spotlight_kernels::hash_pack::{hash_pack, DeviceHashWeights};
 use spotlight_kernels::select::{Selection as IndexLists, Selector};
 use spotlight_kernels::{AttendShape, CodeShape, KernelError, SequencePlan};
+use spotlight_llama::fast::FusedHash;
 use spotlight_llama::KeySelector;
 
 use crate::hash_file::HashFile;
@@ -219,6 +220,15 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> KeySelector<Cube<R, I, BT>>
         )
         .expect("query rows fit the cache");
         Some(tensor_of(&q, out, [batch, kv, g, d]))
+    }
+
+    fn fused_hash(&self) -> Option<FusedHash> {
+        // The fused decoder codes keys per KV head: the group layout.
+        (self.layout == Layout::Group).then(|| FusedHash {
+            query: self.query.clone(),
+            key: self.key.clone(),
+            bits: self.bits,
+        })
     }
 }
 

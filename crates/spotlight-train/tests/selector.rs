@@ -9,8 +9,9 @@ use burn::tensor::{Tensor, TensorData};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use spotlight_kernels::reference::{self, pack_signs};
 use spotlight_kernels::{Budget, CodeShape};
+use spotlight_llama::fast::StepRow;
 use spotlight_llama::synthetic::SyntheticWeights;
-use spotlight_llama::{KeySelector, Llama, LlamaConfig, SelectRows, Selection};
+use spotlight_llama::{KeySelector, Llama, LlamaBackend, LlamaConfig, SelectRows, Selection};
 use spotlight_train::quality::{Heads, Method};
 use spotlight_train::selector::{selector_for, Hash, Quest};
 use spotlight_train::{HashFile, HashHeader, HashMlp, LayerHash, Layout};
@@ -344,6 +345,39 @@ fn kernel_decode_matches_the_mask_path() {
             sparse > 1e-3,
             "{layout:?}: selection had no effect ({sparse})"
         );
+
+        // The fused decoder (spotlight_llama::fast) over the cache the kernel selector prefilled:
+        // the group layout runs fused and matches the mask path; the faithful one declines.
+        let mut cache = model.new_cache(2, 96).unwrap();
+        let kernel: Arc<dyn KeySelector<Gpu>> =
+            Arc::new(KernelHash::new("kernel", &file, heads(&c), &device).unwrap());
+        cache.selection = Some(Selection::new(kernel, budget, SelectRows::Decode));
+        let mut fused = host_gpu(model.forward_last(&prompts, &mut cache).unwrap());
+        let Some(mut decoder) = Gpu::fast_decoder(&model, &cache).unwrap() else {
+            assert_eq!(
+                layout,
+                Layout::Faithful,
+                "the group layout must decode fused"
+            );
+            continue;
+        };
+        assert_eq!(
+            layout,
+            Layout::Group,
+            "the faithful layout has no fused path"
+        );
+        assert!(decoder.full_batch());
+        for step in &steps {
+            let rows: Vec<StepRow> = step
+                .iter()
+                .enumerate()
+                .map(|(seq, &token)| StepRow { seq, token })
+                .collect();
+            fused.extend(decoder.step(&rows).unwrap());
+            assert!(decoder.read_share() < 1.0, "the budget leaves keys out");
+        }
+        let diff = max_abs_diff(&fused, &m);
+        assert!(diff < 1e-3, "fused decoder vs mask path differ by {diff}");
     }
 }
 

@@ -19,8 +19,9 @@ use spotlight_kernels::reference;
 
 use crate::cache::KvCache;
 use crate::error::LlamaError;
-use crate::fast::{handle_of, Decoder, DecoderWeights, FastDecode};
+use crate::fast::{handle_of, Decoder, DecoderWeights, FastDecode, SparseDecode};
 use crate::model::Llama;
+use crate::selector::SelectRows;
 
 /// Operations of a backend that can run a Llama-family model.
 pub trait LlamaBackend: Backend {
@@ -164,10 +165,21 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LlamaBacke
         model: &Llama<Self>,
         cache: &KvCache<Self>,
     ) -> Result<Option<Box<dyn FastDecode>>, LlamaError> {
-        // Dense attention only (sparse decode runs through the selector), no recorded queries.
-        if cache.selection.is_some() || cache.record_queries {
+        if cache.record_queries {
             return Ok(None);
         }
+        // Sparse attention needs a selector the decoder can run (the trained hash, group layout).
+        let sparse = match &cache.selection {
+            None => None,
+            Some(s) => match (s.rows, s.selector.fused_hash()) {
+                (SelectRows::Decode, Some(hash)) => Some(SparseDecode {
+                    hash,
+                    budget: s.budget,
+                    dense_layers: s.dense_layers,
+                }),
+                _ => return Ok(None),
+            },
+        };
         let Some(weights) = DecoderWeights::from_model(model) else {
             return Ok(None);
         };
@@ -186,6 +198,21 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LlamaBacke
             cache.capacity(),
             (handle_of(cos), handle_of(sin)),
         )?;
+        let decoder = match sparse {
+            None => decoder,
+            Some(sparse) => {
+                // Codes of the prefilled keys, as the selector stored them at insert.
+                let codes = cache
+                    .layers
+                    .iter()
+                    .map(|l| match &l.codes {
+                        Some(c) => handle_of(c),
+                        None => client_empty::<R>(&model.embed.device()),
+                    })
+                    .collect();
+                decoder.with_sparse(sparse, codes)?
+            }
+        };
         Ok(Some(Box::new(decoder)))
     }
 }
@@ -318,4 +345,9 @@ mod tests {
             }
         }
     }
+}
+
+/// A placeholder buffer (the code cache of a layer that never selects).
+fn client_empty<R: CubeRuntime>(device: &R::Device) -> burn_cubecl::cubecl::server::Handle {
+    R::client(device).empty(16)
 }

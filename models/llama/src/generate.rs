@@ -100,7 +100,8 @@ pub fn generate<B: LlamaBackend>(
     let mut first = true;
     let mut fused: Option<Box<dyn FastDecode>> = None;
     while !done.iter().all(|&d| d) {
-        if !first {
+        let active = input.iter().filter(|i| !i.is_empty()).count();
+        if !first && fused.is_none() {
             for (b, inp) in input.iter().enumerate() {
                 if !inp.is_empty() {
                     let len = cache.lens[b] + 1;
@@ -114,11 +115,14 @@ pub fn generate<B: LlamaBackend>(
         let mut row_of: Vec<usize> = (0..batch).collect();
         let logits = match fused.as_mut() {
             Some(decoder) => {
+                // A decoder that needs every sequence in each step gets finished ones too, fed
+                // their last token again (their outputs are dropped).
+                let every = decoder.full_batch();
                 let rows: Vec<StepRow> = (0..batch)
-                    .filter(|&b| !input[b].is_empty())
+                    .filter(|&b| every || !input[b].is_empty())
                     .map(|b| StepRow {
                         seq: b,
-                        token: input[b][0],
+                        token: input[b].first().or(seen[b].last()).copied().unwrap_or(0),
                     })
                     .collect();
                 for (i, r) in rows.iter().enumerate() {
@@ -126,6 +130,8 @@ pub fn generate<B: LlamaBackend>(
                 }
                 let logits = decoder.step(&rows)?;
                 stats.fused_launches = Some(decoder.launches());
+                read_sum += decoder.read_share() * active as f64;
+                read_steps += active;
                 logits
             }
             // sync: read the logits of every sequence's last position (one host round-trip per step).

@@ -64,6 +64,13 @@ pub trait KeySelector<B: Backend>: Send + Sync + Debug {
     ) -> Option<Tensor<B, 4>> {
         None
     }
+
+    /// The hash as the fused decoder runs it ([`crate::fast`]), for selectors that have one
+    /// (the trained hash in the group layout on a cube backend). `None` (the default): decoding
+    /// with this selector stays on tensor ops.
+    fn fused_hash(&self) -> Option<crate::fast::FusedHash> {
+        None
+    }
 }
 
 /// Which rows a selection applies to.

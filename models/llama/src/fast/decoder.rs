@@ -3,14 +3,17 @@
 use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::cubecl::server::Handle;
 use spotlight_kernels::attend::{attend, KvLayout, QueryRow, QueryRows};
-use spotlight_kernels::device::{read_f32, upload_f32, upload_u32};
+use spotlight_kernels::copy::place_rows;
+use spotlight_kernels::device::{check_bytes, read_f32, upload_f32, upload_u32};
 use spotlight_kernels::embed::embed;
 use spotlight_kernels::fill::random_uniform;
+use spotlight_kernels::hash_pack::hash_pack;
 use spotlight_kernels::linear::{linear_epilogue, Epilogue, MAX_ROWS};
 use spotlight_kernels::rms_norm::rms_norm;
 use spotlight_kernels::rope_append::{rope_append, RopeShape, RowPlace};
-use spotlight_kernels::{AttendShape, KernelError};
+use spotlight_kernels::{AttendShape, KernelError, SequencePlan};
 
+use super::sparse::{prunes, SparseDecode, SparseState};
 use super::weights::DecoderWeights;
 use super::FastDecode;
 use crate::error::LlamaError;
@@ -50,7 +53,9 @@ pub struct Decoder<R: Runtime, E: Float + CubeElement> {
     sin: Handle,
     scratch: Scratch,
     attend_shape: AttendShape,
+    sparse: Option<SparseState>,
     launches: usize,
+    read_share: f64,
     _element: std::marker::PhantomData<E>,
 }
 
@@ -88,6 +93,14 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
                 cap,
             }));
         }
+        let cache_bytes =
+            lens.len() * c.num_key_value_heads * cap * c.head_dim * core::mem::size_of::<E>();
+        for h in k.iter().chain(&v) {
+            check_bytes(h, cache_bytes, "KV cache buffer (bytes)").map_err(kernel)?;
+        }
+        let half = c.head_dim / 2;
+        check_bytes(&cos, 4 * cap * half, "RoPE table (bytes)").map_err(kernel)?;
+        check_bytes(&sin, 4 * cap * half, "RoPE table (bytes)").map_err(kernel)?;
         let attend_shape =
             AttendShape::dense(c.num_attention_heads, c.num_key_value_heads, c.head_dim)
                 .map_err(kernel)?;
@@ -131,7 +144,9 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
             sin,
             scratch,
             attend_shape,
+            sparse: None,
             launches: 0,
+            read_share: 1.0,
             _element: std::marker::PhantomData,
         })
     }
@@ -158,6 +173,38 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
         let v = (0..layers).map(|l| fill(l, 1)).collect();
         let tables = rope_tables(&client, config, cap);
         Self::new(client, weights, (k, v), vec![context; batch], cap, tables)
+    }
+
+    /// Switches decode attention to Spotlight Attention. `codes[l]` holds the key codes of the
+    /// tokens already cached in layer l (`[batch][cap][kv_heads][bits/32]` u32). Steps must then
+    /// cover every sequence, in order (the selection kernels index sequences by row).
+    pub fn with_sparse(
+        mut self,
+        decode: SparseDecode,
+        codes: Vec<Handle>,
+    ) -> Result<Self, LlamaError> {
+        let state = SparseState::new(
+            &self.client,
+            decode,
+            &self.weights.config,
+            (self.lens.len(), self.cap),
+            codes,
+        )
+        .map_err(kernel)?;
+        self.attend_shape = AttendShape::new(
+            self.attend_shape.q_heads,
+            self.attend_shape.kv_heads,
+            self.attend_shape.kv_heads,
+            self.attend_shape.head_dim,
+        )
+        .map_err(kernel)?;
+        self.sparse = Some(state);
+        Ok(self)
+    }
+
+    /// Share of the cached K/V rows the last step read, over all layers and rows.
+    pub fn read_share(&self) -> f64 {
+        self.read_share
     }
 
     pub fn weights(&self) -> &DecoderWeights {
@@ -206,6 +253,23 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
             }
             places.push(RowPlace { seq: r.seq, pos });
         }
+        if self.sparse.is_some() && rows.iter().enumerate().any(|(i, r)| r.seq != i)
+            || (self.sparse.is_some() && m != self.lens.len())
+        {
+            return Err(LlamaError::Invalid(
+                "sparse decode steps must cover every sequence, in order".into(),
+            ));
+        }
+        // Budgets of this step (each row sees its own new token too).
+        let plans = self
+            .sparse
+            .as_ref()
+            .map(|s| s.plans(&places.iter().map(|p| p.pos + 1).collect::<Vec<_>>()));
+        let plan_handle = plans
+            .as_ref()
+            .zip(self.sparse.as_ref())
+            .map(|(p, s)| s.selector.upload_plans(&self.client, p));
+        let max_len = places.iter().map(|p| p.pos + 1).max().unwrap_or(0);
         let client = &self.client;
         let s = &self.scratch;
         let (h, d) = (c.hidden_size, c.head_dim);
@@ -239,6 +303,10 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
         };
         let linears = m.div_ceil(MAX_ROWS);
         let w = &self.weights;
+        let sparse = self.sparse.as_ref();
+        let words = sparse.map_or(0, |s| s.shape.words());
+        let mut launches = 0;
+        let mut read = 0.0;
         embed::<R, E>(
             client,
             &w.embed,
@@ -249,6 +317,8 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
         )
         .map_err(kernel)?;
         for (l, lw) in w.layers.iter().enumerate() {
+            let coded = sparse.filter(|s| l >= s.decode.dense_layers);
+            let pruned = sparse.zip(plans.as_ref()).filter(|(s, p)| prunes(s, l, p));
             rms_norm(client, &s.x, &lw.attention_norm, &s.xn, m, h, eps).map_err(kernel)?;
             let qkv_width = (hq + 2 * hkv) * d;
             linear_epilogue::<R, E>(
@@ -271,8 +341,53 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
                 (&row_seq, &row_pos),
                 &s.q,
                 (&self.k[l], &self.v[l]),
+                coded.map(|c| &c.k_rows),
             )
             .map_err(kernel)?;
+            if let Some(c) = coded {
+                // The new keys' codes, into the code cache at their places.
+                hash_pack(client, &c.decode.hash.key[l], &c.k_rows, m, &c.k_codes)
+                    .map_err(kernel)?;
+                place_rows(
+                    client,
+                    &c.k_codes,
+                    &places,
+                    (&row_seq, &row_pos),
+                    &c.codes[l],
+                    (self.lens.len(), self.cap, hkv * words),
+                )
+                .map_err(kernel)?;
+                launches += 2;
+            }
+            let selection = match pruned {
+                Some((sp, p)) => {
+                    hash_pack(client, &sp.decode.hash.query[l], &s.q, m, &sp.q_codes)
+                        .map_err(kernel)?;
+                    let plan = plan_handle
+                        .as_ref()
+                        .expect("plans exist with a sparse state");
+                    sp.selector.run_uploaded(
+                        client,
+                        &sp.q_codes,
+                        &sp.codes[l],
+                        plan,
+                        max_len,
+                        &sp.lists,
+                    );
+                    launches += 4;
+                    read += p
+                        .iter()
+                        .map(|p| p.selected() as f64 / p.len as f64)
+                        .sum::<f64>()
+                        / m as f64;
+                    let longest = p.iter().map(SequencePlan::selected).max().unwrap_or(0);
+                    Some((&sp.lists, longest))
+                }
+                None => {
+                    read += 1.0;
+                    None
+                }
+            };
             attend::<R, E>(
                 client,
                 &self.attend_shape,
@@ -281,7 +396,7 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
                 &self.v[l],
                 kv,
                 &query_rows,
-                None,
+                selection,
                 &s.attended,
             )
             .map_err(kernel)?;
@@ -333,7 +448,8 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
         )
         .map_err(kernel)?;
         // embed + per layer (2 norms, rope, 2 attend, 4 linears) + final norm + head.
-        self.launches = 1 + c.num_hidden_layers * (5 + 4 * linears) + 1 + linears;
+        self.launches = launches + 1 + c.num_hidden_layers * (5 + 4 * linears) + 1 + linears;
+        self.read_share = read / c.num_hidden_layers as f64;
         for p in &places {
             self.lens[p.seq] += 1;
         }
@@ -351,6 +467,14 @@ impl<R: Runtime, E: Float + CubeElement> FastDecode for Decoder<R, E> {
 
     fn launches(&self) -> usize {
         self.launches
+    }
+
+    fn read_share(&self) -> f64 {
+        self.read_share
+    }
+
+    fn full_batch(&self) -> bool {
+        self.sparse.is_some()
     }
 }
 

@@ -14,9 +14,11 @@
 //! randomly filled cache ([`Decoder::synthetic`]).
 
 mod decoder;
+mod sparse;
 mod weights;
 
-pub use decoder::{Decoder, StepRow};
+pub use decoder::{rope_tables, Decoder, StepRow};
+pub use sparse::{FusedHash, SparseDecode};
 pub(crate) use weights::handle_of;
 pub use weights::{DecoderWeights, LayerWeights};
 
@@ -30,4 +32,8 @@ pub trait FastDecode {
     fn step(&mut self, rows: &[StepRow]) -> Result<Vec<f32>, LlamaError>;
     /// Kernel launches of the last step.
     fn launches(&self) -> usize;
+    /// Share of the cached K/V rows the last step read, over all layers and rows.
+    fn read_share(&self) -> f64;
+    /// Whether every step must cover all sequences, in order (sparse decoding).
+    fn full_batch(&self) -> bool;
 }

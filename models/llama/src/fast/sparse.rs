@@ -1,0 +1,108 @@
+//! Spotlight Attention inside the fused decoder (METHOD.md "Decoding"), group layout: each new
+//! key is hashed once per KV head as it enters the cache; each step hashes the query, scores
+//! every cached code by XOR + popcount, selects sink + top-k + window per KV head and attends
+//! over the selected rows only. Layers below `dense_layers` stay dense.
+
+use burn_cubecl::cubecl::prelude::*;
+use burn_cubecl::cubecl::server::Handle;
+use spotlight_kernels::device::check_bytes;
+use spotlight_kernels::hash_pack::DeviceHashWeights;
+use spotlight_kernels::select::{Selection as IndexLists, Selector};
+use spotlight_kernels::{Budget, CodeShape, KernelError, SequencePlan};
+
+use crate::config::LlamaConfig;
+
+/// A trained hash on the device, in the group layout: one query network per query head and
+/// one key network per KV head, for every layer.
+#[derive(Debug, Clone)]
+pub struct FusedHash {
+    pub query: Vec<DeviceHashWeights>,
+    pub key: Vec<DeviceHashWeights>,
+    pub bits: usize,
+}
+
+/// What the decoder needs to attend sparsely.
+#[derive(Debug, Clone)]
+pub struct SparseDecode {
+    pub hash: FusedHash,
+    pub budget: Budget,
+    pub dense_layers: usize,
+}
+
+/// Device state of sparse decoding: key codes per layer and per-step workspaces.
+pub(super) struct SparseState {
+    pub decode: SparseDecode,
+    pub shape: CodeShape,
+    /// Per layer `[batch][cap][kv_heads][words]` u32 (unused for dense layers).
+    pub codes: Vec<Handle>,
+    pub selector: Selector,
+    pub lists: IndexLists,
+    /// This step's query codes `[rows][q_heads][words]`.
+    pub q_codes: Handle,
+    /// This step's rotated keys `[rows][kv_heads][d]` f32, and their codes.
+    pub k_rows: Handle,
+    pub k_codes: Handle,
+}
+
+impl SparseState {
+    /// `codes` holds the codes of the keys already cached, one buffer per layer.
+    pub fn new<R: Runtime>(
+        client: &ComputeClient<R>,
+        decode: SparseDecode,
+        config: &LlamaConfig,
+        (batch, cap): (usize, usize),
+        codes: Vec<Handle>,
+    ) -> Result<Self, KernelError> {
+        let layers = config.num_hidden_layers;
+        let (hq, hkv, d) = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        );
+        let h = &decode.hash;
+        let heads_ok = h.query.len() == layers
+            && h.key.len() == layers
+            && codes.len() == layers
+            && h.query.iter().all(|w| w.heads == hq && w.dim == d)
+            && h.key.iter().all(|w| w.heads == hkv && w.dim == d);
+        if !heads_ok {
+            return Err(KernelError::Length {
+                what: "hash networks per layer (query heads, KV heads) and code buffers",
+                expected: layers,
+                got: h.query.len().min(h.key.len()).min(codes.len()),
+            });
+        }
+        decode.budget.validate()?;
+        let shape = CodeShape::new(hq, hkv, h.bits)?;
+        for c in &codes[decode.dense_layers.min(layers)..] {
+            check_bytes(
+                c,
+                4 * batch * cap * hkv * shape.words(),
+                "key code cache (bytes)",
+            )?;
+        }
+        let selector = Selector::new(client, shape, batch, cap)?;
+        let most = decode.budget.plan(cap).selected().max(1);
+        let words = shape.words();
+        Ok(Self {
+            lists: IndexLists::new(client, batch, hkv, most, 0),
+            selector,
+            shape,
+            codes,
+            q_codes: client.empty(4 * batch * hq * words),
+            k_rows: client.empty(4 * batch * hkv * d),
+            k_codes: client.empty(4 * batch * hkv * words),
+            decode,
+        })
+    }
+
+    pub fn plans(&self, lens: &[usize]) -> Vec<SequencePlan> {
+        lens.iter().map(|&n| self.decode.budget.plan(n)).collect()
+    }
+}
+
+/// Whether a layer attends sparsely this step: past the dense layers and some budget leaves
+/// keys out (a budget that keeps every key is dense attention).
+pub(super) fn prunes(state: &SparseState, layer: usize, plans: &[SequencePlan]) -> bool {
+    layer >= state.decode.dense_layers && plans.iter().any(|p| p.selected() < p.len)
+}
