@@ -22,6 +22,9 @@ pub enum BenchCommand {
     Linear(crate::bench_linear::LinearBenchArgs),
     /// Hash-training step time on synthetic q/k of a model's shape.
     Train(crate::bench_train::TrainBenchArgs),
+    /// Fused decode steps (dense and Spotlight) at Llama-3-8B / SmolLM2 shapes, SYNTHETIC bf16
+    /// weights, cache filled at random to each context (CUDA).
+    Decode(crate::bench_decode::DecodeBenchArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -95,6 +98,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Retrieval(args) => return crate::bench_retrieval::run(args),
         BenchCommand::Linear(args) => return crate::bench_linear::run(args),
         BenchCommand::Train(args) => return crate::bench_train::run(args),
+        BenchCommand::Decode(args) => return crate::bench_decode::run(args),
     };
     if args.runs == 0 || args.new_tokens < 2 || args.batch.contains(&0) {
         return Err(CliError::Usage(

@@ -5,6 +5,7 @@ pub mod assets;
 pub mod attention_args;
 pub mod backend;
 pub mod bench;
+pub mod bench_decode;
 pub mod bench_linear;
 pub mod bench_retrieval;
 pub mod bench_train;

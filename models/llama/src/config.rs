@@ -108,6 +108,49 @@ impl LlamaConfig {
         }
     }
 
+    /// Architectures by name, for benchmarks with SYNTHETIC weights: `llama3-8b` (Meta-Llama-3.1-8B's
+    /// config.json) and `smollm2-135m` (SmolLM2-135M's).
+    pub fn preset(name: &str) -> Option<Self> {
+        match name {
+            "llama3-8b" => Some(Self {
+                vocab_size: 128_256,
+                hidden_size: 4096,
+                intermediate_size: 14_336,
+                num_hidden_layers: 32,
+                num_attention_heads: 32,
+                num_key_value_heads: 8,
+                head_dim: 128,
+                rms_norm_eps: 1e-5,
+                rope_theta: 500_000.0,
+                rope_scaling: Some(RopeScaling::Llama3 {
+                    factor: 8.0,
+                    low_freq_factor: 1.0,
+                    high_freq_factor: 4.0,
+                    original_max_position_embeddings: 8192,
+                }),
+                max_position_embeddings: 131_072,
+                tie_word_embeddings: false,
+                attention_bias: false,
+            }),
+            "smollm2-135m" => Some(Self {
+                vocab_size: 49_152,
+                hidden_size: 576,
+                intermediate_size: 1536,
+                num_hidden_layers: 30,
+                num_attention_heads: 9,
+                num_key_value_heads: 3,
+                head_dim: 64,
+                rms_norm_eps: 1e-5,
+                rope_theta: 100_000.0,
+                rope_scaling: None,
+                max_position_embeddings: 8192,
+                tie_word_embeddings: true,
+                attention_bias: false,
+            }),
+            _ => None,
+        }
+    }
+
     /// Parses an HF `config.json` (Llama 2/3, Mistral, Qwen2/2.5, SmolLM2).
     pub fn from_hf_json(json: &str) -> Result<Self, LlamaError> {
         let hf: HfConfig = serde_json::from_str(json)

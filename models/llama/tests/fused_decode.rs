@@ -110,3 +110,79 @@ fn fused_decode_rejects_bad_rows() {
     let err = decoder.step(&[row(0, 1)]).unwrap_err().to_string();
     assert!(err.contains("exceeds the context"), "{err}");
 }
+
+/// The SYNTHETIC decoder the benchmarks build (random weights and cache on the device): a step
+/// repeated after `rewind` gives the same logits, and Spotlight with a budget that keeps every
+/// key gives dense attention's logits while a small budget changes them.
+#[test]
+fn synthetic_decoder_rewinds_and_full_budget_spotlight_is_dense() {
+    use burn::backend::wgpu::WgpuRuntime;
+    use burn_cubecl::cubecl::Runtime;
+    use spotlight_kernels::Budget;
+    use spotlight_llama::fast::{random_codes, Decoder, FastDecode, SparseDecode, StepParts};
+    let c = LlamaConfig {
+        vocab_size: 67,
+        hidden_size: 128,
+        intermediate_size: 72,
+        num_hidden_layers: 4,
+        ..LlamaConfig::attention_shape(4, 4, 2, 64, 256)
+    };
+    let client = WgpuRuntime::client(&WgpuDevice::DefaultDevice);
+    let (batch, context) = (2, 150);
+    let mut decoder =
+        Decoder::<WgpuRuntime, f32>::synthetic(client.clone(), &c, batch, context, 4, 3).unwrap();
+    let rows = [StepRow { seq: 0, token: 5 }, StepRow { seq: 1, token: 66 }];
+    let start = vec![context; batch];
+    let mut logits = |decoder: &mut Decoder<WgpuRuntime, f32>| {
+        decoder.rewind(&start).unwrap();
+        let out = decoder.step(&rows).unwrap();
+        assert!(out.iter().all(|v| v.is_finite()));
+        out
+    };
+    let dense = logits(&mut decoder);
+    assert_eq!(
+        logits(&mut decoder),
+        dense,
+        "a rewound step repeats exactly"
+    );
+    // Parts alone run too (benchmarks time them), and advance the cache.
+    decoder.rewind(&start).unwrap();
+    let parts = StepParts {
+        weights: false,
+        attention: true,
+        retrieval: true,
+    };
+    decoder.launch_parts(&rows, parts).unwrap();
+    assert_eq!(decoder.lens(), &[context + 1, context + 1]);
+
+    let budget = |fraction| Budget {
+        fraction,
+        ..Budget::default()
+    };
+    let mut sparse = |fraction| {
+        let s = SparseDecode::synthetic(&client, &c, budget(fraction), 9).unwrap();
+        let codes = random_codes(&client, &c, (batch, context + 4), 1);
+        decoder.set_sparse(Some((s, codes))).unwrap();
+        let out = logits(&mut decoder);
+        (out, decoder.read_share())
+    };
+    let (full, share) = sparse(1.0);
+    assert_eq!(share, 1.0);
+    let diff = full
+        .iter()
+        .zip(&dense)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff < 1e-4, "full budget vs dense: {diff}");
+    let (small, share) = sparse(0.02);
+    assert!(share < 0.8, "read share {share}");
+    let diff = small
+        .iter()
+        .zip(&dense)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff > 1e-4, "a 2% budget had no effect");
+    // Sparse steps must cover every sequence in order.
+    let err = decoder.step(&rows[1..]).unwrap_err().to_string();
+    assert!(err.contains("every sequence"), "{err}");
+}

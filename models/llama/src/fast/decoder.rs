@@ -26,6 +26,25 @@ pub struct StepRow {
     pub token: u32,
 }
 
+/// Which parts of a decode step to launch (all of them, except when a benchmark times parts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepParts {
+    /// Embedding, norms, every projection and the LM head.
+    pub weights: bool,
+    /// RoPE + cache append and attention over the cache (or the selected rows).
+    pub attention: bool,
+    /// Spotlight's key and query hashing and the selection (sparse decoding only).
+    pub retrieval: bool,
+}
+
+impl StepParts {
+    pub const ALL: Self = Self {
+        weights: true,
+        attention: true,
+        retrieval: true,
+    };
+}
+
 /// Per-step activations, sized for every sequence decoding at once.
 struct Scratch {
     /// The residual stream `[rows][hidden]`.
@@ -183,6 +202,19 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
         decode: SparseDecode,
         codes: Vec<Handle>,
     ) -> Result<Self, LlamaError> {
+        self.set_sparse(Some((decode, codes)))?;
+        Ok(self)
+    }
+
+    /// [`Self::with_sparse`] in place; `None` goes back to dense attention.
+    pub fn set_sparse(
+        &mut self,
+        sparse: Option<(SparseDecode, Vec<Handle>)>,
+    ) -> Result<(), LlamaError> {
+        let Some((decode, codes)) = sparse else {
+            self.sparse = None;
+            return Ok(());
+        };
         let state = SparseState::new(
             &self.client,
             decode,
@@ -191,15 +223,9 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
             codes,
         )
         .map_err(kernel)?;
-        self.attend_shape = AttendShape::new(
-            self.attend_shape.q_heads,
-            self.attend_shape.kv_heads,
-            self.attend_shape.kv_heads,
-            self.attend_shape.head_dim,
-        )
-        .map_err(kernel)?;
+        // Group layout: the code sets are the KV heads, as in the dense attend shape.
         self.sparse = Some(state);
-        Ok(self)
+        Ok(())
     }
 
     /// Share of the cached K/V rows the last step read, over all layers and rows.
@@ -215,6 +241,19 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
         &self.lens
     }
 
+    /// Sets each sequence's length back (benchmarks repeat steps at one context; rows past the
+    /// new lengths are simply overwritten by the next steps).
+    pub fn rewind(&mut self, lens: &[usize]) -> Result<(), LlamaError> {
+        if lens.len() != self.lens.len() || lens.iter().zip(&self.lens).any(|(a, b)| a > b) {
+            return Err(LlamaError::Invalid(format!(
+                "rewind to {lens:?} from {:?}: lengths can only shrink",
+                self.lens
+            )));
+        }
+        self.lens.copy_from_slice(lens);
+        Ok(())
+    }
+
     /// Waits for every launched kernel (benchmarks time whole steps).
     pub fn sync(&self) -> Result<(), LlamaError> {
         burn_cubecl::cubecl::future::block_on(self.client.sync())
@@ -223,6 +262,12 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
 
     /// Runs one decode step without reading the logits back (benchmarks); see [`FastDecode::step`].
     pub fn launch_step(&mut self, rows: &[StepRow]) -> Result<(), LlamaError> {
+        self.launch_parts(rows, StepParts::ALL)
+    }
+
+    /// [`Self::launch_step`] running only some parts of the step (benchmarks time each part
+    /// alone; the skipped parts' buffers keep their last contents). The cache lengths advance.
+    pub fn launch_parts(&mut self, rows: &[StepRow], parts: StepParts) -> Result<(), LlamaError> {
         let c = self.weights.config.clone();
         let m = rows.len();
         if m == 0 {
@@ -307,43 +352,52 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
         let words = sparse.map_or(0, |s| s.shape.words());
         let mut launches = 0;
         let mut read = 0.0;
-        embed::<R, E>(
-            client,
-            &w.embed,
-            (c.vocab_size, h),
-            &tokens,
-            &upload_u32(client, &tokens),
-            &s.x,
-        )
-        .map_err(kernel)?;
+        if parts.weights {
+            embed::<R, E>(
+                client,
+                &w.embed,
+                (c.vocab_size, h),
+                &tokens,
+                &upload_u32(client, &tokens),
+                &s.x,
+            )
+            .map_err(kernel)?;
+            launches += 1;
+        }
         for (l, lw) in w.layers.iter().enumerate() {
-            let coded = sparse.filter(|s| l >= s.decode.dense_layers);
+            let coded = sparse.filter(|s| parts.retrieval && l >= s.decode.dense_layers);
             let pruned = sparse.zip(plans.as_ref()).filter(|(s, p)| prunes(s, l, p));
-            rms_norm(client, &s.x, &lw.attention_norm, &s.xn, m, h, eps).map_err(kernel)?;
-            let qkv_width = (hq + 2 * hkv) * d;
-            linear_epilogue::<R, E>(
-                client,
-                &s.xn,
-                &lw.qkv,
-                Epilogue::Store,
-                &s.qkv,
-                m,
-                h,
-                qkv_width,
-            )
-            .map_err(kernel)?;
-            rope_append::<R, E>(
-                client,
-                &rope_shape,
-                &s.qkv,
-                (&self.cos, &self.sin),
-                &places,
-                (&row_seq, &row_pos),
-                &s.q,
-                (&self.k[l], &self.v[l]),
-                coded.map(|c| &c.k_rows),
-            )
-            .map_err(kernel)?;
+            if parts.weights {
+                rms_norm(client, &s.x, &lw.attention_norm, &s.xn, m, h, eps).map_err(kernel)?;
+                let qkv_width = (hq + 2 * hkv) * d;
+                linear_epilogue::<R, E>(
+                    client,
+                    &s.xn,
+                    &lw.qkv,
+                    Epilogue::Store,
+                    &s.qkv,
+                    m,
+                    h,
+                    qkv_width,
+                )
+                .map_err(kernel)?;
+                launches += 1 + linears;
+            }
+            if parts.attention || coded.is_some() {
+                launches += 1;
+                rope_append::<R, E>(
+                    client,
+                    &rope_shape,
+                    &s.qkv,
+                    (&self.cos, &self.sin),
+                    &places,
+                    (&row_seq, &row_pos),
+                    &s.q,
+                    (&self.k[l], &self.v[l]),
+                    coded.map(|c| &c.k_rows),
+                )
+                .map_err(kernel)?;
+            }
             if let Some(c) = coded {
                 // The new keys' codes, into the code cache at their places.
                 hash_pack(client, &c.decode.hash.key[l], &c.k_rows, m, &c.k_codes)
@@ -361,20 +415,23 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
             }
             let selection = match pruned {
                 Some((sp, p)) => {
-                    hash_pack(client, &sp.decode.hash.query[l], &s.q, m, &sp.q_codes)
-                        .map_err(kernel)?;
-                    let plan = plan_handle
-                        .as_ref()
-                        .expect("plans exist with a sparse state");
-                    sp.selector.run_uploaded(
-                        client,
-                        &sp.q_codes,
-                        &sp.codes[l],
-                        plan,
-                        max_len,
-                        &sp.lists,
-                    );
-                    launches += 4;
+                    if parts.retrieval {
+                        hash_pack(client, &sp.decode.hash.query[l], &s.q, m, &sp.q_codes)
+                            .map_err(kernel)?;
+                        let plan = plan_handle
+                            .as_ref()
+                            .expect("plans exist with a sparse state");
+                        // score_hist, count, compact.
+                        sp.selector.run_uploaded(
+                            client,
+                            &sp.q_codes,
+                            &sp.codes[l],
+                            plan,
+                            max_len,
+                            &sp.lists,
+                        );
+                        launches += 4;
+                    }
                     read += p
                         .iter()
                         .map(|p| p.selected() as f64 / p.len as f64)
@@ -388,18 +445,26 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
                     None
                 }
             };
-            attend::<R, E>(
-                client,
-                &self.attend_shape,
-                &s.q,
-                &self.k[l],
-                &self.v[l],
-                kv,
-                &query_rows,
-                selection,
-                &s.attended,
-            )
-            .map_err(kernel)?;
+            if parts.attention {
+                // partial + combine.
+                attend::<R, E>(
+                    client,
+                    &self.attend_shape,
+                    &s.q,
+                    &self.k[l],
+                    &self.v[l],
+                    kv,
+                    &query_rows,
+                    selection,
+                    &s.attended,
+                )
+                .map_err(kernel)?;
+                launches += 2;
+            }
+            if !parts.weights {
+                continue;
+            }
+            launches += 1 + 3 * linears;
             linear_epilogue::<R, E>(
                 client,
                 &s.attended,
@@ -435,20 +500,22 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
             )
             .map_err(kernel)?;
         }
-        rms_norm(client, &s.x, &w.norm, &s.xn, m, h, eps).map_err(kernel)?;
-        linear_epilogue::<R, E>(
-            client,
-            &s.xn,
-            &w.lm_head,
-            Epilogue::Store,
-            &s.logits,
-            m,
-            h,
-            c.vocab_size,
-        )
-        .map_err(kernel)?;
-        // embed + per layer (2 norms, rope, 2 attend, 4 linears) + final norm + head.
-        self.launches = launches + 1 + c.num_hidden_layers * (5 + 4 * linears) + 1 + linears;
+        if parts.weights {
+            rms_norm(client, &s.x, &w.norm, &s.xn, m, h, eps).map_err(kernel)?;
+            linear_epilogue::<R, E>(
+                client,
+                &s.xn,
+                &w.lm_head,
+                Epilogue::Store,
+                &s.logits,
+                m,
+                h,
+                c.vocab_size,
+            )
+            .map_err(kernel)?;
+            launches += 1 + linears;
+        }
+        self.launches = launches;
         self.read_share = read / c.num_hidden_layers as f64;
         for p in &places {
             self.lens[p.seq] += 1;

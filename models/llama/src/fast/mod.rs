@@ -17,8 +17,8 @@ mod decoder;
 mod sparse;
 mod weights;
 
-pub use decoder::{rope_tables, Decoder, StepRow};
-pub use sparse::{FusedHash, SparseDecode};
+pub use decoder::{rope_tables, Decoder, StepParts, StepRow};
+pub use sparse::{random_codes, FusedHash, SparseDecode};
 pub(crate) use weights::handle_of;
 pub use weights::{DecoderWeights, LayerWeights};
 

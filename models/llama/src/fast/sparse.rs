@@ -6,11 +6,14 @@
 use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::cubecl::server::Handle;
 use spotlight_kernels::device::check_bytes;
+use spotlight_kernels::fill::random_bits;
 use spotlight_kernels::hash_pack::DeviceHashWeights;
+use spotlight_kernels::reference::HashWeights;
 use spotlight_kernels::select::{Selection as IndexLists, Selector};
 use spotlight_kernels::{Budget, CodeShape, KernelError, SequencePlan};
 
 use crate::config::LlamaConfig;
+use crate::synthetic::random_vec;
 
 /// A trained hash on the device, in the group layout: one query network per query head and
 /// one key network per KV head, for every layer.
@@ -105,4 +108,63 @@ impl SparseState {
 /// keys out (a budget that keeps every key is dense attention).
 pub(super) fn prunes(state: &SparseState, layer: usize, plans: &[SequencePlan]) -> bool {
     layer >= state.decode.dense_layers && plans.iter().any(|p| p.selected() < p.len)
+}
+
+impl SparseDecode {
+    /// SYNTHETIC random hash networks of `config`'s shape (codes of `head_dim` bits), for
+    /// benchmarks: what they retrieve means nothing, what they cost is the real cost.
+    pub fn synthetic<R: Runtime>(
+        client: &ComputeClient<R>,
+        config: &LlamaConfig,
+        budget: Budget,
+        seed: u64,
+    ) -> Result<Self, KernelError> {
+        let d = config.head_dim;
+        let mut next = seed;
+        let mut nets = |heads: usize| -> Result<DeviceHashWeights, KernelError> {
+            let mut draw = |n: usize| {
+                next += 1;
+                random_vec(n, next, 1.0 / (d as f32).sqrt())
+            };
+            let w = HashWeights::new(
+                heads,
+                d,
+                draw(heads * d * d),
+                draw(heads * d),
+                draw(heads * d * d),
+                draw(heads * d),
+            )?;
+            Ok(DeviceHashWeights::upload(client, &w))
+        };
+        let layers = config.num_hidden_layers;
+        let query = (0..layers)
+            .map(|_| nets(config.num_attention_heads))
+            .collect::<Result<_, _>>()?;
+        let key = (0..layers)
+            .map(|_| nets(config.num_key_value_heads))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            hash: FusedHash {
+                query,
+                key,
+                bits: d,
+            },
+            budget,
+            dense_layers: 2,
+        })
+    }
+}
+
+/// SYNTHETIC key codes (random bits) for a randomly filled cache of `batch` × `cap` tokens,
+/// one buffer per layer.
+pub fn random_codes<R: Runtime>(
+    client: &ComputeClient<R>,
+    config: &LlamaConfig,
+    (batch, cap): (usize, usize),
+    seed: u32,
+) -> Vec<Handle> {
+    let words = batch * cap * config.num_key_value_heads * config.head_dim / 32;
+    (0..config.num_hidden_layers as u32)
+        .map(|l| random_bits(client, words, seed.wrapping_add(l)))
+        .collect()
 }

@@ -80,9 +80,10 @@ impl DecoderWeights {
         }
     }
 
-    /// Bytes of weights one decode step streams (every projection and the LM head once).
-    pub fn step_bytes(&self, element_bytes: usize) -> usize {
-        let c = &self.config;
+    /// Bytes of weights one decode step streams (every projection and the LM head once) for
+    /// `config` with elements of `element_bytes`.
+    pub fn bytes(config: &LlamaConfig, element_bytes: usize) -> usize {
+        let c = config;
         let d = c.head_dim;
         let per_layer = c.hidden_size
             * ((c.num_attention_heads + 2 * c.num_key_value_heads) * d

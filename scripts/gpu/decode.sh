@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Fast decode on the H200 (issue 6 and the end-to-end decode of issue 5), in two stages:
+#   STAGE=kernels (no model; carry .gpu): `spotlight bench linear` (+ PyTorch F.linear) and
+#     `spotlight bench decode` (fused decoder, SYNTHETIC bf16 Llama-3-8B / SmolLM2 shapes, dense
+#     and Spotlight, + a PyTorch eager decode of the same shapes) → $OUT/linear.json, decode.json.
+#   STAGE=model (after .gpu1 and .gpu2 are on the machine): `spotlight bench generate` with the real
+#     SmolLM2 at 4K, fused vs Burn tensor decode, dense and Spotlight, and `spotlight check`
+#     (cpu vs cuda, which now decodes fused) → $OUT/generate.json, check.json.
+# DECODE_ARGS / GENERATE_ARGS add flags. See scripts/gpu/README.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+: "${OUT:?run this through the device tool}"
+case "${STAGE:-kernels}" in
+kernels)
+  source scripts/gpu/bin.sh
+  /tmp/spotlight bench linear --out "$OUT/linear_ours.json" 2>&1 | tail -n 30
+  python3 benches/peers/linear_torch.py --ours "$OUT/linear_ours.json" --out "$OUT/linear.json" | tail -n 3
+  # shellcheck disable=SC2086
+  /tmp/spotlight bench decode --shapes llama3-8b,smollm2-135m ${DECODE_ARGS:-} \
+    --out "$OUT/decode_ours.json" 2>&1 | tail -n 40
+  python3 benches/peers/decode_torch.py --ours "$OUT/decode_ours.json" --out "$OUT/decode.json"
+  ;;
+model)
+  source scripts/gpu/home.sh
+  hash=models/hash/SmolLM2-135M-Instruct.Q4_1.gguf.group.safetensors
+  # shellcheck disable=SC2086
+  /tmp/spotlight bench generate --backend cuda --attentions dense,spotlight --hash "$hash" \
+    --decode-paths fused,tensor --batch 1,4,16 --prompt-tokens 4096 --new-tokens 64 --runs 2 \
+    ${GENERATE_ARGS:-} --out "$OUT/generate.json" 2>&1 | tail -n 30
+  /tmp/spotlight check --backends cpu,cuda --out "$OUT/check.json" 2>&1 | tail -n 12
+  ;;
+*)
+  echo "STAGE must be kernels or model" >&2
+  exit 2
+  ;;
+esac
