@@ -27,7 +27,7 @@ model)
   /tmp/spotlight bench generate --backend cuda --attentions dense,spotlight --hash "$hash" \
     --decode-paths fused,tensor --batch 1,4,16 --prompt-tokens 4096 --new-tokens 64 --runs 2 \
     ${GENERATE_ARGS:-} --out "$OUT/generate.json" 2>&1 | tail -n 30
-  /tmp/spotlight check --backends cpu,cuda --out "$OUT/check.json" 2>&1 | tail -n 12
+  /tmp/spotlight check --backends cpu,cuda --json "$OUT/check.json" 2>&1 | tail -n 12
   ;;
 *)
   echo "STAGE must be kernels or model" >&2
