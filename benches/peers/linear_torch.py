@@ -18,9 +18,12 @@ def main():
     a = ap.parse_args()
     report = json.load(open(a.ours))
     report["torch"] = torch.__version__
-    cache = {}
+    cache, timed = {}, {}
     for row in report["rows"]:
         k, n, m = row["k"], row["n"], row["m"]
+        if (k, n, m) in timed:  # another tiling of ours: same torch call
+            row["torch_us"], row["torch_gbps"] = timed[(k, n, m)]
+            continue
         if (k, n) not in cache:
             cache.clear()
             torch.cuda.empty_cache()
@@ -33,6 +36,7 @@ def main():
         us = median_us(lambda i: F.linear(x, ws[i % len(ws)]), a.runs)
         row["torch_us"] = us
         row["torch_gbps"] = row["weight_bytes"] / (us * 1e3)
+        timed[(k, n, m)] = (row["torch_us"], row["torch_gbps"])
         print(f"{row['name']} m{m}: torch {us:.1f} µs ({row['torch_gbps']:.0f} GB/s), ours {row['us']:.1f} µs ({row['gbps']:.0f} GB/s)", flush=True)
     json.dump(report, open(a.out, "w"), indent=1)
     print("wrote", a.out)

@@ -10,7 +10,7 @@ use half::bf16;
 use serde::Serialize;
 use spotlight_kernels::device::read_f32;
 use spotlight_kernels::fill::random_uniform;
-use spotlight_kernels::linear::linear;
+use spotlight_kernels::linear::{linear_with, Epilogue, Tiling};
 use spotlight_kernels::reference;
 
 use crate::backend::BackendKind;
@@ -27,11 +27,19 @@ pub struct LinearBenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "llama3-8b.qo:4096:4096,llama3-8b.kv:4096:1024,llama3-8b.gate_up:4096:14336,llama3-8b.down:14336:4096,smollm2.qo:576:576,smollm2.kv:576:192,smollm2.gate_up:576:1536,smollm2.down:1536:576"
+        default_value = "llama3-8b.qkv:4096:6144,llama3-8b.qo:4096:4096,llama3-8b.kv:4096:1024,llama3-8b.gate_up:4096:14336,llama3-8b.down:14336:4096,smollm2.qkv:576:960,smollm2.qo:576:576,smollm2.kv:576:192,smollm2.gate_up:576:1536,smollm2.down:1536:576"
     )]
     pub shapes: Vec<String>,
     #[arg(long, default_value_t = 20)]
     pub runs: usize,
+    /// Tilings tried per shape and row count, as columns-per-plane x loads-in-flight; the
+    /// default tiling for the row count (what the decoder uses) is always run and flagged.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1x4,1x8,2x2,2x4,4x1,4x2,8x1"
+    )]
+    pub tilings: Vec<String>,
     /// Output JSON file.
     #[arg(long)]
     pub out: PathBuf,
@@ -43,6 +51,10 @@ struct Row {
     k: usize,
     n: usize,
     m: usize,
+    /// columns per plane x loads in flight
+    tiling: String,
+    /// The tiling the decoder uses for this row count.
+    default_tiling: bool,
     weight_bytes: usize,
     us: f64,
     gbps: f64,
@@ -61,6 +73,17 @@ struct Report {
     weights: &'static str,
     note: &'static str,
     rows: Vec<Row>,
+}
+
+fn parse_tiling(s: &str) -> Result<Tiling> {
+    let bad = || CliError::Usage(format!("tiling {s:?}: expected COLSxIN_FLIGHT, each 1..=8"));
+    let (c, f) = s.split_once('x').ok_or_else(bad)?;
+    match (c.parse::<usize>(), f.parse::<usize>()) {
+        (Ok(cols), Ok(in_flight)) if (1..=8).contains(&cols) && (1..=8).contains(&in_flight) => {
+            Ok(Tiling { cols, in_flight })
+        }
+        _ => Err(bad()),
+    }
 }
 
 fn parse(s: &str) -> Result<(String, usize, usize)> {
@@ -89,6 +112,11 @@ pub fn run(args: LinearBenchArgs) -> Result<()> {
             "--runs ≥ 1 and rows in 1..=16 are required".into(),
         ));
     }
+    let tilings = args
+        .tilings
+        .iter()
+        .map(|t| parse_tiling(t))
+        .collect::<Result<Vec<_>>>()?;
     let shapes = args
         .shapes
         .iter()
@@ -110,35 +138,55 @@ pub fn run(args: LinearBenchArgs) -> Result<()> {
         for &m in &args.rows {
             let x = random_uniform::<_, f32>(&client, m * k, 3);
             let y = client.empty(4 * m * n);
-            let call = |i: usize| {
-                linear::<_, bf16>(&client, &x, &weights[i % copies], &y, m, k, n).expect("checked")
-            };
-            call(0);
-            let verified = verify(&client, &x, &weights[0], &y, m, k, n);
-            let us = median(
-                (0..args.runs)
-                    .map(|i| {
-                        time(&client, || (0..REPS).for_each(|r| call(i * REPS + r))) / REPS as f64
-                    })
-                    .collect(),
-            );
-            let row_gbps = bytes as f64 / (us * 1e3);
-            eprintln!(
-                "{name} {k}→{n} m{m}: {us:.1} µs, {row_gbps:.0} GB/s ({:.0}% of copy){}",
+            let default = Tiling::for_rows(m);
+            let mut tried = vec![default];
+            tried.extend(tilings.iter().filter(|&&t| t != default));
+            for tiling in tried {
+                let call = |i: usize| {
+                    linear_with::<_, bf16>(
+                        &client,
+                        &x,
+                        &weights[i % copies],
+                        Epilogue::Store,
+                        &y,
+                        m,
+                        k,
+                        n,
+                        tiling,
+                    )
+                    .expect("checked")
+                };
+                call(0);
+                let verified = verify(&client, &x, &weights[0], &y, m, k, n);
+                let us = median(
+                    (0..args.runs)
+                        .map(|i| {
+                            time(&client, || (0..REPS).for_each(|r| call(i * REPS + r)))
+                                / REPS as f64
+                        })
+                        .collect(),
+                );
+                let row_gbps = bytes as f64 / (us * 1e3);
+                let tiling_name = format!("{}x{}", tiling.cols, tiling.in_flight);
+                eprintln!(
+                "{name} {k}→{n} m{m} {tiling_name}: {us:.1} µs, {row_gbps:.0} GB/s ({:.0}% of copy){}",
                 100.0 * row_gbps / gbps,
                 if verified { ", verified" } else { "" }
             );
-            rows.push(Row {
-                name: name.clone(),
-                k,
-                n,
-                m,
-                weight_bytes: bytes,
-                us,
-                gbps: row_gbps,
-                fraction_of_copy: row_gbps / gbps,
-                verified_against_reference: verified,
-            });
+                rows.push(Row {
+                    name: name.clone(),
+                    k,
+                    n,
+                    m,
+                    tiling: tiling_name,
+                    default_tiling: tiling == default,
+                    weight_bytes: bytes,
+                    us,
+                    gbps: row_gbps,
+                    fraction_of_copy: row_gbps / gbps,
+                    verified_against_reference: verified,
+                });
+            }
         }
         client.memory_cleanup();
     }

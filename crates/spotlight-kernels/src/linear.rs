@@ -14,10 +14,37 @@ use cubecl::server::Handle;
 use crate::device::arg;
 use crate::KernelError;
 
-/// Output columns (planes) per cube.
+/// Planes per cube.
 const PLANES: usize = 8;
-/// Weight vectors each lane loads before using any of them.
-const IN_FLIGHT: usize = 4;
+
+/// How a plane covers W: `cols` output columns per plane (each x load serves them all) and
+/// `in_flight` 16-byte weight loads per column issued before any is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tiling {
+    pub cols: usize,
+    pub in_flight: usize,
+}
+
+impl Tiling {
+    /// The default for `m` rows: one column and deep prefetch for one row (all bandwidth);
+    /// more columns per plane as rows grow (x traffic from L1 then dominates).
+    pub fn for_rows(m: usize) -> Self {
+        match m {
+            1 => Self {
+                cols: 1,
+                in_flight: 4,
+            },
+            2..=4 => Self {
+                cols: 2,
+                in_flight: 2,
+            },
+            _ => Self {
+                cols: 4,
+                in_flight: 1,
+            },
+        }
+    }
+}
 /// Rows handled in one launch at most.
 pub const MAX_ROWS: usize = 16;
 
@@ -36,46 +63,68 @@ const STORE: u32 = 0;
 const ACCUMULATE: u32 = 1;
 const SWIGLU: u32 = 2;
 
-/// Adds row `col` of W (dotted with each of the `m` rows of x) into `acc`, one lane's share.
+/// Adds the dot products of rows `col0..col0 + cols_per_plane` of W with each of the `m` rows of
+/// x into `acc` (`[m][cols_per_plane]`), one lane's share of k. Each x vector loaded serves every
+/// column of the plane: with several rows, x (read from L1) rather than W would otherwise bound
+/// the kernel.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn dot_rows<F: Float, N: Size>(
+fn dot_cols<F: Float, N: Size>(
     x: &Array<Vector<f32, Const<4>>>,
     w: &Array<Vector<F, N>>,
     acc: &mut Array<f32>,
-    col: usize,
+    col0: usize,
+    cols: usize,
     lane: usize,
     x0: usize,
     #[comptime] m: usize,
     #[comptime] k: usize,
     #[comptime] vec: usize,
     #[comptime] plane: usize,
-    #[comptime] in_flight: usize,
+    #[comptime] tiling: Tiling,
 ) {
+    let cpp = comptime!(tiling.cols);
+    let in_flight = comptime!(tiling.in_flight);
     let chunks = comptime!(k / vec);
     let steps = comptime!(chunks.div_ceil(plane * in_flight));
     for step in 0..steps {
-        let mut wv = Array::<Vector<F, N>>::new(in_flight);
+        // Issue every load of the step before using any (they are in flight together).
+        let mut wv = Array::<Vector<F, N>>::new(comptime!(cpp * in_flight));
         #[unroll]
         for f in 0..in_flight {
             let c = (step * in_flight + f) * plane + lane;
-            if c < chunks {
-                wv[f] = w[col * chunks + c];
+            #[unroll]
+            for j in 0..cpp {
+                if c < chunks && col0 + j < cols {
+                    wv[f * cpp + j] = w[(col0 + j) * chunks + c];
+                }
             }
         }
         #[unroll]
         for f in 0..in_flight {
             let c = (step * in_flight + f) * plane + lane;
             if c < chunks {
-                let wf = wv[f];
+                // Widen once; every row reuses the f32 values.
+                let mut wf = Array::<f32>::new(comptime!(cpp * vec));
+                #[unroll]
+                for j in 0..cpp {
+                    let v = wv[f * cpp + j];
+                    #[unroll]
+                    for e in 0..vec {
+                        wf[j * vec + e] = f32::cast_from(v[e]);
+                    }
+                }
                 #[unroll]
                 for r in 0..m {
                     #[unroll]
                     for x4 in 0..comptime!(vec / 4) {
                         let xv = x[x0 + (r * k + c * vec) / 4 + x4];
                         #[unroll]
-                        for e in 0..4usize {
-                            acc[r] += xv[e] * f32::cast_from(wf[x4 * 4 + e]);
+                        for j in 0..cpp {
+                            #[unroll]
+                            for e in 0..4usize {
+                                acc[r * cpp + j] += xv[e] * wf[j * vec + x4 * 4 + e];
+                            }
                         }
                     }
                 }
@@ -97,53 +146,63 @@ fn linear_kernel<F: Float, N: Size>(
     #[comptime] k: usize,
     #[comptime] vec: usize,
     #[comptime] plane: usize,
-    #[comptime] in_flight: usize,
+    #[comptime] tiling: Tiling,
     #[comptime] epilogue: u32,
 ) {
+    let cpp = comptime!(tiling.cols);
     let lane = UNIT_POS as usize % plane;
-    let col = CUBE_POS_X as usize * PLANES + UNIT_POS as usize / plane;
+    let col0 = (CUBE_POS_X as usize * PLANES + UNIT_POS as usize / plane) * cpp;
+    let cols = cols as usize;
     let x0 = row0 as usize * comptime!(k / 4);
-    // The whole plane shares `col`, so this branch is uniform and the plane sums below are safe.
-    if col < cols as usize {
-        let mut acc = Array::<f32>::new(m);
-        let mut acc_up = Array::<f32>::new(m);
+    // The whole plane shares its columns, so these branches are uniform and the plane sums safe.
+    if col0 < cols {
+        let mut acc = Array::<f32>::new(comptime!(m * cpp));
+        let mut acc_up = Array::<f32>::new(comptime!(m * cpp));
         #[unroll]
-        for r in 0..m {
-            acc[r] = 0.0;
-            acc_up[r] = 0.0;
+        for i in 0..comptime!(m * cpp) {
+            acc[i] = 0.0;
+            acc_up[i] = 0.0;
         }
-        dot_rows::<F, N>(x, w, &mut acc, col, lane, x0, m, k, vec, plane, in_flight);
+        dot_cols::<F, N>(
+            x, w, &mut acc, col0, cols, lane, x0, m, k, vec, plane, tiling,
+        );
         if comptime!(epilogue == SWIGLU) {
-            dot_rows::<F, N>(
+            dot_cols::<F, N>(
                 x,
                 up,
                 &mut acc_up,
-                col,
+                col0,
+                cols,
                 lane,
                 x0,
                 m,
                 k,
                 vec,
                 plane,
-                in_flight,
+                tiling,
             );
         }
         #[unroll]
-        for r in 0..m {
-            let total = plane_sum(acc[r]);
-            let mut total_up = 0.0f32;
-            if comptime!(epilogue == SWIGLU) {
-                total_up = plane_sum(acc_up[r]);
-            }
-            if lane == 0 {
-                let at = (row0 as usize + r) * cols as usize + col;
-                if comptime!(epilogue == STORE) {
-                    y[at] = total;
-                } else if comptime!(epilogue == ACCUMULATE) {
-                    y[at] += total;
-                } else {
-                    // silu(g)·u = g·u / (1 + e^(−g))
-                    y[at] = total * total_up / (1.0 + f32::exp(-total));
+        for j in 0..cpp {
+            if col0 + j < cols {
+                #[unroll]
+                for r in 0..m {
+                    let total = plane_sum(acc[r * cpp + j]);
+                    let mut total_up = 0.0f32;
+                    if comptime!(epilogue == SWIGLU) {
+                        total_up = plane_sum(acc_up[r * cpp + j]);
+                    }
+                    if lane == 0 {
+                        let at = (row0 as usize + r) * cols + col0 + j;
+                        if comptime!(epilogue == STORE) {
+                            y[at] = total;
+                        } else if comptime!(epilogue == ACCUMULATE) {
+                            y[at] += total;
+                        } else {
+                            // silu(g)·u = g·u / (1 + e^(−g))
+                            y[at] = total * total_up / (1.0 + f32::exp(-total));
+                        }
+                    }
                 }
             }
         }
@@ -160,7 +219,17 @@ pub fn linear<R: Runtime, F: Float + CubeElement>(
     k: usize,
     n: usize,
 ) -> Result<(), KernelError> {
-    linear_with::<R, F>(client, x, w, Epilogue::Store, y, m, k, n, IN_FLIGHT)
+    linear_with::<R, F>(
+        client,
+        x,
+        w,
+        Epilogue::Store,
+        y,
+        m,
+        k,
+        n,
+        Tiling::for_rows(m),
+    )
 }
 
 /// [`linear`] with an epilogue; `m` may exceed [`MAX_ROWS`] (one launch per 16 rows).
@@ -178,14 +247,14 @@ pub fn linear_epilogue<R: Runtime, F: Float + CubeElement>(
     let mut row0 = 0;
     while row0 < m {
         let rows = (m - row0).min(MAX_ROWS);
-        launch::<R, F>(client, x, w, epilogue, y, (row0, rows, m), k, n, IN_FLIGHT)?;
+        let tiling = Tiling::for_rows(rows);
+        launch::<R, F>(client, x, w, epilogue, y, (row0, rows, m), k, n, tiling)?;
         row0 += rows;
     }
     Ok(())
 }
 
-/// [`linear`] with a chosen epilogue and number of weight loads in flight per lane (benchmarks
-/// sweep it); at most [`MAX_ROWS`] rows.
+/// [`linear`] with a chosen epilogue and tiling (benchmarks sweep it); at most [`MAX_ROWS`] rows.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_with<R: Runtime, F: Float + CubeElement>(
     client: &ComputeClient<R>,
@@ -196,7 +265,7 @@ pub fn linear_with<R: Runtime, F: Float + CubeElement>(
     m: usize,
     k: usize,
     n: usize,
-    in_flight: usize,
+    tiling: Tiling,
 ) -> Result<(), KernelError> {
     if m == 0 || m > MAX_ROWS {
         return Err(KernelError::Length {
@@ -205,7 +274,7 @@ pub fn linear_with<R: Runtime, F: Float + CubeElement>(
             got: m,
         });
     }
-    launch::<R, F>(client, x, w, epilogue, y, (0, m, m), k, n, in_flight)
+    launch::<R, F>(client, x, w, epilogue, y, (0, m, m), k, n, tiling)
 }
 
 /// One launch for rows `row0..row0 + rows` of `total`.
@@ -219,7 +288,7 @@ fn launch<R: Runtime, F: Float + CubeElement>(
     (row0, rows, total): (usize, usize, usize),
     k: usize,
     n: usize,
-    in_flight: usize,
+    tiling: Tiling,
 ) -> Result<(), KernelError> {
     let vec = 16 / core::mem::size_of::<F>();
     if !k.is_multiple_of(vec) {
@@ -229,12 +298,17 @@ fn launch<R: Runtime, F: Float + CubeElement>(
             got: k,
         });
     }
-    if !(1..=16).contains(&in_flight) {
-        return Err(KernelError::Length {
-            what: "linear loads in flight (1..=16)",
-            expected: IN_FLIGHT,
-            got: in_flight,
-        });
+    for (what, v) in [
+        ("linear columns per plane (1..=8)", tiling.cols),
+        ("linear loads in flight (1..=8)", tiling.in_flight),
+    ] {
+        if !(1..=8).contains(&v) {
+            return Err(KernelError::Length {
+                what,
+                expected: 8,
+                got: v,
+            });
+        }
     }
     let props = &client.properties().hardware;
     let plane = props.plane_size_max as usize;
@@ -253,7 +327,7 @@ fn launch<R: Runtime, F: Float + CubeElement>(
     unsafe {
         linear_kernel::launch_unchecked::<F, R>(
             client,
-            CubeCount::Static(n.div_ceil(PLANES) as u32, 1, 1),
+            CubeCount::Static(n.div_ceil(PLANES * tiling.cols) as u32, 1, 1),
             CubeDim::new_1d((plane * PLANES) as u32),
             vec,
             arg(x, total * k / 4),
@@ -266,7 +340,7 @@ fn launch<R: Runtime, F: Float + CubeElement>(
             k,
             vec,
             plane,
-            in_flight,
+            tiling,
             code,
         )
     };

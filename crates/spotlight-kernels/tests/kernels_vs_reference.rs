@@ -527,7 +527,13 @@ fn linear_epilogues_match_reference() {
     let client = client();
     let mut rng = rng("linear_epilogues");
     // m > 16 runs as several launches; 37 rows leave a ragged last one.
-    for (m, k, n) in [(1, 64, 1), (5, 36, 13), (37, 100, 19), (16, 8, 300)] {
+    for (m, k, n) in [
+        (1, 64, 1),
+        (3, 28, 11),
+        (5, 36, 13),
+        (37, 100, 19),
+        (16, 8, 300),
+    ] {
         let x = normal(&mut rng, m * k, 1.0);
         let w = normal(&mut rng, n * k, 1.0);
         let up = normal(&mut rng, n * k, 1.0);
@@ -572,6 +578,52 @@ fn linear_epilogues_match_reference() {
             .collect();
         assert_close(&read_f32(&client, y, m * n), &want, tol, &what);
     }
+}
+
+#[test]
+fn linear_tilings_match_reference() {
+    use spotlight_kernels::linear::{linear_with, Epilogue, Tiling};
+    let client = client();
+    let mut rng = rng("linear_tilings");
+    // Column counts that leave the last plane partly empty; k not a multiple of plane · vec.
+    for (m, k, n) in [(1, 44, 13), (3, 100, 37), (16, 68, 9)] {
+        let x = normal(&mut rng, m * k, 1.0);
+        let w = normal(&mut rng, n * k, 1.0);
+        let want = reference::linear(&x, &w, m, k, n);
+        let (xh, wh) = (upload_f32(&client, &x), upload_f32(&client, &w));
+        for (cols, in_flight) in [(1, 1), (1, 8), (2, 2), (3, 2), (4, 1), (8, 1)] {
+            let y = filled_f32(&client, m * n, f32::NAN);
+            let tiling = Tiling { cols, in_flight };
+            linear_with::<WgpuRuntime, f32>(
+                &client,
+                &xh,
+                &wh,
+                Epilogue::Store,
+                &y,
+                m,
+                k,
+                n,
+                tiling,
+            )
+            .unwrap();
+            let what = format!("m {m} k {k} n {n} {tiling:?}");
+            assert_close(
+                &read_f32(&client, y, m * n),
+                &want,
+                1e-5 * (k as f32).sqrt(),
+                &what,
+            );
+        }
+    }
+    let h = upload_f32(&client, &[0.0; 4]);
+    let bad = Tiling {
+        cols: 9,
+        in_flight: 1,
+    };
+    assert!(
+        linear_with::<WgpuRuntime, f32>(&client, &h, &h, Epilogue::Store, &h, 1, 4, 1, bad)
+            .is_err()
+    );
 }
 
 #[test]
