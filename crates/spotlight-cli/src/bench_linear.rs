@@ -10,7 +10,7 @@ use half::bf16;
 use serde::Serialize;
 use spotlight_kernels::device::read_f32;
 use spotlight_kernels::fill::random_uniform;
-use spotlight_kernels::linear::{linear_with, Epilogue, Tiling};
+use spotlight_kernels::linear::{linear_with, Epilogue, Prologue, Tiling};
 use spotlight_kernels::reference;
 
 use crate::backend::BackendKind;
@@ -143,18 +143,10 @@ pub fn run(args: LinearBenchArgs) -> Result<()> {
             tried.extend(tilings.iter().filter(|&&t| t != default));
             for tiling in tried {
                 let call = |i: usize| {
-                    linear_with::<_, bf16>(
-                        &client,
-                        &x,
-                        &weights[i % copies],
-                        Epilogue::Store,
-                        &y,
-                        m,
-                        k,
-                        n,
-                        tiling,
-                    )
-                    .expect("checked")
+                    let ends = (Prologue::None, Epilogue::Store);
+                    let w = &weights[i % copies];
+                    linear_with::<_, bf16>(&client, &x, w, ends, &y, (m, k, n), tiling)
+                        .expect("checked")
                 };
                 call(0);
                 let verified = verify(&client, &x, &weights[0], &y, m, k, n);

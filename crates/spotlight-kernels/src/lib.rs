@@ -32,7 +32,6 @@ pub mod fill;
 pub mod hash_pack;
 pub mod linear;
 pub mod reference;
-pub mod rms_norm;
 pub mod rope_append;
 pub mod select;
 pub mod shape;

@@ -59,32 +59,63 @@ pub enum Epilogue<'a> {
     },
 }
 
+/// What the kernel does to x first.
+#[derive(Debug, Clone, Copy)]
+pub enum Prologue<'a> {
+    None,
+    /// x ← RMSNorm(x) with weights γ `[k]` (f32): the norm before a projection, fused. Each
+    /// row's Σx² is gathered from the x values the dot products load anyway; γ multiplies x as
+    /// it is loaded and 1/rms scales the finished sums.
+    RmsNorm {
+        gamma: &'a Handle,
+        eps: f32,
+    },
+}
+
 const STORE: u32 = 0;
 const ACCUMULATE: u32 = 1;
 const SWIGLU: u32 = 2;
 
-/// Adds the dot products of rows `col0..col0 + cols_per_plane` of W with each of the `m` rows of
-/// x into `acc` (`[m][cols_per_plane]`), one lane's share of k. Each x vector loaded serves every
-/// column of the plane: with several rows, x (read from L1) rather than W would otherwise bound
-/// the kernel.
+/// Everything a launch fixes at compile time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Layout {
+    /// Rows of x in this launch.
+    m: usize,
+    /// Input size.
+    k: usize,
+    /// Weight elements per 16-byte load.
+    vec: usize,
+    plane: usize,
+    tiling: Tiling,
+    epilogue: u32,
+    norm: bool,
+}
+
+/// Adds the dot products of rows `col0..col0 + tiling.cols` of W with each of the `m` rows of
+/// x into `acc` (`[m][cols]`), one lane's share of k. Each x vector loaded serves every column of
+/// the plane: with several rows, x (read from L1) rather than W would otherwise bound the
+/// kernel. With `square`, also adds each row's Σx² (of the lane's share) into `squares`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn dot_cols<F: Float, N: Size>(
     x: &Array<Vector<f32, Const<4>>>,
+    gamma: &Array<Vector<f32, Const<4>>>,
     w: &Array<Vector<F, N>>,
     acc: &mut Array<f32>,
+    squares: &mut Array<f32>,
     col0: usize,
     cols: usize,
     lane: usize,
     x0: usize,
-    #[comptime] m: usize,
-    #[comptime] k: usize,
-    #[comptime] vec: usize,
-    #[comptime] plane: usize,
-    #[comptime] tiling: Tiling,
+    #[comptime] l: Layout,
+    #[comptime] square: bool,
 ) {
-    let cpp = comptime!(tiling.cols);
-    let in_flight = comptime!(tiling.in_flight);
+    let m = comptime!(l.m);
+    let k = comptime!(l.k);
+    let vec = comptime!(l.vec);
+    let plane = comptime!(l.plane);
+    let cpp = comptime!(l.tiling.cols);
+    let in_flight = comptime!(l.tiling.in_flight);
     let chunks = comptime!(k / vec);
     let steps = comptime!(chunks.div_ceil(plane * in_flight));
     for step in 0..steps {
@@ -118,7 +149,14 @@ fn dot_cols<F: Float, N: Size>(
                 for r in 0..m {
                     #[unroll]
                     for x4 in 0..comptime!(vec / 4) {
-                        let xv = x[x0 + (r * k + c * vec) / 4 + x4];
+                        let mut xv = x[x0 + (r * k + c * vec) / 4 + x4];
+                        if comptime!(l.norm) {
+                            if comptime!(square) {
+                                squares[r] +=
+                                    xv[0] * xv[0] + xv[1] * xv[1] + xv[2] * xv[2] + xv[3] * xv[3];
+                            }
+                            xv *= gamma[(c * vec) / 4 + x4];
+                        }
                         #[unroll]
                         for j in 0..cpp {
                             #[unroll]
@@ -137,19 +175,19 @@ fn dot_cols<F: Float, N: Size>(
 #[allow(clippy::too_many_arguments)]
 fn linear_kernel<F: Float, N: Size>(
     x: &Array<Vector<f32, Const<4>>>,
+    gamma: &Array<Vector<f32, Const<4>>>,
     w: &Array<Vector<F, N>>,
     up: &Array<Vector<F, N>>,
     y: &mut Array<f32>,
     cols: u32,
     row0: u32,
-    #[comptime] m: usize,
-    #[comptime] k: usize,
-    #[comptime] vec: usize,
-    #[comptime] plane: usize,
-    #[comptime] tiling: Tiling,
-    #[comptime] epilogue: u32,
+    eps: f32,
+    #[comptime] l: Layout,
 ) {
-    let cpp = comptime!(tiling.cols);
+    let m = comptime!(l.m);
+    let k = comptime!(l.k);
+    let plane = comptime!(l.plane);
+    let cpp = comptime!(l.tiling.cols);
     let lane = UNIT_POS as usize % plane;
     let col0 = (CUBE_POS_X as usize * PLANES + UNIT_POS as usize / plane) * cpp;
     let cols = cols as usize;
@@ -158,45 +196,46 @@ fn linear_kernel<F: Float, N: Size>(
     if col0 < cols {
         let mut acc = Array::<f32>::new(comptime!(m * cpp));
         let mut acc_up = Array::<f32>::new(comptime!(m * cpp));
+        let mut squares = Array::<f32>::new(m);
         #[unroll]
         for i in 0..comptime!(m * cpp) {
             acc[i] = 0.0;
             acc_up[i] = 0.0;
         }
-        dot_cols::<F, N>(
-            x, w, &mut acc, col0, cols, lane, x0, m, k, vec, plane, tiling,
-        );
-        if comptime!(epilogue == SWIGLU) {
-            dot_cols::<F, N>(
-                x,
-                up,
-                &mut acc_up,
-                col0,
-                cols,
-                lane,
-                x0,
-                m,
-                k,
-                vec,
-                plane,
-                tiling,
-            );
+        #[unroll]
+        for r in 0..m {
+            squares[r] = 0.0;
+        }
+        #[rustfmt::skip]
+        dot_cols::<F, N>(x, gamma, w, &mut acc, &mut squares, col0, cols, lane, x0, l, true);
+        if comptime!(l.epilogue == SWIGLU) {
+            #[rustfmt::skip]
+            dot_cols::<F, N>(x, gamma, up, &mut acc_up, &mut squares, col0, cols, lane, x0, l, false);
+        }
+        // Each chunk of k went to exactly one lane: the plane sum is the row's Σx².
+        let mut scale = Array::<f32>::new(m);
+        #[unroll]
+        for r in 0..m {
+            scale[r] = 1.0;
+            if comptime!(l.norm) {
+                scale[r] = 1.0 / f32::sqrt(plane_sum(squares[r]) / comptime!(k as f32) + eps);
+            }
         }
         #[unroll]
         for j in 0..cpp {
             if col0 + j < cols {
                 #[unroll]
                 for r in 0..m {
-                    let total = plane_sum(acc[r * cpp + j]);
+                    let total = plane_sum(acc[r * cpp + j]) * scale[r];
                     let mut total_up = 0.0f32;
-                    if comptime!(epilogue == SWIGLU) {
-                        total_up = plane_sum(acc_up[r * cpp + j]);
+                    if comptime!(l.epilogue == SWIGLU) {
+                        total_up = plane_sum(acc_up[r * cpp + j]) * scale[r];
                     }
                     if lane == 0 {
                         let at = (row0 as usize + r) * cols + col0 + j;
-                        if comptime!(epilogue == STORE) {
+                        if comptime!(l.epilogue == STORE) {
                             y[at] = total;
-                        } else if comptime!(epilogue == ACCUMULATE) {
+                        } else if comptime!(l.epilogue == ACCUMULATE) {
                             y[at] += total;
                         } else {
                             // silu(g)·u = g·u / (1 + e^(−g))
@@ -219,52 +258,39 @@ pub fn linear<R: Runtime, F: Float + CubeElement>(
     k: usize,
     n: usize,
 ) -> Result<(), KernelError> {
-    linear_with::<R, F>(
-        client,
-        x,
-        w,
-        Epilogue::Store,
-        y,
-        m,
-        k,
-        n,
-        Tiling::for_rows(m),
-    )
+    let tiling = Tiling::for_rows(m);
+    let ends = (Prologue::None, Epilogue::Store);
+    linear_with::<R, F>(client, x, w, ends, y, (m, k, n), tiling)
 }
 
-/// [`linear`] with an epilogue; `m` may exceed [`MAX_ROWS`] (one launch per 16 rows).
-#[allow(clippy::too_many_arguments)]
-pub fn linear_epilogue<R: Runtime, F: Float + CubeElement>(
+/// [`linear`] with a prologue and an epilogue; `m` may exceed [`MAX_ROWS`] (one launch per 16
+/// rows).
+pub fn linear_fused<R: Runtime, F: Float + CubeElement>(
     client: &ComputeClient<R>,
     x: &Handle,
     w: &Handle,
-    epilogue: Epilogue,
+    ends: (Prologue, Epilogue),
     y: &Handle,
-    m: usize,
-    k: usize,
-    n: usize,
+    (m, k, n): (usize, usize, usize),
 ) -> Result<(), KernelError> {
     let mut row0 = 0;
     while row0 < m {
         let rows = (m - row0).min(MAX_ROWS);
         let tiling = Tiling::for_rows(rows);
-        launch::<R, F>(client, x, w, epilogue, y, (row0, rows, m), k, n, tiling)?;
+        launch::<R, F>(client, x, w, ends, y, (row0, rows, m), (k, n), tiling)?;
         row0 += rows;
     }
     Ok(())
 }
 
-/// [`linear`] with a chosen epilogue and tiling (benchmarks sweep it); at most [`MAX_ROWS`] rows.
-#[allow(clippy::too_many_arguments)]
+/// [`linear_fused`] with a chosen tiling (benchmarks sweep it); at most [`MAX_ROWS`] rows.
 pub fn linear_with<R: Runtime, F: Float + CubeElement>(
     client: &ComputeClient<R>,
     x: &Handle,
     w: &Handle,
-    epilogue: Epilogue,
+    ends: (Prologue, Epilogue),
     y: &Handle,
-    m: usize,
-    k: usize,
-    n: usize,
+    (m, k, n): (usize, usize, usize),
     tiling: Tiling,
 ) -> Result<(), KernelError> {
     if m == 0 || m > MAX_ROWS {
@@ -274,20 +300,18 @@ pub fn linear_with<R: Runtime, F: Float + CubeElement>(
             got: m,
         });
     }
-    launch::<R, F>(client, x, w, epilogue, y, (0, m, m), k, n, tiling)
+    launch::<R, F>(client, x, w, ends, y, (0, m, m), (k, n), tiling)
 }
 
 /// One launch for rows `row0..row0 + rows` of `total`.
-#[allow(clippy::too_many_arguments)]
 fn launch<R: Runtime, F: Float + CubeElement>(
     client: &ComputeClient<R>,
     x: &Handle,
     w: &Handle,
-    epilogue: Epilogue,
+    (prologue, epilogue): (Prologue, Epilogue),
     y: &Handle,
     (row0, rows, total): (usize, usize, usize),
-    k: usize,
-    n: usize,
+    (k, n): (usize, usize),
     tiling: Tiling,
 ) -> Result<(), KernelError> {
     let vec = 16 / core::mem::size_of::<F>();
@@ -323,6 +347,19 @@ fn launch<R: Runtime, F: Float + CubeElement>(
         Epilogue::Accumulate => (w, ACCUMULATE),
         Epilogue::SwiGlu { up } => (up, SWIGLU),
     };
+    let (gamma, eps, norm) = match prologue {
+        Prologue::None => (x, 0.0, false),
+        Prologue::RmsNorm { gamma, eps } => (gamma, eps, true),
+    };
+    let layout = Layout {
+        m: rows,
+        k,
+        vec,
+        plane,
+        tiling,
+        epilogue: code,
+        norm,
+    };
     // Safety: indices stay within the lengths passed (crate docs, "Unchecked launches").
     unsafe {
         linear_kernel::launch_unchecked::<F, R>(
@@ -331,17 +368,14 @@ fn launch<R: Runtime, F: Float + CubeElement>(
             CubeDim::new_1d((plane * PLANES) as u32),
             vec,
             arg(x, total * k / 4),
+            arg(gamma, k / 4),
             arg(w, n * k / vec),
             arg(up, n * k / vec),
             arg(y, total * n),
             n as u32,
             row0 as u32,
-            rows,
-            k,
-            vec,
-            plane,
-            tiling,
-            code,
+            eps,
+            layout,
         )
     };
     Ok(())

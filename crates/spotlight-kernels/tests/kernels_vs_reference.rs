@@ -523,7 +523,7 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
 
 #[test]
 fn linear_epilogues_match_reference() {
-    use spotlight_kernels::linear::{linear_epilogue, Epilogue};
+    use spotlight_kernels::linear::{linear_fused, Epilogue, Prologue};
     let client = client();
     let mut rng = rng("linear_epilogues");
     // m > 16 runs as several launches; 37 rows leave a ragged last one.
@@ -549,28 +549,20 @@ fn linear_epilogues_match_reference() {
         let what = format!("m {m} k {k} n {n}");
 
         let y = filled_f32(&client, m * n, f32::NAN);
-        linear_epilogue::<WgpuRuntime, f32>(&client, &xh, &wh, Epilogue::Store, &y, m, k, n)
+        let none = Prologue::None;
+        linear_fused::<WgpuRuntime, f32>(&client, &xh, &wh, (none, Epilogue::Store), &y, (m, k, n))
             .unwrap();
         assert_close(&read_f32(&client, y, m * n), &gate, tol, &what);
 
         let y = upload_f32(&client, &y0);
-        linear_epilogue::<WgpuRuntime, f32>(&client, &xh, &wh, Epilogue::Accumulate, &y, m, k, n)
-            .unwrap();
+        let ends = (none, Epilogue::Accumulate);
+        linear_fused::<WgpuRuntime, f32>(&client, &xh, &wh, ends, &y, (m, k, n)).unwrap();
         let want: Vec<f32> = y0.iter().zip(&gate).map(|(a, b)| a + b).collect();
         assert_close(&read_f32(&client, y, m * n), &want, tol, &what);
 
         let y = filled_f32(&client, m * n, f32::NAN);
-        linear_epilogue::<WgpuRuntime, f32>(
-            &client,
-            &xh,
-            &wh,
-            Epilogue::SwiGlu { up: &uh },
-            &y,
-            m,
-            k,
-            n,
-        )
-        .unwrap();
+        let ends = (none, Epilogue::SwiGlu { up: &uh });
+        linear_fused::<WgpuRuntime, f32>(&client, &xh, &wh, ends, &y, (m, k, n)).unwrap();
         let want: Vec<f32> = gate
             .iter()
             .zip(&upv)
@@ -582,7 +574,7 @@ fn linear_epilogues_match_reference() {
 
 #[test]
 fn linear_tilings_match_reference() {
-    use spotlight_kernels::linear::{linear_with, Epilogue, Tiling};
+    use spotlight_kernels::linear::{linear_with, Epilogue, Prologue, Tiling};
     let client = client();
     let mut rng = rng("linear_tilings");
     // Column counts that leave the last plane partly empty; k not a multiple of plane · vec.
@@ -594,18 +586,9 @@ fn linear_tilings_match_reference() {
         for (cols, in_flight) in [(1, 1), (1, 8), (2, 2), (3, 2), (4, 1), (8, 1)] {
             let y = filled_f32(&client, m * n, f32::NAN);
             let tiling = Tiling { cols, in_flight };
-            linear_with::<WgpuRuntime, f32>(
-                &client,
-                &xh,
-                &wh,
-                Epilogue::Store,
-                &y,
-                m,
-                k,
-                n,
-                tiling,
-            )
-            .unwrap();
+            let ends = (Prologue::None, Epilogue::Store);
+            linear_with::<WgpuRuntime, f32>(&client, &xh, &wh, ends, &y, (m, k, n), tiling)
+                .unwrap();
             let what = format!("m {m} k {k} n {n} {tiling:?}");
             assert_close(
                 &read_f32(&client, y, m * n),
@@ -620,37 +603,50 @@ fn linear_tilings_match_reference() {
         cols: 9,
         in_flight: 1,
     };
-    assert!(
-        linear_with::<WgpuRuntime, f32>(&client, &h, &h, Epilogue::Store, &h, 1, 4, 1, bad)
-            .is_err()
-    );
+    let ends = (Prologue::None, Epilogue::Store);
+    assert!(linear_with::<WgpuRuntime, f32>(&client, &h, &h, ends, &h, (1, 4, 1), bad).is_err());
 }
 
+/// RMSNorm fused before the projection equals RMSNorm then the projection, with each
+/// epilogue (SwiGLU scales gate and up by the same 1/rms) and at every row count's tiling.
 #[test]
-fn rms_norm_matches_reference() {
+fn linear_with_rms_norm_prologue_matches_norm_then_linear() {
+    use spotlight_kernels::linear::{linear_fused, Epilogue, Prologue};
     let client = client();
-    let mut rng = rng("rms_norm");
-    for (m, k) in [(1, 1), (3, 37), (16, 576), (2, 4096)] {
+    let mut rng = rng("linear_rms_norm");
+    for (m, k, n) in [(1, 4, 1), (3, 36, 13), (16, 576, 29), (2, 4096, 5)] {
         let x = normal(&mut rng, m * k, 3.0);
         let gamma = normal(&mut rng, k, 1.0);
-        let out = filled_f32(&client, m * k, f32::NAN);
-        spotlight_kernels::rms_norm::rms_norm::<WgpuRuntime>(
-            &client,
-            &upload_f32(&client, &x),
-            &upload_f32(&client, &gamma),
-            &out,
-            m,
-            k,
-            1e-5,
-        )
-        .unwrap();
-        let want = reference::rms_norm(&x, &gamma, k, 1e-5);
-        assert_close(
-            &read_f32(&client, out, m * k),
-            &want,
-            1e-5,
-            &format!("m {m} k {k}"),
+        let w = normal(&mut rng, n * k, 1.0);
+        let up = normal(&mut rng, n * k, 1.0);
+        let xn = reference::rms_norm(&x, &gamma, k, 1e-5);
+        let gate = reference::linear(&xn, &w, m, k, n);
+        let upv = reference::linear(&xn, &up, m, k, n);
+        let (xh, gh, wh, uh) = (
+            upload_f32(&client, &x),
+            upload_f32(&client, &gamma),
+            upload_f32(&client, &w),
+            upload_f32(&client, &up),
         );
+        let norm = Prologue::RmsNorm {
+            gamma: &gh,
+            eps: 1e-5,
+        };
+        let tol = 1e-5 * (k as f32).sqrt();
+        let what = format!("m {m} k {k} n {n}");
+        let y = filled_f32(&client, m * n, f32::NAN);
+        linear_fused::<WgpuRuntime, f32>(&client, &xh, &wh, (norm, Epilogue::Store), &y, (m, k, n))
+            .unwrap();
+        assert_close(&read_f32(&client, y, m * n), &gate, tol, &what);
+        let y = filled_f32(&client, m * n, f32::NAN);
+        let ends = (norm, Epilogue::SwiGlu { up: &uh });
+        linear_fused::<WgpuRuntime, f32>(&client, &xh, &wh, ends, &y, (m, k, n)).unwrap();
+        let want: Vec<f32> = gate
+            .iter()
+            .zip(&upv)
+            .map(|(&g, &u)| (g as f64 / (1.0 + (-g as f64).exp()) * u as f64) as f32)
+            .collect();
+        assert_close(&read_f32(&client, y, m * n), &want, tol, &what);
     }
 }
 

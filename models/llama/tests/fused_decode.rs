@@ -84,7 +84,7 @@ fn fused_decode_matches_the_tensor_path() {
                 "step {i}, sequence {seq}: logits differ by {diff}"
             );
         }
-        assert_eq!(decoder.launches(), 1 + 3 * 9 + 2, "launches per step");
+        assert_eq!(decoder.launches(), 1 + 3 * 7 + 1, "launches per step");
     }
 }
 

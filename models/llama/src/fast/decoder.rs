@@ -8,8 +8,7 @@ use spotlight_kernels::device::{check_bytes, read_f32, upload_f32, upload_u32};
 use spotlight_kernels::embed::embed;
 use spotlight_kernels::fill::random_uniform;
 use spotlight_kernels::hash_pack::hash_pack;
-use spotlight_kernels::linear::{linear_epilogue, Epilogue, MAX_ROWS};
-use spotlight_kernels::rms_norm::rms_norm;
+use spotlight_kernels::linear::{linear_fused, Epilogue, Prologue, MAX_ROWS};
 use spotlight_kernels::rope_append::{rope_append, RopeShape, RowPlace};
 use spotlight_kernels::{AttendShape, KernelError, SequencePlan};
 
@@ -49,8 +48,6 @@ impl StepParts {
 struct Scratch {
     /// The residual stream `[rows][hidden]`.
     x: Handle,
-    /// Its normalised copy, the projections' input.
-    xn: Handle,
     qkv: Handle,
     q: Handle,
     attended: Handle,
@@ -145,7 +142,6 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
         let f32s = |n: usize| client.empty(4 * n.max(1));
         let scratch = Scratch {
             x: f32s(rows * c.hidden_size),
-            xn: f32s(rows * c.hidden_size),
             qkv: f32s(rows * (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim),
             q: f32s(rows * q_width),
             attended: f32s(rows * q_width),
@@ -368,20 +364,14 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
             let coded = sparse.filter(|s| parts.retrieval && l >= s.decode.dense_layers);
             let pruned = sparse.zip(plans.as_ref()).filter(|(s, p)| prunes(s, l, p));
             if parts.weights {
-                rms_norm(client, &s.x, &lw.attention_norm, &s.xn, m, h, eps).map_err(kernel)?;
-                let qkv_width = (hq + 2 * hkv) * d;
-                linear_epilogue::<R, E>(
-                    client,
-                    &s.xn,
-                    &lw.qkv,
-                    Epilogue::Store,
-                    &s.qkv,
-                    m,
-                    h,
-                    qkv_width,
-                )
-                .map_err(kernel)?;
-                launches += 1 + linears;
+                let norm = Prologue::RmsNorm {
+                    gamma: &lw.attention_norm,
+                    eps,
+                };
+                let ends = (norm, Epilogue::Store);
+                let shape = (m, h, (hq + 2 * hkv) * d);
+                linear_fused::<R, E>(client, &s.x, &lw.qkv, ends, &s.qkv, shape).map_err(kernel)?;
+                launches += linears;
             }
             if parts.attention || coded.is_some() {
                 launches += 1;
@@ -464,56 +454,32 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
             if !parts.weights {
                 continue;
             }
-            launches += 1 + 3 * linears;
-            linear_epilogue::<R, E>(
-                client,
-                &s.attended,
-                &lw.o,
-                Epilogue::Accumulate,
-                &s.x,
-                m,
-                hq * d,
-                h,
-            )
-            .map_err(kernel)?;
-            rms_norm(client, &s.x, &lw.mlp_norm, &s.xn, m, h, eps).map_err(kernel)?;
-            linear_epilogue::<R, E>(
-                client,
-                &s.xn,
-                &lw.gate,
-                Epilogue::SwiGlu { up: &lw.up },
-                &s.hidden,
-                m,
-                h,
-                c.intermediate_size,
-            )
-            .map_err(kernel)?;
-            linear_epilogue::<R, E>(
-                client,
-                &s.hidden,
-                &lw.down,
-                Epilogue::Accumulate,
-                &s.x,
-                m,
-                c.intermediate_size,
-                h,
-            )
-            .map_err(kernel)?;
+            launches += 3 * linears;
+            let none = Prologue::None;
+            let ends = (none, Epilogue::Accumulate);
+            linear_fused::<R, E>(client, &s.attended, &lw.o, ends, &s.x, (m, hq * d, h))
+                .map_err(kernel)?;
+            let norm = Prologue::RmsNorm {
+                gamma: &lw.mlp_norm,
+                eps,
+            };
+            let ends = (norm, Epilogue::SwiGlu { up: &lw.up });
+            let shape = (m, h, c.intermediate_size);
+            linear_fused::<R, E>(client, &s.x, &lw.gate, ends, &s.hidden, shape).map_err(kernel)?;
+            let ends = (none, Epilogue::Accumulate);
+            let shape = (m, c.intermediate_size, h);
+            linear_fused::<R, E>(client, &s.hidden, &lw.down, ends, &s.x, shape).map_err(kernel)?;
         }
         if parts.weights {
-            rms_norm(client, &s.x, &w.norm, &s.xn, m, h, eps).map_err(kernel)?;
-            linear_epilogue::<R, E>(
-                client,
-                &s.xn,
-                &w.lm_head,
-                Epilogue::Store,
-                &s.logits,
-                m,
-                h,
-                c.vocab_size,
-            )
-            .map_err(kernel)?;
-            launches += 1 + linears;
+            let norm = Prologue::RmsNorm {
+                gamma: &w.norm,
+                eps,
+            };
+            let shape = (m, h, c.vocab_size);
+            let ends = (norm, Epilogue::Store);
+            linear_fused::<R, E>(client, &s.x, &w.lm_head, ends, &s.logits, shape)
+                .map_err(kernel)?;
+            launches += linears;
         }
         self.launches = launches;
         self.read_share = read / c.num_hidden_layers as f64;

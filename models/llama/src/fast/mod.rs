@@ -2,10 +2,10 @@
 //! short, fixed sequence of CubeCL kernel launches on raw device buffers, instead of ~77 Burn
 //! tensor ops per layer (each a launch plus host-side bookkeeping).
 //!
-//! Per layer, 9 launches: RMSNorm → fused QKV linear → RoPE + KV-cache append → split-K attention
-//! (2) → output linear accumulated into the residual → RMSNorm → gate/up linear with the SwiGLU
-//! epilogue → down linear accumulated into the residual. Plus the embedding lookup, the final
-//! norm and the LM head once per step. The linear kernel streams each weight once per step
+//! Per layer, 7 launches: fused QKV linear (RMSNorm as its prologue) → RoPE + KV-cache append →
+//! split-K attention (2) → output linear accumulated into the residual → gate/up linear (RMSNorm
+//! prologue, SwiGLU epilogue) → down linear accumulated into the residual. Plus the embedding
+//! lookup and the LM head (final norm as prologue) once per step. The linear kernel streams each weight once per step
 //! (bandwidth-bound at decode), so the step costs the weight bytes plus the K/V bytes plus the
 //! launches.
 //!
