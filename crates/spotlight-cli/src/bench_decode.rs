@@ -100,6 +100,10 @@ struct Report {
     commit: String,
     date: String,
     copy_gbps: f64,
+    /// A one-word copy launched 2000 times back to back: host time per launch until all are
+    /// queued, and wall time per launch until the device finished them.
+    launch_host_us: f64,
+    launch_wall_us: f64,
     note: &'static str,
     shapes: Vec<Shape>,
     rows: Vec<Row>,
@@ -143,6 +147,8 @@ pub fn run(args: DecodeBenchArgs) -> Result<()> {
     let client = CudaRuntime::client(&Default::default());
     let gbps = copy_gbps(&client, 1024, 5);
     eprintln!("copy: {gbps:.0} GB/s (read + write)");
+    let (launch_host_us, launch_wall_us) = launch_cost(&client);
+    eprintln!("launch: {launch_host_us:.1} µs host, {launch_wall_us:.1} µs wall per launch");
     let mut rows = Vec::new();
     for (name, c) in &shapes {
         for &context in &args.contexts {
@@ -167,6 +173,8 @@ pub fn run(args: DecodeBenchArgs) -> Result<()> {
         commit: git_commit(),
         date: command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]).unwrap_or_default(),
         copy_gbps: gbps,
+        launch_host_us,
+        launch_wall_us,
         note: "SYNTHETIC bf16 weights and random KV cache (and random hash and key codes for spotlight); ms per step = wall clock of a step with the logits read to the host, mean over --steps, median over --runs; parts timed alone the same way; floor = bytes_per_step at the copy bandwidth",
         shapes: shapes
             .iter()
@@ -185,6 +193,25 @@ pub fn run(args: DecodeBenchArgs) -> Result<()> {
         rows,
     };
     write_report(&args.out, &report)
+}
+
+/// Per-launch cost of the smallest kernel: (host µs to queue, wall µs to finish), median of 5.
+fn launch_cost(client: &ComputeClient<CudaRuntime>) -> (f64, f64) {
+    const LAUNCHES: usize = 2000;
+    let (src, dst) = (client.empty(4), client.empty(4));
+    spotlight_kernels::copy::copy(client, &src, &dst, 1);
+    let (mut host, mut wall) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let _ = cubecl::future::block_on(client.sync());
+        let t = Instant::now();
+        for _ in 0..LAUNCHES {
+            spotlight_kernels::copy::copy(client, &src, &dst, 1);
+        }
+        host.push(t.elapsed().as_secs_f64() * 1e6 / LAUNCHES as f64);
+        let _ = cubecl::future::block_on(client.sync());
+        wall.push(t.elapsed().as_secs_f64() * 1e6 / LAUNCHES as f64);
+    }
+    (median(host), median(wall))
 }
 
 /// Bytes of the K and V cache of `tokens` tokens per sequence (all layers).

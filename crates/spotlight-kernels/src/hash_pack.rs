@@ -42,6 +42,7 @@ fn linear_column(
 }
 
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 fn hash_pack_kernel(
     x: &Array<f32>,
     w1: &Array<f32>,
@@ -49,9 +50,13 @@ fn hash_pack_kernel(
     w2: &Array<f32>,
     b2: &Array<f32>,
     codes: &mut Array<u32>,
+    row_seq: &Array<u32>,
+    row_pos: &Array<u32>,
     rows: u32,
+    cap: u32,
     #[comptime] heads: usize,
     #[comptime] d: usize,
+    #[comptime] placed: bool,
 ) {
     let head = CUBE_POS_Y as usize;
     let row0 = CUBE_POS_X as usize * TILE;
@@ -105,7 +110,11 @@ fn hash_pack_kernel(
                     word |= 1u32 << (b as u32);
                 }
             }
-            codes[(row * heads + head) * words + w] = word;
+            let mut to = row;
+            if comptime!(placed) {
+                to = row_seq[row] as usize * cap as usize + row_pos[row] as usize;
+            }
+            codes[(to * heads + head) * words + w] = word;
         }
     }
 }
@@ -142,6 +151,52 @@ pub fn hash_pack<R: Runtime>(
     rows: usize,
     codes: &Handle,
 ) -> Result<(), KernelError> {
+    launch(client, weights, x, rows, codes, None)
+}
+
+/// [`hash_pack`] writing row r's codes at row `seq·cap + pos` of a code cache
+/// `[batch][cap][heads][d/32]` (the decode step's new keys, at their places), where
+/// `row_seq`/`row_pos` hold `places` on the device.
+pub fn hash_pack_placed<R: Runtime>(
+    client: &ComputeClient<R>,
+    weights: &DeviceHashWeights,
+    x: &Handle,
+    places: &[crate::rope_append::RowPlace],
+    (row_seq, row_pos): (&Handle, &Handle),
+    codes: &Handle,
+    (batch, cap): (usize, usize),
+) -> Result<(), KernelError> {
+    if let Some(p) = places.iter().find(|p| p.seq >= batch || p.pos >= cap) {
+        return Err(KernelError::OverCapacity {
+            seq: p.seq,
+            len: p.pos + 1,
+            cap,
+        });
+    }
+    let placed = Placed {
+        row_seq,
+        row_pos,
+        cache_rows: batch * cap,
+        cap,
+    };
+    launch(client, weights, x, places.len(), codes, Some(placed))
+}
+
+struct Placed<'a> {
+    row_seq: &'a Handle,
+    row_pos: &'a Handle,
+    cache_rows: usize,
+    cap: usize,
+}
+
+fn launch<R: Runtime>(
+    client: &ComputeClient<R>,
+    weights: &DeviceHashWeights,
+    x: &Handle,
+    rows: usize,
+    codes: &Handle,
+    placed: Option<Placed>,
+) -> Result<(), KernelError> {
     let (h, d) = (weights.heads, weights.dim);
     if d == 0 || !d.is_multiple_of(32) || d > 256 {
         return Err(KernelError::HeadDim(d));
@@ -150,6 +205,10 @@ pub fn hash_pack<R: Runtime>(
         return Ok(());
     }
     let n = h * d;
+    let (row_seq, row_pos, out_rows, cap) = match &placed {
+        Some(p) => (p.row_seq, p.row_pos, p.cache_rows, p.cap),
+        None => (codes, codes, rows, 0),
+    };
     // Safety: indices stay within the lengths passed (crate docs, "Unchecked launches").
     unsafe {
         hash_pack_kernel::launch_unchecked::<R>(
@@ -161,10 +220,14 @@ pub fn hash_pack<R: Runtime>(
             arg(&weights.b1, n),
             arg(&weights.w2, n * d),
             arg(&weights.b2, n),
-            arg(codes, rows * h * d / 32),
+            arg(codes, out_rows * h * d / 32),
+            arg(row_seq, rows),
+            arg(row_pos, rows),
             rows as u32,
+            cap as u32,
             h,
             d,
+            placed.is_some(),
         )
     };
     Ok(())

@@ -304,6 +304,7 @@ pub fn linear_with<R: Runtime, F: Float + CubeElement>(
 }
 
 /// One launch for rows `row0..row0 + rows` of `total`.
+#[allow(clippy::too_many_arguments)]
 fn launch<R: Runtime, F: Float + CubeElement>(
     client: &ComputeClient<R>,
     x: &Handle,

@@ -751,49 +751,68 @@ fn rope_append_rotates_q_and_writes_k_v_at_each_rows_place() {
     assert!(err.is_err());
 }
 
+/// Codes written at each row's (sequence, position) of a code cache equal the plain codes of
+/// those rows, and nothing else in the cache changes.
 #[test]
-fn place_rows_writes_each_row_at_its_place_only() {
-    use spotlight_kernels::copy::place_rows;
+fn hash_pack_placed_writes_each_rows_codes_at_its_place_only() {
+    use spotlight_kernels::hash_pack::hash_pack_placed;
     use spotlight_kernels::rope_append::RowPlace;
     let client = client();
-    let (batch, cap, width) = (3, 5, 3);
+    let mut rng = rng("hash_pack_placed");
+    let (heads, d, batch, cap) = (3, 64, 3, 5);
     let places = [
         RowPlace { seq: 2, pos: 4 },
         RowPlace { seq: 0, pos: 0 },
         RowPlace { seq: 1, pos: 2 },
     ];
-    let src: Vec<u32> = (0..places.len() as u32 * width as u32).collect();
-    let dst = filled_u32(&client, batch * cap * width, POISON);
+    let n = heads * d;
+    let weights = HashWeights::new(
+        heads,
+        d,
+        normal(&mut rng, n * d, 0.2),
+        normal(&mut rng, n, 0.1),
+        normal(&mut rng, n * d, 0.2),
+        normal(&mut rng, n, 0.1),
+    )
+    .unwrap();
+    let x = normal(&mut rng, places.len() * n, 1.0);
+    let want_rows = reference::hash_pack(&weights, &x);
+    let words = heads * d / 32;
+    let cache = filled_u32(&client, batch * cap * words, POISON);
     let column = |f: fn(&RowPlace) -> usize| places.iter().map(|p| f(p) as u32).collect::<Vec<_>>();
     let (seq, pos) = (
         upload_u32(&client, &column(|p| p.seq)),
         upload_u32(&client, &column(|p| p.pos)),
     );
-    place_rows(
+    let dev = DeviceHashWeights::upload(&client, &weights);
+    let xh = upload_f32(&client, &x);
+    hash_pack_placed(
         &client,
-        &upload_u32(&client, &src),
+        &dev,
+        &xh,
         &places,
         (&seq, &pos),
-        &dst,
-        (batch, cap, width),
+        &cache,
+        (batch, cap),
     )
     .unwrap();
-    let mut want = vec![POISON; batch * cap * width];
+    let mut want = vec![POISON; batch * cap * words];
     for (r, p) in places.iter().enumerate() {
-        let at = (p.seq * cap + p.pos) * width;
-        want[at..at + width].copy_from_slice(&src[r * width..(r + 1) * width]);
+        let at = (p.seq * cap + p.pos) * words;
+        want[at..at + words].copy_from_slice(&want_rows[r * words..(r + 1) * words]);
     }
-    assert_eq!(read_u32(&client, dst.clone(), want.len()), want);
+    assert_eq!(read_u32(&client, cache.clone(), want.len()), want);
     let over = [RowPlace { seq: 0, pos: cap }];
-    assert!(place_rows(
+    let err = hash_pack_placed(
         &client,
-        &dst,
+        &dev,
+        &xh,
         &over,
         (&seq, &pos),
-        &dst,
-        (batch, cap, width)
-    )
-    .is_err());
+        &cache,
+        (batch, cap),
+    );
+    assert!(err.is_err());
 }
 
 #[test]

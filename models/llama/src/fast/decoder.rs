@@ -3,11 +3,10 @@
 use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::cubecl::server::Handle;
 use spotlight_kernels::attend::{attend, KvLayout, QueryRow, QueryRows};
-use spotlight_kernels::copy::place_rows;
 use spotlight_kernels::device::{check_bytes, read_f32, upload_f32, upload_u32};
 use spotlight_kernels::embed::embed;
 use spotlight_kernels::fill::random_uniform;
-use spotlight_kernels::hash_pack::hash_pack;
+use spotlight_kernels::hash_pack::{hash_pack, hash_pack_placed};
 use spotlight_kernels::linear::{linear_fused, Epilogue, Prologue, MAX_ROWS};
 use spotlight_kernels::rope_append::{rope_append, RopeShape, RowPlace};
 use spotlight_kernels::{AttendShape, KernelError, SequencePlan};
@@ -345,7 +344,6 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
         let linears = m.div_ceil(MAX_ROWS);
         let w = &self.weights;
         let sparse = self.sparse.as_ref();
-        let words = sparse.map_or(0, |s| s.shape.words());
         let mut launches = 0;
         let mut read = 0.0;
         if parts.weights {
@@ -389,19 +387,18 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
                 .map_err(kernel)?;
             }
             if let Some(c) = coded {
-                // The new keys' codes, into the code cache at their places.
-                hash_pack(client, &c.decode.hash.key[l], &c.k_rows, m, &c.k_codes)
-                    .map_err(kernel)?;
-                place_rows(
+                // The new keys' codes, straight into the code cache at their places.
+                hash_pack_placed(
                     client,
-                    &c.k_codes,
+                    &c.decode.hash.key[l],
+                    &c.k_rows,
                     &places,
                     (&row_seq, &row_pos),
                     &c.codes[l],
-                    (self.lens.len(), self.cap, hkv * words),
+                    (self.lens.len(), self.cap),
                 )
                 .map_err(kernel)?;
-                launches += 2;
+                launches += 1;
             }
             let selection = match pruned {
                 Some((sp, p)) => {

@@ -42,9 +42,8 @@ pub(super) struct SparseState {
     pub lists: IndexLists,
     /// This step's query codes `[rows][q_heads][words]`.
     pub q_codes: Handle,
-    /// This step's rotated keys `[rows][kv_heads][d]` f32, and their codes.
+    /// This step's rotated keys `[rows][kv_heads][d]` f32.
     pub k_rows: Handle,
-    pub k_codes: Handle,
 }
 
 impl SparseState {
@@ -94,7 +93,6 @@ impl SparseState {
             codes,
             q_codes: client.empty(4 * batch * hq * words),
             k_rows: client.empty(4 * batch * hkv * d),
-            k_codes: client.empty(4 * batch * hkv * words),
             decode,
         })
     }
