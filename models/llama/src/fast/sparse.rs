@@ -35,7 +35,6 @@ pub struct SparseDecode {
 /// Device state of sparse decoding: key codes per layer and per-step workspaces.
 pub(super) struct SparseState {
     pub decode: SparseDecode,
-    pub shape: CodeShape,
     /// Per layer `[batch][cap][kv_heads][words]` u32 (unused for dense layers).
     pub codes: Vec<Handle>,
     pub selector: Selector,
@@ -89,7 +88,6 @@ impl SparseState {
         Ok(Self {
             lists: IndexLists::new(client, batch, hkv, most, 0),
             selector,
-            shape,
             codes,
             q_codes: client.empty(4 * batch * hq * words),
             k_rows: client.empty(4 * batch * hkv * d),
