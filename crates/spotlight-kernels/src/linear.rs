@@ -26,22 +26,14 @@ pub struct Tiling {
 }
 
 impl Tiling {
-    /// The default for `m` rows: one column and deep prefetch for one row (all bandwidth);
-    /// more columns per plane as rows grow (x traffic from L1 then dominates).
+    /// The default for `m` rows, from the H200 sweep (`spotlight bench linear`, Llama-3-8B
+    /// shapes): one column and deep prefetch for one row (all bandwidth); more columns per plane
+    /// as rows grow (x traffic from L1 then dominates).
     pub fn for_rows(m: usize) -> Self {
         match m {
-            1 => Self {
-                cols: 1,
-                in_flight: 4,
-            },
-            2..=4 => Self {
-                cols: 2,
-                in_flight: 2,
-            },
-            _ => Self {
-                cols: 4,
-                in_flight: 1,
-            },
+            1 => Self { cols: 1, in_flight: 8 },
+            2..=4 => Self { cols: 2, in_flight: 4 },
+            _ => Self { cols: 4, in_flight: 2 },
         }
     }
 }
