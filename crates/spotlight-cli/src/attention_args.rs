@@ -78,6 +78,11 @@ pub struct SelectorArgs {
     /// Seed of the linear hash's random projections.
     #[arg(long, default_value_t = 0)]
     pub hash_seed: u64,
+    /// Decoding: sequences shorter than this many tokens attend densely. Retrieval has a fixed
+    /// cost per layer, so below some length dense attention is faster (README, "End-to-end
+    /// decode"); 0 selects from the first token past the budget, as the paper does.
+    #[arg(long, default_value_t = 0)]
+    pub dense_below: usize,
 }
 
 /// Where the shipped hash of `model_id` would be: the cache first, then the repository.

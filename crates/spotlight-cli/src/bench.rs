@@ -170,6 +170,10 @@ impl OnBackend for Job {
                         &loaded.config,
                         &device,
                     )
+                    .map(|s| spotlight_llama::Selection {
+                        dense_below: a.selector.dense_below,
+                        ..s
+                    })
                 })
                 .transpose()?;
             let name = selection

@@ -215,7 +215,9 @@ fn verify<R: Runtime>(
     let got = read_f32(client, y.clone(), m * n);
     // The first and last columns (the last plane may be partly empty): enough to catch a wrong
     // tiling, cheap enough to run for every one.
-    let cols: Vec<usize> = (0..n.min(64)).chain(n.saturating_sub(64).max(64)..n).collect();
+    let cols: Vec<usize> = (0..n.min(64))
+        .chain(n.saturating_sub(64).max(64)..n)
+        .collect();
     let tol = 1e-5 * (k as f32).sqrt();
     cols.iter().all(|&c| {
         let want = reference::linear(&xs, &ws[c * k..(c + 1) * k], m, k, 1);

@@ -146,6 +146,10 @@ impl OnBackend for Job {
                     &loaded.config,
                     &device,
                 )
+                .map(|s| Selection {
+                    dense_below: args.attention.selector.dense_below,
+                    ..s
+                })
             })
             .transpose()?;
         let attention = Attention {

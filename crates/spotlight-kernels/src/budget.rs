@@ -58,6 +58,16 @@ impl Budget {
 }
 
 impl SequencePlan {
+    /// Every one of `len` tokens (a sequence that attends densely).
+    pub fn keep_all(len: usize) -> Self {
+        Self {
+            len,
+            sink: 0,
+            window: len,
+            top_k: 0,
+        }
+    }
+
     /// Number of indices selected: sink + top-k + window, never more than `len`, no duplicates.
     pub fn selected(&self) -> usize {
         self.sink + self.top_k + self.window

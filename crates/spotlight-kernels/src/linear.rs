@@ -31,9 +31,18 @@ impl Tiling {
     /// as rows grow (x traffic from L1 then dominates).
     pub fn for_rows(m: usize) -> Self {
         match m {
-            1 => Self { cols: 1, in_flight: 8 },
-            2..=4 => Self { cols: 2, in_flight: 4 },
-            _ => Self { cols: 4, in_flight: 2 },
+            1 => Self {
+                cols: 1,
+                in_flight: 8,
+            },
+            2..=4 => Self {
+                cols: 2,
+                in_flight: 4,
+            },
+            _ => Self {
+                cols: 4,
+                in_flight: 2,
+            },
         }
     }
 }

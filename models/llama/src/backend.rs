@@ -176,6 +176,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LlamaBacke
                     hash,
                     budget: s.budget,
                     dense_layers: s.dense_layers,
+                    dense_below: s.dense_below,
                 }),
                 _ => return Ok(None),
             },

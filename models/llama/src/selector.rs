@@ -92,6 +92,9 @@ pub struct Selection<B: Backend> {
     /// Layers 0..dense_layers attend densely (METHOD.md: layers 0 and 1).
     pub dense_layers: usize,
     pub rows: SelectRows,
+    /// Decoding: sequences shorter than this attend densely (below the length where retrieval
+    /// saves more than it costs). 0 (the default, as in the paper): always select.
+    pub dense_below: usize,
 }
 
 impl<B: Backend> Selection<B> {
@@ -101,6 +104,7 @@ impl<B: Backend> Selection<B> {
             budget,
             dense_layers: 2,
             rows,
+            dense_below: 0,
         }
     }
 
@@ -119,6 +123,7 @@ impl<B: Backend> Selection<B> {
     /// The budget of sequence b when it holds `len` tokens after this call.
     pub fn plan(&self, len: usize) -> SequencePlan {
         match self.rows {
+            SelectRows::Decode if len < self.dense_below => SequencePlan::keep_all(len),
             SelectRows::Decode => self.budget.plan(len),
             SelectRows::EveryRow { budget_len } => self.budget.plan(budget_len),
         }
@@ -131,7 +136,7 @@ impl<B: Backend> Selection<B> {
             return 1.0;
         }
         let dense = self.dense_layers.min(layers);
-        let sparse = self.budget.plan(len).selected() as f64 / len as f64;
+        let sparse = self.plan(len).selected() as f64 / len as f64;
         (dense as f64 + (layers - dense) as f64 * sparse) / layers as f64
     }
 }
@@ -301,5 +306,13 @@ mod tests {
         let want = (2.0 + 28.0 * 268.0 / 10_000.0) / 30.0;
         assert!((share - want).abs() < 1e-12, "{share} vs {want}");
         assert_eq!(sel.read_share(30, 50), 1.0);
+        // Below dense_below a sequence attends densely; at it, the budget applies again.
+        let sel = Selection {
+            dense_below: 10_000,
+            ..sel
+        };
+        assert_eq!(sel.plan(9_999), SequencePlan::keep_all(9_999));
+        assert_eq!(sel.read_share(30, 9_999), 1.0);
+        assert!((sel.read_share(30, 10_000) - want).abs() < 1e-12);
     }
 }

@@ -176,6 +176,15 @@ fn synthetic_decoder_rewinds_and_full_budget_spotlight_is_dense() {
     assert!(diff < 1e-4, "full budget vs dense: {diff}");
     let (small, share) = sparse(0.02);
     assert!(share < 0.8, "read share {share}");
+    // The same budget with every sequence below `dense_below` is dense attention again.
+    let s = SparseDecode {
+        dense_below: context + 10,
+        ..SparseDecode::synthetic(&client, &c, budget(0.02), 9).unwrap()
+    };
+    let codes = random_codes(&client, &c, (batch, context + 4), 1);
+    decoder.set_sparse(Some((s, codes))).unwrap();
+    assert_eq!(logits(&mut decoder), dense, "dense below the threshold");
+    assert_eq!(decoder.read_share(), 1.0);
     let diff = small
         .iter()
         .zip(&dense)

@@ -30,6 +30,8 @@ pub struct SparseDecode {
     pub hash: FusedHash,
     pub budget: Budget,
     pub dense_layers: usize,
+    /// Sequences shorter than this attend densely (see `Selection::dense_below`).
+    pub dense_below: usize,
 }
 
 /// Device state of sparse decoding: key codes per layer and per-step workspaces.
@@ -96,7 +98,16 @@ impl SparseState {
     }
 
     pub fn plans(&self, lens: &[usize]) -> Vec<SequencePlan> {
-        lens.iter().map(|&n| self.decode.budget.plan(n)).collect()
+        let d = &self.decode;
+        lens.iter()
+            .map(|&n| {
+                if n < d.dense_below {
+                    SequencePlan::keep_all(n)
+                } else {
+                    d.budget.plan(n)
+                }
+            })
+            .collect()
     }
 }
 
@@ -147,6 +158,7 @@ impl SparseDecode {
             },
             budget,
             dense_layers: 2,
+            dense_below: 0,
         })
     }
 }
