@@ -53,17 +53,22 @@ def generation():
     lines = []
     for name, d in load("generate_*.json"):
         sparse = any("attention" in r for r in d["rows"])
+        paths = any("decode_path" in r for r in d["rows"])
         bw = copy.get(d["device"])
         floor = f"; weights-read floor per decode step {SMOLLM2_F32_BYTES / (bw * 1e9) * 1e3:.3f} ms at the measured copy rate {bw:.0f} GB/s" if bw else ""
         lines += [f"**Generation throughput** (`{name}`): {d['device']}, backend {d['backend']}, {d['dtype']}, "
                   f"commit {d['commit']}, {d['date']}{floor}.", "", f"    {d.get('command', '')}", "",
                   ("| attention | K/V rows read " if sparse else "")
+                  + ("| decode path | launches / step " if paths else "")
                   + "| batch | prompt tokens | prefill s | prefill tok/s | decode tok/s | ms / decode step |"
                   + (" floor ratio |" if bw else ""),
-                  ("|---|---" if sparse else "") + "|---|---|---|---|---|---|" + ("---|" if bw else "")]
+                  ("|---|---" if sparse else "") + ("|---|---" if paths else "") + "|---|---|---|---|---|---|" + ("---|" if bw else "")]
         for r in d["rows"]:
             ratio = f" {SMOLLM2_F32_BYTES / (bw * 1e9) * 1e3 / r['decode_ms_per_step']:.1%} |" if bw else ""
             att = f"| {r['attention']} | {r['kv_read_share']:.1%} " if sparse else ""
+            if paths:
+                launches = r.get("fused_launches_per_step")
+                att += f"| {r['decode_path']} | {'–' if launches is None else launches} "
             lines.append(f"{att}| {r['batch']} | {r['prompt_tokens']} | {r['prefill_s_median']:.3f} | {r['prefill_tok_s']:.0f} | "
                          f"{r['decode_tok_s']:.1f} | {r['decode_ms_per_step']:.2f} |{ratio}")
         lines.append("")
@@ -124,15 +129,71 @@ def retrieval():
 def linear():
     lines = []
     for name, d in load("decode_linear_*.json"):
+        swept = any("tiling" in r for r in d["rows"])
         lines += [f"**Decode linear kernel** (`{name}`, {d['device']}, {d['date']}, commit {d['commit']}; torch {d.get('torch', '?')}): "
                   f"y = x·Wᵀ, {d['weights']}; µs per call (regions of 10 back-to-back calls, median of 20); "
-                  f"GB/s of weights; our copy kernel {d['copy_gbps']:.0f} GB/s in the same run.", "",
+                  f"GB/s of weights; our copy kernel {d['copy_gbps']:.0f} GB/s in the same run"
+                  + ("; rows at the tiling the decoder uses, and the best of the sweep (columns per plane x loads in flight)" if swept else "") + ".", "",
                   f"    {d['command']}   # then: python3 benches/peers/linear_torch.py", "",
-                  "| projection | in → out | rows | ours µs | ours GB/s | torch F.linear µs | torch GB/s |", "|---|---|---|---|---|---|---|"]
+                  "| projection | in → out | rows | ours µs | ours GB/s | % of copy |" + (" best tiling | best GB/s |" if swept else "")
+                  + " torch F.linear µs | torch GB/s |",
+                  "|---|---|---|---|---|---|" + ("---|---|" if swept else "") + "---|---|"]
         for r in d["rows"]:
+            if swept and not r["default_tiling"]:
+                continue
             torch_gbps = "–" if r.get("torch_gbps") is None else f"{r['torch_gbps']:.0f}"
+            best = ""
+            if swept:
+                b = min((x for x in d["rows"] if (x["name"], x["m"]) == (r["name"], r["m"])), key=lambda x: x["us"])
+                best = f" {b['tiling']} | {b['gbps']:.0f} |"
             lines.append(f"| {r['name']} | {r['k']} → {r['n']} | {r['m']} | {r['us']:.1f} | {r['gbps']:.0f} | "
-                         f"{fmt(r.get('torch_us'))} | {torch_gbps} |")
+                         f"{r['fraction_of_copy']:.0%} |{best} {fmt(r.get('torch_us'))} | {torch_gbps} |")
+        lines.append("")
+    return lines
+
+
+def fast_decode():
+    lines = []
+    for name, d in load("decode_dense.json"):
+        lines += [f"**Fused decoder, dense attention** (`{name}`, {d['device']}, {d['date']}, commit {d['commit']}): "
+                  f"tokens/s of whole decode steps (logits on the host); PyTorch eager decode of the same shapes in the same job "
+                  f"(`benches/peers/decode_torch.py`). Copy {d['copy_gbps']:.0f} GB/s; one kernel launch costs "
+                  f"{d['launch_host_us']:.1f} µs of host time. Launches per layer: "
+                  + ", ".join(f"{k} {v:g}" for k, v in d["launches_per_layer"].items()) + f". {d['note']}.", ""]
+        lines += [f"    {c}" for c in d["commands"]] + [""]
+        lines += ["| model | weights | context | batch | decode path | ours tok/s | ms / step | torch eager tok/s | ours / torch | launches / step | floor ratio |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in d["rows"]:
+            t = r.get("torch_tok_s")
+            weights = f"SYNTHETIC {r['dtype']}" if r["synthetic"] else f"real, {r['dtype']}"
+            ratio = "–" if not t else f"{r['tok_s'] / t:.2f}×"
+            floor = "–" if r.get("floor_ratio") is None else f"{r['floor_ratio']:.0%}"
+            launches = "–" if r.get("launches_per_step") is None else r["launches_per_step"]
+            lines.append(f"| {r['model']} | {weights} | {r['context']} | {r['batch']} | {r.get('decode_path', 'fused')} | {r['tok_s']:.0f} | "
+                         f"{r['ms_per_step']:.2f} | {'–' if not t else f'{t:.0f}'} | {ratio} | {launches} | {floor} |")
+        lines.append("")
+    return lines
+
+
+def e2e():
+    lines = []
+    for name, d in load("e2e.json"):
+        lines += [f"**End-to-end decode, dense vs Spotlight** (`{name}`, {d['device']}, {d['date']}, commit {d['commit']}): "
+                  f"budget {d['budget']}. {d['note']}. Time split per step: each part timed alone (ms).", ""]
+        lines += [f"    {c}" for c in d["commands"]] + [""]
+        lines += ["| model | context | batch | dense tok/s | Spotlight tok/s | speedup | torch dense tok/s | K/V read | dense: weights / attention | Spotlight: weights / attention / retrieval |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in d["rows"]:
+            if r.get("skipped"):
+                lines.append(f"| {r['model']} | {r['context']} | {r['batch']} | skipped: {r['skipped']} | | | | | | |")
+                continue
+            t = r.get("torch_dense_tok_s")
+            ds, ss = r.get("dense_split_ms"), r.get("spotlight_split_ms")
+            dsplit = "–" if not ds else f"{ds['weights']:.2f} / {ds['attention']:.2f}"
+            ssplit = "–" if not ss else f"{ss['weights']:.2f} / {ss['attention']:.2f} / {ss['retrieval']:.2f}"
+            model = r["model"] + ("" if r["synthetic"] else " (real)")
+            lines.append(f"| {model} | {r['context']} | {r['batch']} | {r['dense_tok_s']:.0f} | {r['spotlight_tok_s']:.0f} | "
+                         f"{r['speedup']:.2f}× | {'–' if not t else f'{t:.0f}'} | {r['kv_read_share']:.1%} | {dsplit} | {ssplit} |")
         lines.append("")
     return lines
 
@@ -219,7 +280,7 @@ def fidelity():
 
 
 def main():
-    body = "\n".join(checks() + ppls() + generation() + profiles() + retrieval() + linear() + quality() + training() + fidelity() + peers()).strip() or "(no results yet)"
+    body = "\n".join(checks() + ppls() + generation() + profiles() + fast_decode() + e2e() + retrieval() + linear() + quality() + training() + fidelity() + peers()).strip() or "(no results yet)"
     path = os.path.join(ROOT, "README.md")
     text = open(path).read()
     new = re.sub(r"<!-- results:begin -->.*<!-- results:end -->",
