@@ -78,11 +78,12 @@ pub struct SelectorArgs {
     /// Seed of the linear hash's random projections.
     #[arg(long, default_value_t = 0)]
     pub hash_seed: u64,
-    /// Decoding: sequences shorter than this many tokens attend densely. Retrieval has a fixed
-    /// cost per layer, so below some length dense attention is faster (README, "End-to-end
-    /// decode"); 0 selects from the first token past the budget, as the paper does.
-    #[arg(long, default_value_t = 0)]
-    pub dense_below: usize,
+    /// Decoding: sequences shorter than this many tokens attend densely (exact). Retrieval has a
+    /// fixed cost per layer, so below some length dense attention is faster (README, "Sparse
+    /// attention"); 0 selects as soon as the budget leaves keys out, as the paper does.
+    /// [default: 32768 for generate, 0 for benchmarks]
+    #[arg(long)]
+    pub dense_below: Option<usize>,
 }
 
 /// Where the shipped hash of `model_id` would be: the cache first, then the repository.

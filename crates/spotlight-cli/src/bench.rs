@@ -171,7 +171,7 @@ impl OnBackend for Job {
                         &device,
                     )
                     .map(|s| spotlight_llama::Selection {
-                        dense_below: a.selector.dense_below,
+                        dense_below: a.selector.dense_below.unwrap_or(0),
                         ..s
                     })
                 })

@@ -11,6 +11,10 @@ use crate::backend::{self, BackendKind, OnBackend, SpotlightBackend};
 use crate::error::{CliError, Result};
 use crate::model_args::{self, ModelArgs};
 
+/// Sequence length below which generation attends densely by default: on the H200 Spotlight's
+/// retrieval costs more than it saves below ~32K tokens at batch 1 (README, "End-to-end decode").
+const DENSE_BELOW: usize = 32_768;
+
 const DEFAULT_QUESTION: &str = "What is the capital of France? Answer in one sentence.";
 
 #[derive(Debug, Clone, clap::Args)]
@@ -147,7 +151,7 @@ impl OnBackend for Job {
                     &device,
                 )
                 .map(|s| Selection {
-                    dense_below: args.attention.selector.dense_below,
+                    dense_below: args.attention.selector.dense_below.unwrap_or(DENSE_BELOW),
                     ..s
                 })
             })
@@ -155,13 +159,14 @@ impl OnBackend for Job {
         let attention = Attention {
             label: match &selection {
                 Some(s) => format!(
-                    "{} (budget {} of the tokens, ≥ {}, + sink {} + window {}; layers ≥ {})",
+                    "{} (budget {} of the tokens, ≥ {}, + sink {} + window {}; layers ≥ {}; dense below {} tokens)",
                     s.selector.name(),
                     s.budget.fraction,
                     s.budget.min_tokens,
                     s.budget.sink,
                     s.budget.window,
-                    s.dense_layers
+                    s.dense_layers,
+                    s.dense_below
                 ),
                 None => "dense".into(),
             },

@@ -181,8 +181,10 @@ fn eval_fidelity_and_generate_with_each_attention() {
         "It was the best of times, it was the worst of times, ".repeat(20),
     )
     .unwrap();
-    for attention in ["dense", "spotlight", "linear", "quest", "oracle"] {
-        let err = run_ok(&[
+    // By default generation attends densely below 32K tokens; --dense-below 0 selects from the
+    // first token past the budget.
+    let generate = |attention: &str, dense_below: Option<&str>| {
+        let mut args = vec![
             "generate",
             "--backend",
             "cpu",
@@ -194,7 +196,19 @@ fn eval_fidelity_and_generate_with_each_attention() {
             "3",
             "--temperature",
             "0",
-        ]);
+        ];
+        if let Some(n) = dense_below {
+            args.extend(["--dense-below", n]);
+        }
+        run_ok(&args)
+    };
+    let default = generate("spotlight", None);
+    assert!(
+        default.contains("dense below 32768 tokens") && default.contains("read 100.0%"),
+        "{default}"
+    );
+    for attention in ["dense", "spotlight", "linear", "quest", "oracle"] {
+        let err = generate(attention, Some("0"));
         let share = err
             .lines()
             .find(|l| l.starts_with("[attention]"))

@@ -307,6 +307,11 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// A placeholder buffer (the code cache of a layer that never selects).
+fn client_empty<R: CubeRuntime>(device: &R::Device) -> burn_cubecl::cubecl::server::Handle {
+    R::client(device).empty(16)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,9 +351,4 @@ mod tests {
             }
         }
     }
-}
-
-/// A placeholder buffer (the code cache of a layer that never selects).
-fn client_empty<R: CubeRuntime>(device: &R::Device) -> burn_cubecl::cubecl::server::Handle {
-    R::client(device).empty(16)
 }

@@ -133,7 +133,7 @@ fn synthetic_decoder_rewinds_and_full_budget_spotlight_is_dense() {
         Decoder::<WgpuRuntime, f32>::synthetic(client.clone(), &c, batch, context, 4, 3).unwrap();
     let rows = [StepRow { seq: 0, token: 5 }, StepRow { seq: 1, token: 66 }];
     let start = vec![context; batch];
-    let mut logits = |decoder: &mut Decoder<WgpuRuntime, f32>| {
+    let logits = |decoder: &mut Decoder<WgpuRuntime, f32>| {
         decoder.rewind(&start).unwrap();
         let out = decoder.step(&rows).unwrap();
         assert!(out.iter().all(|v| v.is_finite()));
