@@ -181,10 +181,14 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LlamaBacke
                 _ => return Ok(None),
             },
         };
+        let client = R::client(&model.embed.device());
+        // A device or shape the kernels cannot take: decode with tensor ops instead.
+        if Decoder::<R, F>::supports(&client, &model.config).is_err() {
+            return Ok(None);
+        }
         let Some(weights) = DecoderWeights::from_model(model) else {
             return Ok(None);
         };
-        let client = R::client(&model.embed.device());
         let (cos, sin) = model.rope.tables();
         let (k, v) = cache
             .layers

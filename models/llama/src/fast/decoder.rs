@@ -116,27 +116,11 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
         let half = c.head_dim / 2;
         check_bytes(&cos, 4 * cap * half, "RoPE table (bytes)").map_err(kernel)?;
         check_bytes(&sin, 4 * cap * half, "RoPE table (bytes)").map_err(kernel)?;
+        Self::supports(&client, c).map_err(kernel)?;
         let attend_shape =
             AttendShape::dense(c.num_attention_heads, c.num_key_value_heads, c.head_dim)
                 .map_err(kernel)?;
-        let plane = client.properties().hardware.plane_size_max as usize;
-        if plane == 0 || !c.head_dim.is_multiple_of(plane) || plane > c.head_dim {
-            return Err(kernel(KernelError::PlaneSize {
-                plane,
-                d: c.head_dim,
-            }));
-        }
-        let vec = 16 / core::mem::size_of::<E>();
         let q_width = c.num_attention_heads * c.head_dim;
-        for k_in in [c.hidden_size, q_width, c.intermediate_size] {
-            if !k_in.is_multiple_of(vec) {
-                return Err(kernel(KernelError::Length {
-                    what: "projection input size (multiple of 16 bytes)",
-                    expected: vec,
-                    got: k_in,
-                }));
-            }
-        }
         let rows = lens.len().max(1);
         let f32s = |n: usize| client.empty(4 * n.max(1));
         let scratch = Scratch {
@@ -163,6 +147,36 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
             read_share: 1.0,
             _element: std::marker::PhantomData,
         })
+    }
+
+    /// Whether this device can run the decoder's kernels for `config`: one plane (warp) size that
+    /// divides head_dim, and projection inputs in whole 16-byte vectors of `E`. Where it cannot,
+    /// generation keeps the tensor path.
+    pub fn supports(client: &ComputeClient<R>, c: &crate::LlamaConfig) -> Result<(), KernelError> {
+        let hw = &client.properties().hardware;
+        let plane = hw.plane_size_max as usize;
+        if plane == 0
+            || hw.plane_size_min != hw.plane_size_max
+            || !c.head_dim.is_multiple_of(plane)
+            || plane > c.head_dim
+        {
+            return Err(KernelError::PlaneSize {
+                plane,
+                d: c.head_dim,
+            });
+        }
+        let vec = 16 / core::mem::size_of::<E>();
+        let q_width = c.num_attention_heads * c.head_dim;
+        for k_in in [c.hidden_size, q_width, c.intermediate_size] {
+            if !k_in.is_multiple_of(vec) {
+                return Err(KernelError::Length {
+                    what: "projection input size (multiple of 16 bytes)",
+                    expected: vec,
+                    got: k_in,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// A SYNTHETIC decoder for benchmarks: random weights (see [`DecoderWeights::synthetic`]) and
