@@ -384,3 +384,61 @@ fn kernel_decode_matches_the_mask_path() {
 fn host_gpu<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
 }
+
+/// `generate` with the kernel hash on wgpu decodes on the fused decoder (sparse, every sequence
+/// in every step) and picks the same greedy tokens as the tensor path, also when one sequence
+/// stops early and is carried along. SYNTHETIC weights.
+#[test]
+fn generate_decodes_sparse_on_the_fused_path_with_ragged_stops() {
+    use burn::backend::wgpu::{Wgpu, WgpuDevice};
+    use spotlight_llama::{generate, GenerateConfig, Sampling};
+    use spotlight_train::kernel_selector::KernelHash;
+    type Gpu = Wgpu<f32, i32>;
+    let device = WgpuDevice::DefaultDevice;
+    let c = LlamaConfig {
+        vocab_size: 61,
+        hidden_size: 96,
+        intermediate_size: 40,
+        num_hidden_layers: 3,
+        ..LlamaConfig::attention_shape(3, 6, 2, 64, 96)
+    };
+    let model = Llama::<Gpu>::load(&c, &SyntheticWeights::new(&c, 6), 96, &device).unwrap();
+    let file = random_hash(&c, Layout::Group);
+    let kernel: Arc<dyn KeySelector<Gpu>> =
+        Arc::new(KernelHash::new("kernel", &file, heads(&c), &device).unwrap());
+    let budget = Budget {
+        fraction: 0.1,
+        min_tokens: 5,
+        sink: 2,
+        window: 3,
+    };
+    let selection = Selection::new(kernel, budget, SelectRows::Decode);
+    let mut rng = StdRng::seed_from_u64(5);
+    let prompts: Vec<Vec<u32>> = [37usize, 52]
+        .iter()
+        .map(|&n| (0..n).map(|_| rng.random_range(0..61)).collect())
+        .collect();
+    let run = |fused: bool, stop_ids: Vec<u32>| {
+        let config = GenerateConfig {
+            max_tokens: 6,
+            sampling: Sampling::Greedy,
+            repetition_penalty: 1.0,
+            seed: 0,
+            stop_ids,
+            fused_decode: fused,
+        };
+        generate(&model, &prompts, &config, Some(&selection), |_, _| Ok(())).unwrap()
+    };
+    let (fused, stats) = run(true, vec![]);
+    assert!(stats.fused_launches.is_some(), "the fused decoder ran");
+    assert!(stats.kv_read_share < 1.0, "{}", stats.kv_read_share);
+    let (tensor, stats) = run(false, vec![]);
+    assert!(stats.fused_launches.is_none());
+    assert_eq!(fused, tensor);
+    // Sequence 0 stops at its second token; sequence 1 goes on (unless it meets the same token).
+    let stop = fused[0][1];
+    let (fused, _) = run(true, vec![stop]);
+    let (tensor, _) = run(false, vec![stop]);
+    assert_eq!(fused, tensor);
+    assert_eq!(fused[0].len(), 1);
+}
