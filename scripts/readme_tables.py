@@ -215,7 +215,7 @@ def quality():
             lines.append(f"| {100 * r['budget']:g}% | {r['method']} | {r['layout']} | {bits} | {r['iou']:.3f} | {r['recall']:.3f} | "
                          f"{r['mass_recall']:.3f} | {r['kv_read']:.2f} | {r['bytes_per_token']:g} |")
         stem = name[:-len(".json")]
-        extra = [f"`{stem}{ext}`" for ext in (".per_layer.csv", ".mass_recall.svg", ".iou.svg")
+        extra = [f"`{stem}{ext}`" for ext in (".per_layer.csv", ".mass_recall.png", ".iou.png")
                  if os.path.exists(os.path.join(RESULTS, stem + ext))]
         lines += ["", f"Every budget and layer, and plots: {', '.join(extra)}." if extra else "", ""]
     return lines

@@ -45,7 +45,7 @@ echo "== training $STEPS steps into $RUN"
 # At most 8 files come back from a call: small results travel as one tarball.
 collect() {
   mkdir -p /tmp/results
-  cp "$RUN"/train_log.csv "$RUN"/train_curves.csv "$RUN"/train_*.svg /tmp/results/ 2>/dev/null || true
+  cp "$RUN"/train_log.csv "$RUN"/train_curves.csv "$RUN"/train_*.png /tmp/results/ 2>/dev/null || true
   cp "$OUT"/*.json /tmp/results/ 2>/dev/null || true
   tar czf "$OUT/results.tgz" -C /tmp/results .
 }

@@ -66,7 +66,21 @@ pub const SOTU: Asset = Asset {
     member: ("package/data/", ""),
 };
 
-pub const ALL: [Asset; 3] = [SMOLLM2, MOBY_DICK, SOTU];
+/// The font plots are drawn with (PNG text needs glyphs; a font file cannot live in the repository).
+pub const FONT: Asset = Asset {
+    name: "DejaVu Sans (plot labels)",
+    registry: Registry::Npm,
+    package: "dejavu-fonts-ttf",
+    version: "2.37.3",
+    archive_sha256: "b7013ac58f9225250619db82cfb72e99c37ca8195f2b5a06a9e6a95bc5e1c84a",
+    dir: "fonts/dejavu",
+    member: (
+        "package/ttf/DejaVuSans.ttf",
+        "7da195a74c55bef988d0d48f9508bd5d849425c1770dba5d7bfc6ce9ed848954",
+    ),
+};
+
+pub const ALL: [Asset; 4] = [SMOLLM2, MOBY_DICK, SOTU, FONT];
 
 /// `$SPOTLIGHT_HOME`, else `~/.cache/spotlight`.
 pub fn home() -> PathBuf {

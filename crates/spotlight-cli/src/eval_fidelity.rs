@@ -9,7 +9,7 @@
 //!
 //! Writes `fidelity.json` = {"model", "rows": [{"method", "budget", "task", "context", "score",
 //! "dense_score"}]}, and beside it a folder of the same name with a CSV of the rows, a CSV of every
-//! retrieval trial and the SVG plots.
+//! retrieval trial and the PNG plots.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -571,7 +571,7 @@ fn depth_heatmaps(a: &FidelityArgs, scores: &[DepthScore], model: &str) -> Resul
         let depth_names: Vec<String> = (0..depths)
             .map(|d| format!("{:.0}%", 100.0 * d as f64 / (depths.max(2) - 1) as f64))
             .collect();
-        let file = format!("{task}_depth_{file}.svg");
+        let file = format!("{task}_depth_{file}.png");
         heatmap(
             &dir.join(file),
             &format!("{task}, {label}: score by depth and context ({model})"),
@@ -723,7 +723,7 @@ fn write_outputs(
             })
             .collect();
         line_chart(
-            &dir.join(format!("{task}.svg")),
+            &dir.join(format!("{task}.png")),
             &format!("{task} vs context ({model})"),
             "context (tokens)",
             if *task == "ppl" {
@@ -777,7 +777,7 @@ fn write_outputs(
             );
         }
         heatmap(
-            &dir.join(format!("{task}_heatmap.svg")),
+            &dir.join(format!("{task}_heatmap.png")),
             &format!("{task}: score by context ({model})"),
             "context (tokens)",
             "",

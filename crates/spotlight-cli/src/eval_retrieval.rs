@@ -4,7 +4,7 @@
 //! Writes `retrieval_quality.json`, a per-layer CSV and recall-vs-budget plots.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::backend::Autodiff;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -58,10 +58,13 @@ pub struct RetrievalArgs {
     /// Result JSON; the CSV and plots go beside it.
     #[arg(long, default_value = "benches/results/retrieval_quality.json")]
     pub json: PathBuf,
+    /// Only redraw the plots of the existing --json report (no model run).
+    #[arg(long)]
+    pub replot: bool,
 }
 
 /// One averaged row of the result (the schema plus the K/V read factor).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct QualityRow {
     pub method: String,
     pub layout: String,
@@ -91,6 +94,9 @@ struct QualityReport {
 }
 
 pub fn run(args: RetrievalArgs) -> Result<()> {
+    if args.replot {
+        return replot(&args.json);
+    }
     let kind = args.model.backend;
     backend::run(kind, Job(args))
 }
@@ -309,38 +315,7 @@ impl OnBackend for Job {
         }
         std::fs::write(&csv_path, csv)
             .map_err(|e| CliError::Io(format!("cannot write {}: {e}", csv_path.display())))?;
-        for (metric, label, f) in [
-            (
-                "mass_recall",
-                "attention mass covered",
-                (|r: &QualityRow| r.mass_recall) as fn(&QualityRow) -> f64,
-            ),
-            ("iou", "IoU with the oracle top-k", |r: &QualityRow| r.iou),
-        ] {
-            let mut lines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-            for r in &rows {
-                let name = format!("{} {} {}b", r.method, r.layout, r.bits);
-                lines
-                    .entry(name)
-                    .or_default()
-                    .push((100.0 * r.budget, f(r)));
-            }
-            let series: Vec<Series> = lines
-                .into_iter()
-                .map(|(name, mut points)| {
-                    points.sort_by(|a, b| a.0.total_cmp(&b.0));
-                    Series { name, points }
-                })
-                .collect();
-            line_chart(
-                &stem.with_extension(format!("{metric}.svg")),
-                &format!("{label} vs budget ({}, layers ≥ {first})", model_name),
-                "budget (% of visible keys)",
-                label,
-                &series,
-                false,
-            )?;
-        }
+        plot_quality(&stem, &rows, &model_name, first)?;
         crate::bench::write_report(
             &a.json,
             &QualityReport {
@@ -362,4 +337,61 @@ impl OnBackend for Job {
             },
         )
     }
+}
+
+/// Recall-vs-budget plots `<stem>.mass_recall.png` and `<stem>.iou.png` of the averaged rows.
+fn plot_quality(stem: &Path, rows: &[QualityRow], model: &str, first: usize) -> Result<()> {
+    for (metric, label, f) in [
+        (
+            "mass_recall",
+            "attention mass covered",
+            (|r: &QualityRow| r.mass_recall) as fn(&QualityRow) -> f64,
+        ),
+        ("iou", "IoU with the oracle top-k", |r: &QualityRow| r.iou),
+    ] {
+        let mut lines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        for r in rows {
+            let name = format!("{} {} {}b", r.method, r.layout, r.bits);
+            lines
+                .entry(name)
+                .or_default()
+                .push((100.0 * r.budget, f(r)));
+        }
+        let series: Vec<Series> = lines
+            .into_iter()
+            .map(|(name, mut points)| {
+                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                Series { name, points }
+            })
+            .collect();
+        line_chart(
+            &stem.with_extension(format!("{metric}.png")),
+            &format!("{label} vs budget ({model}, layers ≥ {first})"),
+            "budget (% of visible keys)",
+            label,
+            &series,
+            false,
+        )?;
+    }
+    Ok(())
+}
+
+/// `--replot`: redraws the plots of an existing report from its rows.
+fn replot(json: &Path) -> Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Saved {
+        model: String,
+        first_layer: usize,
+        rows: Vec<QualityRow>,
+    }
+    let text = std::fs::read_to_string(json)
+        .map_err(|e| CliError::Io(format!("cannot read {}: {e}", json.display())))?;
+    let saved: Saved = serde_json::from_str(&text)
+        .map_err(|e| CliError::Io(format!("{}: not a retrieval report: {e}", json.display())))?;
+    plot_quality(
+        &json.with_extension(""),
+        &saved.rows,
+        &saved.model,
+        saved.first_layer,
+    )
 }

@@ -1,4 +1,5 @@
-//! Line charts as SVG (plotters), written next to the CSV/JSON they are drawn from.
+//! Line charts and heatmaps as PNG (plotters), written next to the CSV/JSON they are drawn from.
+//! Labels use DejaVu Sans, fetched and verified like the other assets on first use.
 
 use std::path::Path;
 
@@ -24,7 +25,24 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(127, 127, 127),
 ];
 
-/// Draws `series` into an SVG file at `path`. `log_y` uses a logarithmic y axis.
+/// Registers the label font with plotters once per process.
+fn font() -> Result<()> {
+    static FONT: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+    FONT.get_or_init(|| {
+        let dir = crate::assets::ensure(&crate::assets::FONT, &mut |m| eprintln!("{m}"))
+            .map_err(|e| e.to_string())?;
+        let path = dir.join("DejaVuSans.ttf");
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // plotters keeps fonts for the whole process: the bytes live as long.
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+            .map_err(|_| format!("{}: not a usable font", path.display()))
+    })
+    .clone()
+    .map_err(|e| CliError::Asset(format!("plot font: {e}")))
+}
+
+/// Draws `series` into a PNG file at `path`. `log_y` uses a logarithmic y axis.
 pub fn line_chart(
     path: &Path,
     title: &str,
@@ -54,7 +72,8 @@ pub fn line_chart(
     if y0 == y1 {
         y1 = y0 + 1e-9_f64.max(y0.abs() * 0.1);
     }
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    font()?;
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     macro_rules! draw {
         ($chart:expr) => {{
@@ -128,7 +147,8 @@ pub fn heatmap(
     let err = |e: String| CliError::Io(format!("cannot draw {}: {e}", path.display()));
     let (nx, ny) = (cols.len().max(1), rows.len().max(1));
     let width = (220 + 80 * nx as u32).max(12 * title.chars().count() as u32 / 2 + 40);
-    let root = SVGBackend::new(path, (width, 120 + 40 * ny as u32)).into_drawing_area();
+    font()?;
+    let root = BitMapBackend::new(path, (width, 120 + 40 * ny as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 14))

@@ -45,6 +45,9 @@ pub struct TrainArgs {
     /// Rerunning with the same flags resumes from its checkpoint.
     #[arg(long, default_value = "runs/train")]
     pub out: PathBuf,
+    /// Only redraw the curves from --out's train_curves.csv (no training).
+    #[arg(long)]
+    pub replot: bool,
     #[arg(long, value_enum, default_value_t = LayoutChoice::Both)]
     pub layout: LayoutChoice,
     /// Training steps (one sequence each, every layer).
@@ -124,6 +127,9 @@ struct ThroughputReport {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    if args.replot {
+        return replot_curves(&args.out);
+    }
     let kind = args.model.backend;
     backend::run(kind, Job(args))
 }
@@ -204,7 +210,7 @@ impl OnBackend for Job {
 }
 
 /// Mean over layers of loss and mis-ordered fraction per step and layout, from the CSV log:
-/// `train_curves.csv`, `train_loss.svg`, `train_misordered.svg`.
+/// `train_curves.csv`, `train_loss.png`, `train_misordered.png`.
 pub fn plot_curves(dir: &Path) -> Result<()> {
     let log = dir.join(LOG);
     let text = std::fs::read_to_string(&log)
@@ -245,13 +251,20 @@ pub fn plot_curves(dir: &Path) -> Result<()> {
     let out = dir.join("train_curves.csv");
     std::fs::write(&out, csv)
         .map_err(|e| CliError::Io(format!("cannot write {}: {e}", out.display())))?;
-    let series = |m: BTreeMap<String, Vec<(f64, f64)>>| -> Vec<Series> {
+    draw_curves(dir, loss, mis)
+}
+
+type Curves = BTreeMap<String, Vec<(f64, f64)>>;
+
+/// `train_loss.png` and `train_misordered.png` from per-layout (step, mean) points.
+fn draw_curves(dir: &Path, loss: Curves, mis: Curves) -> Result<()> {
+    let series = |m: Curves| -> Vec<Series> {
         m.into_iter()
             .map(|(name, points)| Series { name, points })
             .collect()
     };
     line_chart(
-        &dir.join("train_loss.svg"),
+        &dir.join("train_loss.png"),
         "Bradley–Terry loss (mean over layers)",
         "step",
         "loss (sum over heads of per-head means)",
@@ -259,11 +272,39 @@ pub fn plot_curves(dir: &Path) -> Result<()> {
         true,
     )?;
     line_chart(
-        &dir.join("train_misordered.svg"),
+        &dir.join("train_misordered.png"),
         "Mis-ordered pairs (mean over layers)",
         "step",
         "fraction of valid pairs with s_top < s_other",
         &series(mis),
         true,
     )
+}
+
+/// `--replot`: redraws the curves from `train_curves.csv` (what `plot_curves` wrote).
+pub fn replot_curves(dir: &Path) -> Result<()> {
+    let path = dir.join("train_curves.csv");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?;
+    let (mut loss, mut mis) = (Curves::new(), Curves::new());
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let parsed = match f[..] {
+            [layout, step, l, m] => step
+                .parse::<f64>()
+                .ok()
+                .zip(l.parse::<f64>().ok().zip(m.parse::<f64>().ok()))
+                .map(|(s, (l, m))| (layout, s, l, m)),
+            _ => None,
+        };
+        let Some((layout, step, l, m)) = parsed else {
+            return Err(CliError::Io(format!(
+                "{}: bad line {line:?}",
+                path.display()
+            )));
+        };
+        loss.entry(layout.to_string()).or_default().push((step, l));
+        mis.entry(layout.to_string()).or_default().push((step, m));
+    }
+    draw_curves(dir, loss, mis)
 }

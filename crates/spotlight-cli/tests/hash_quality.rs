@@ -152,11 +152,15 @@ fn train_runs_resumes_and_its_hash_loads() {
     for f in [
         "hash-group.safetensors",
         "hash-faithful.f16.safetensors",
-        "train_loss.svg",
-        "train_misordered.svg",
+        "train_loss.png",
+        "train_misordered.png",
     ] {
         assert!(run.join(f).exists(), "{f} missing");
     }
+    // --replot redraws the curves from train_curves.csv alone.
+    std::fs::remove_file(run.join("train_loss.png")).unwrap();
+    spotlight(&["train", "--replot", "--out", run.to_str().unwrap()].map(String::from));
+    assert!(run.join("train_loss.png").exists(), "replot drew nothing");
     let json = dir.path().join("q.json");
     spotlight(
         &[
@@ -185,4 +189,17 @@ fn train_runs_resumes_and_its_hash_loads() {
         ]
         .map(String::from),
     );
+    let plot = dir.path().join("q.iou.png");
+    std::fs::remove_file(&plot).unwrap();
+    spotlight(
+        &[
+            "eval",
+            "retrieval",
+            "--replot",
+            "--json",
+            json.to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
+    assert!(plot.exists(), "replot drew nothing");
 }

@@ -130,7 +130,7 @@ fn eval_fidelity_and_generate_with_each_attention() {
         assert!(r["dense_score"].as_f64().unwrap().is_finite());
     }
     let aux = dir.path().join("fid");
-    for f in ["rows.csv", "trials.csv", "ppl.svg", "passkey_heatmap.svg"] {
+    for f in ["rows.csv", "trials.csv", "ppl.png", "passkey_heatmap.png"] {
         assert!(aux.join(f).is_file(), "{f} missing");
     }
     // --merge keeps rows the new run does not redo.
@@ -159,7 +159,7 @@ fn eval_fidelity_and_generate_with_each_attention() {
     // --replot redraws every plot from the report and the trials, without the model.
     for f in std::fs::read_dir(&aux).unwrap() {
         let f = f.unwrap().path();
-        if f.extension().is_some_and(|e| e == "svg") {
+        if f.extension().is_some_and(|e| e == "png") {
             std::fs::remove_file(f).unwrap();
         }
     }
@@ -170,7 +170,7 @@ fn eval_fidelity_and_generate_with_each_attention() {
         "--json",
         json.to_str().unwrap(),
     ]);
-    for f in ["ppl.svg", "passkey_heatmap.svg", "passkey_depth_dense.svg"] {
+    for f in ["ppl.png", "passkey_heatmap.png", "passkey_depth_dense.png"] {
         assert!(aux.join(f).is_file(), "{f} not redrawn");
     }
 
