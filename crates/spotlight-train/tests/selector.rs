@@ -281,16 +281,12 @@ fn full_budget_is_dense() {
     assert!(diff < 1e-5, "budget 1 differs from dense by {diff}");
 }
 
-/// The decode kernels (hash_pack at insert, popcount score + histogram select, sparse attend) on
-/// wgpu (lavapipe in CI) against the mask path on the same backend: a ragged batch of two
-/// sequences, prefilled, then decoded token by token. Both layouts. SYNTHETIC weights.
-#[test]
-fn kernel_decode_matches_the_mask_path() {
-    use burn::backend::wgpu::{Wgpu, WgpuDevice};
-    use spotlight_train::kernel_selector::KernelHash;
-    type Gpu = Wgpu<f32, i32>;
-    let device = WgpuDevice::DefaultDevice;
-    // head_dim 64: a multiple of every plane (subgroup) size the attend kernel may meet.
+type Gpu = burn::backend::wgpu::Wgpu<f32, i32>;
+
+/// A small SYNTHETIC model on wgpu (lavapipe in CI). head_dim 64: a multiple of every plane
+/// (subgroup) size the attend kernel may meet.
+fn gpu_model() -> (Llama<Gpu>, burn::backend::wgpu::WgpuDevice) {
+    let device = burn::backend::wgpu::WgpuDevice::DefaultDevice;
     let c = LlamaConfig {
         vocab_size: 61,
         hidden_size: 96,
@@ -299,6 +295,17 @@ fn kernel_decode_matches_the_mask_path() {
         ..LlamaConfig::attention_shape(3, 6, 2, 64, 96)
     };
     let model = Llama::<Gpu>::load(&c, &SyntheticWeights::new(&c, 6), 96, &device).unwrap();
+    (model, device)
+}
+
+/// The decode kernels (hash_pack at insert, popcount score + histogram select, sparse attend) on
+/// wgpu (lavapipe in CI) against the mask path on the same backend: a ragged batch of two
+/// sequences, prefilled, then decoded token by token. Both layouts. SYNTHETIC weights.
+#[test]
+fn kernel_decode_matches_the_mask_path() {
+    use spotlight_train::kernel_selector::KernelHash;
+    let (model, device) = gpu_model();
+    let c = model.config.clone();
     let mut rng = StdRng::seed_from_u64(21);
     let prompts: Vec<Vec<u32>> = [37usize, 52]
         .iter()
@@ -390,19 +397,10 @@ fn host_gpu<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) 
 /// stops early and is carried along. SYNTHETIC weights.
 #[test]
 fn generate_decodes_sparse_on_the_fused_path_with_ragged_stops() {
-    use burn::backend::wgpu::{Wgpu, WgpuDevice};
     use spotlight_llama::{generate, GenerateConfig, Sampling};
     use spotlight_train::kernel_selector::KernelHash;
-    type Gpu = Wgpu<f32, i32>;
-    let device = WgpuDevice::DefaultDevice;
-    let c = LlamaConfig {
-        vocab_size: 61,
-        hidden_size: 96,
-        intermediate_size: 40,
-        num_hidden_layers: 3,
-        ..LlamaConfig::attention_shape(3, 6, 2, 64, 96)
-    };
-    let model = Llama::<Gpu>::load(&c, &SyntheticWeights::new(&c, 6), 96, &device).unwrap();
+    let (model, device) = gpu_model();
+    let c = model.config.clone();
     let file = random_hash(&c, Layout::Group);
     let kernel: Arc<dyn KeySelector<Gpu>> =
         Arc::new(KernelHash::new("kernel", &file, heads(&c), &device).unwrap());

@@ -43,6 +43,24 @@ pub fn inv_freq(config: &LlamaConfig) -> Vec<f64> {
     }
 }
 
+/// cos and sin of p·θ_i for positions p in 0..rows, `[rows][d/2]` each, on the host.
+pub fn host_tables(config: &LlamaConfig, rows: usize) -> (Vec<f32>, Vec<f32>) {
+    let freqs = inv_freq(config);
+    // Angles in f64: p·θ reaches 1e5 rad at long context, where f32 products lose ~1e-2.
+    let (mut cos, mut sin) = (
+        Vec::with_capacity(rows * freqs.len()),
+        Vec::with_capacity(rows * freqs.len()),
+    );
+    for p in 0..rows {
+        for &f in &freqs {
+            let a = p as f64 * f;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    (cos, sin)
+}
+
 /// cos/sin tables for positions 0..max_positions, one per model (not per layer).
 #[derive(Debug, Clone)]
 pub struct Rope<B: Backend> {
@@ -55,20 +73,8 @@ pub struct Rope<B: Backend> {
 
 impl<B: Backend> Rope<B> {
     pub fn new(config: &LlamaConfig, max_positions: usize, device: &B::Device) -> Self {
-        let freqs = inv_freq(config);
-        let half = freqs.len();
-        // Angles in f64: p·θ reaches 1e5 rad at long context, where f32 products lose ~1e-2.
-        let (mut cos, mut sin) = (
-            Vec::with_capacity(max_positions * half),
-            Vec::with_capacity(max_positions * half),
-        );
-        for p in 0..max_positions {
-            for &f in &freqs {
-                let a = p as f64 * f;
-                cos.push(a.cos() as f32);
-                sin.push(a.sin() as f32);
-            }
-        }
+        let half = config.head_dim / 2;
+        let (cos, sin) = host_tables(config, max_positions);
         Self {
             cos: Tensor::from_data(TensorData::new(cos, [max_positions, half]), device),
             sin: Tensor::from_data(TensorData::new(sin, [max_positions, half]), device),

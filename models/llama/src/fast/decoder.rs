@@ -15,7 +15,7 @@ use super::sparse::{prunes, SparseDecode, SparseState};
 use super::weights::DecoderWeights;
 use super::FastDecode;
 use crate::error::LlamaError;
-use crate::rope::inv_freq;
+use crate::rope::host_tables;
 
 /// One row of a decode step: the token to append to sequence `seq`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -522,20 +522,12 @@ impl<R: Runtime, E: Float + CubeElement> FastDecode for Decoder<R, E> {
     }
 }
 
-/// RoPE cos/sin tables `[rows][d/2]` (angles in f64, as the model's own tables).
+/// RoPE cos/sin tables `[rows][d/2]` on the device (the model's own tables).
 pub fn rope_tables<R: Runtime>(
     client: &ComputeClient<R>,
     config: &crate::LlamaConfig,
     rows: usize,
 ) -> (Handle, Handle) {
-    let freqs = inv_freq(config);
-    let (mut cos, mut sin) = (Vec::new(), Vec::new());
-    for p in 0..rows {
-        for &f in &freqs {
-            let a = p as f64 * f;
-            cos.push(a.cos() as f32);
-            sin.push(a.sin() as f32);
-        }
-    }
+    let (cos, sin) = host_tables(config, rows);
     (upload_f32(client, &cos), upload_f32(client, &sin))
 }
