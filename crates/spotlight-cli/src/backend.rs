@@ -9,6 +9,7 @@ use burn::backend::{
 };
 use spotlight_llama::LlamaBackend;
 use spotlight_train::kernel_selector::SelectorBackend;
+use spotlight_train::TrainBackend;
 
 use crate::error::{CliError, Result};
 
@@ -33,10 +34,10 @@ impl BackendKind {
     }
 }
 
-/// What every command needs of a backend: the model's ops (the top-keys kernel among them) and
-/// how Spotlight Attention decodes on it.
-pub trait SpotlightBackend: LlamaBackend + SelectorBackend {}
-impl<B: LlamaBackend + SelectorBackend> SpotlightBackend for B {}
+/// What every command needs of a backend: the model's ops (the top-keys kernel among them), how
+/// Spotlight Attention decodes on it, and the hash training ops.
+pub trait SpotlightBackend: LlamaBackend + SelectorBackend + TrainBackend {}
+impl<B: LlamaBackend + SelectorBackend + TrainBackend> SpotlightBackend for B {}
 
 /// Work to run on whichever backend was chosen.
 pub trait OnBackend {

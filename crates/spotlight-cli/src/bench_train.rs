@@ -10,7 +10,7 @@ use burn::tensor::{Distribution, Tensor};
 use serde::Serialize;
 use spotlight_llama::{LayerQk, LlamaConfig};
 use spotlight_train::targets::TargetConfig;
-use spotlight_train::{Layout, TrainConfig, Trainer};
+use spotlight_train::{Layout, TrainConfig, TrainOps, Trainer};
 
 use crate::backend::{self, BackendKind, OnBackend, SpotlightBackend};
 use crate::bench::{git_commit, median, write_report};
@@ -36,6 +36,10 @@ pub struct TrainBenchArgs {
     pub queries: usize,
     #[arg(long, default_value_t = 1024)]
     pub pairs: usize,
+    /// custom: the CubeCL kernels (cube backends) or references (cpu); tensor-ops: the same math
+    /// in plain Burn tensor ops [default: the backend's faster one].
+    #[arg(long, value_parser = parse_ops)]
+    pub ops: Option<TrainOps>,
     /// Untimed steps first (kernel compilation).
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
@@ -63,10 +67,19 @@ struct Report {
     queries: usize,
     pairs: usize,
     layouts: Vec<Layout>,
+    ops: TrainOps,
     step_s: Vec<f64>,
     step_s_median: f64,
     /// One layer, one layout: sequences per second.
     sequences_per_s_per_layer_layout: f64,
+}
+
+pub fn parse_ops(s: &str) -> std::result::Result<TrainOps, String> {
+    match s {
+        "custom" => Ok(TrainOps::Custom),
+        "tensor-ops" => Ok(TrainOps::TensorOps),
+        _ => Err(format!("unknown ops {s:?} (custom or tensor-ops)")),
+    }
 }
 
 pub fn run(args: TrainBenchArgs) -> Result<()> {
@@ -93,6 +106,7 @@ impl OnBackend for Job {
         };
         let layouts = config.layouts.clone();
         let mut trainer = Trainer::<Autodiff<B>>::new(config, "synthetic", &llama, &device)?;
+        trainer.ops = a.ops;
         // Synthetic q/k: standard normal, fresh per step (labelled SYNTHETIC in the report).
         let dist = Distribution::Normal(0.0, 1.0);
         let mut step_s = Vec::new();
@@ -133,6 +147,9 @@ impl OnBackend for Job {
                 queries: a.queries,
                 pairs: a.pairs,
                 layouts,
+                ops: a
+                    .ops
+                    .unwrap_or(<Autodiff<B> as spotlight_train::TrainBackend>::DEFAULT_OPS),
                 step_s,
                 step_s_median: med,
                 sequences_per_s_per_layer_layout: layer_layouts / med,

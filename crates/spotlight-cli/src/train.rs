@@ -78,6 +78,10 @@ pub struct TrainArgs {
     /// Also write a throughput report (JSON) here.
     #[arg(long)]
     pub bench: Option<PathBuf>,
+    /// custom: the CubeCL kernels (cube backends) or references (cpu); tensor-ops: the same math
+    /// in plain Burn tensor ops [default: the backend's faster one].
+    #[arg(long, value_parser = crate::bench_train::parse_ops)]
+    pub ops: Option<spotlight_train::TrainOps>,
 }
 
 impl TrainArgs {
@@ -151,6 +155,7 @@ impl OnBackend for Job {
         let model_name = model_id(&path);
         let mut trainer =
             Trainer::<Autodiff<B>>::new(config.clone(), &model_name, &loaded.config, &device)?;
+        trainer.ops = args.ops;
         let corpus = Corpus::from_dir(&text_dir, &loaded.tokenizer)?;
         eprintln!(
             "training text: {} documents, {} tokens ({})",

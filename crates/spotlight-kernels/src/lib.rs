@@ -10,6 +10,10 @@
 //! 3. [`attend`]: split-K decode attention over the selected rows (or over all rows: the dense
 //!    baseline, and causal prefill).
 //!
+//! Training ([`hash_train`], [`bradley_terry`], [`top_keys`]): the same hash kernel with a
+//! softsign epilogue, its backward, and the Bradley–Terry loss's forward and backward, which the
+//! training crate registers as Burn autodiff ops.
+//!
 //! Layouts (all row-major, innermost last):
 //! - query vectors `[rows][q_heads][d]` f32; key codes per sequence `[cap][sets][words]`;
 //! - K and V `[batch][kv_heads][cap][d]` (f32, f16 or bf16), as in the model's KV cache;
@@ -23,6 +27,7 @@
 //! compare against the references at awkward sizes (N = 0, 1, non-multiples of every tile).
 
 pub mod attend;
+pub mod bradley_terry;
 pub mod budget;
 pub mod copy;
 pub mod device;
@@ -30,6 +35,7 @@ pub mod embed;
 pub mod error;
 pub mod fill;
 pub mod hash_pack;
+pub mod hash_train;
 pub mod linear;
 pub mod reference;
 pub mod rope_append;

@@ -848,3 +848,288 @@ fn embed_gathers_rows_and_rejects_ids_outside_the_vocabulary() {
     );
     assert!(err.is_err());
 }
+
+fn to_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+fn assert_close_f64(got: &[f32], want: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (&g, &e)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g as f64 - e).abs() <= tol * (1.0 + e.abs()),
+            "{what}: element {i}: {g} vs {e}"
+        );
+    }
+}
+
+/// The training forward (softsign epilogue of the hash kernel) and its backward against the f64
+/// reference, at row counts around the tile (16) and widths 32–128.
+#[test]
+fn hash_soft_and_backward_match_reference() {
+    use spotlight_kernels::hash_pack::MlpBuffers;
+    use spotlight_kernels::hash_train::{hash_soft, hash_soft_backward, RowGradBuffers};
+    let client = client();
+    let mut rng = rng("hash_soft");
+    for (nets, d, rows) in [
+        (1, 32, 1),
+        (3, 64, 17),
+        (2, 128, 40),
+        (4, 32, 16),
+        (2, 64, 0),
+    ] {
+        let len = nets * rows * d;
+        let (w1, b1, w2, b2) = (
+            normal(&mut rng, nets * d * d, 0.15),
+            normal(&mut rng, nets * d, 0.2),
+            normal(&mut rng, nets * d * d, 0.15),
+            normal(&mut rng, nets * d, 0.2),
+        );
+        let x = normal(&mut rng, len, 1.0);
+        let grad = normal(&mut rng, len, 1.0);
+        let gamma = 0.5 + 3.0 * rng.random::<f32>();
+        let handles: Vec<_> = [&w1, &b1, &w2, &b2]
+            .iter()
+            .map(|v| upload_f32(&client, v))
+            .collect();
+        let p = MlpBuffers {
+            nets,
+            d,
+            w1: &handles[0],
+            b1: &handles[1],
+            w2: &handles[2],
+            b2: &handles[3],
+        };
+        let (w1f, b1f, w2f, b2f) = (to_f64(&w1), to_f64(&b1), to_f64(&w2), to_f64(&b2));
+        let rp = reference::MlpParams {
+            nets,
+            d,
+            w1: &w1f,
+            b1: &b1f,
+            w2: &w2f,
+            b2: &b2f,
+        };
+        let what = format!("nets {nets} d {d} rows {rows}");
+        let x_h = upload_f32(&client, &x);
+        let out = filled_f32(&client, len, f32::NAN);
+        hash_soft(&client, &p, &x_h, rows, gamma, &out).unwrap();
+        let want = reference::hash_soft(&rp, &to_f64(&x), rows, gamma as f64);
+        assert_close_f64(&read_f32(&client, out, len), &want, 1e-5, &what);
+
+        let bufs: Vec<_> = (0..4).map(|_| filled_f32(&client, len, f32::NAN)).collect();
+        let out = RowGradBuffers {
+            x: &bufs[0],
+            a1: &bufs[1],
+            h2: &bufs[2],
+            h1: &bufs[3],
+        };
+        let grad_h = upload_f32(&client, &grad);
+        hash_soft_backward(&client, &p, &x_h, rows, gamma, &grad_h, out).unwrap();
+        let want =
+            reference::hash_soft_backward(&rp, &to_f64(&x), rows, gamma as f64, &to_f64(&grad));
+        for (b, (name, w)) in bufs.into_iter().zip([
+            ("grad x", &want.x),
+            ("grad a1", &want.a1),
+            ("grad h2", &want.h2),
+            ("h1", &want.h1),
+        ]) {
+            // f32 sums of d products of O(1) terms: relative 1e-4.
+            assert_close_f64(
+                &read_f32(&client, b, len),
+                w,
+                1e-4,
+                &format!("{what} {name}"),
+            );
+        }
+    }
+    // Widths the kernel cannot run are errors.
+    let h = upload_f32(&client, &[0.0; 48 * 48]);
+    let p = MlpBuffers {
+        nets: 1,
+        d: 48,
+        w1: &h,
+        b1: &h,
+        w2: &h,
+        b2: &h,
+    };
+    assert!(hash_soft(&client, &p, &h, 1, 1.0, &h).is_err());
+}
+
+/// The reference backward is the derivative of the reference forward (f64 central differences).
+#[test]
+fn hash_soft_reference_backward_is_its_derivative() {
+    let mut rng = rng("hash_soft_fd");
+    let (nets, d, rows) = (2, 32, 3);
+    let draw = |rng: &mut StdRng, n: usize, s: f32| to_f64(&normal(rng, n, s));
+    let (w1, b1, w2, b2) = (
+        draw(&mut rng, nets * d * d, 0.2),
+        draw(&mut rng, nets * d, 0.2),
+        draw(&mut rng, nets * d * d, 0.2),
+        draw(&mut rng, nets * d, 0.2),
+    );
+    let x = draw(&mut rng, nets * rows * d, 1.0);
+    let grad = draw(&mut rng, nets * rows * d, 1.0);
+    let gamma = 2.0;
+    let p = reference::MlpParams {
+        nets,
+        d,
+        w1: &w1,
+        b1: &b1,
+        w2: &w2,
+        b2: &b2,
+    };
+    let back = reference::hash_soft_backward(&p, &x, rows, gamma, &grad);
+    // L = Σ grad · c(x): ∂L/∂x against central differences.
+    let loss = |x: &[f64]| -> f64 {
+        reference::hash_soft(&p, x, rows, gamma)
+            .iter()
+            .zip(&grad)
+            .map(|(c, g)| c * g)
+            .sum()
+    };
+    for i in [0, 7, x.len() / 2, x.len() - 1] {
+        let eps = 1e-6;
+        let (mut up, mut down) = (x.clone(), x.clone());
+        up[i] += eps;
+        down[i] -= eps;
+        let fd = (loss(&up) - loss(&down)) / (2.0 * eps);
+        assert!(
+            (fd - back.x[i]).abs() <= 1e-7 * (1.0 + fd.abs()),
+            "x[{i}]: {} vs {fd}",
+            back.x[i]
+        );
+    }
+}
+
+/// The Bradley–Terry row sums and pair weights against the reference, with repeated keys, invalid
+/// pairs, key indices past the row, one pair, and pair counts off the cube width.
+#[test]
+fn bradley_terry_matches_reference() {
+    use spotlight_kernels::bradley_terry::{bt_pair_grads, bt_rows, PairBuffers};
+    use spotlight_kernels::reference::bradley_terry as bt;
+    let client = client();
+    let mut rng = rng("bradley_terry");
+    for (rows, n, pairs) in [
+        (1, 1, 1),
+        (5, 40, 300),
+        (17, 9, 257),
+        (3, 100, 0),
+        (0, 4, 4),
+    ] {
+        let scores = normal(&mut rng, rows * n, 3.0);
+        // Keys repeat (few distinct), some lie past the row (n), a third of the pairs are invalid.
+        let key = |rng: &mut StdRng| -> u32 {
+            if rng.random::<f32>() < 0.05 {
+                n as u32 + rng.random_range(0..3)
+            } else {
+                rng.random_range(0..n as u32)
+            }
+        };
+        let top: Vec<u32> = (0..rows * pairs).map(|_| key(&mut rng)).collect();
+        let other: Vec<u32> = (0..rows * pairs).map(|_| key(&mut rng)).collect();
+        let valid: Vec<f32> = (0..rows * pairs)
+            .map(|_| (rng.random::<f32>() > 0.33) as u8 as f32)
+            .collect();
+        let grad = normal(&mut rng, 3 * rows, 1.0);
+        let (beta, margin) = (0.5 + rng.random::<f32>(), rng.random::<f32>() - 0.5);
+        let handles = (
+            upload_f32(&client, &scores),
+            upload_u32(&client, &top),
+            upload_u32(&client, &other),
+            upload_f32(&client, &valid),
+        );
+        let set = PairBuffers {
+            scores: &handles.0,
+            top: &handles.1,
+            other: &handles.2,
+            valid: &handles.3,
+            rows,
+            n,
+            pairs,
+            beta,
+            margin,
+        };
+        let (scores64, valid64) = (to_f64(&scores), to_f64(&valid));
+        let rset = bt::PairSet {
+            scores: &scores64,
+            top: &top,
+            other: &other,
+            valid: &valid64,
+            rows,
+            n,
+            pairs,
+            beta: beta as f64,
+            margin: margin as f64,
+        };
+        let what = format!("rows {rows} n {n} pairs {pairs}");
+        let out = filled_f32(&client, 3 * rows, f32::NAN);
+        bt_rows(&client, &set, &out).unwrap();
+        let want = bt::bt_rows(&rset);
+        // Sums of up to 300 terms in f32.
+        assert_close_f64(&read_f32(&client, out, 3 * rows), &want, 1e-5, &what);
+
+        let out = filled_f32(&client, rows * pairs, f32::NAN);
+        bt_pair_grads(&client, &set, &upload_f32(&client, &grad), &out).unwrap();
+        let want = bt::bt_pair_grads(&rset, &to_f64(&grad));
+        assert_close_f64(&read_f32(&client, out, rows * pairs), &want, 1e-5, &what);
+    }
+}
+
+/// The reference pair weights, scattered, are the derivative of the reference row loss.
+#[test]
+fn bradley_terry_reference_backward_is_its_derivative() {
+    use spotlight_kernels::reference::bradley_terry as bt;
+    let mut rng = rng("bradley_terry_fd");
+    let (rows, n, pairs) = (3, 7, 11);
+    let scores = to_f64(&normal(&mut rng, rows * n, 2.0));
+    let top: Vec<u32> = (0..rows * pairs)
+        .map(|_| rng.random_range(0..n as u32))
+        .collect();
+    let other: Vec<u32> = (0..rows * pairs)
+        .map(|_| rng.random_range(0..n as u32))
+        .collect();
+    let valid = vec![1.0; rows * pairs];
+    let grad = to_f64(&normal(&mut rng, rows, 1.0));
+    let set = |s: &[f64]| -> f64 {
+        let ps = bt::PairSet {
+            scores: s,
+            top: &top,
+            other: &other,
+            valid: &valid,
+            rows,
+            n,
+            pairs,
+            beta: 1.3,
+            margin: 0.2,
+        };
+        bt::bt_rows(&ps)[..rows]
+            .iter()
+            .zip(&grad)
+            .map(|(l, g)| l * g)
+            .sum()
+    };
+    let ps = bt::PairSet {
+        scores: &scores,
+        top: &top,
+        other: &other,
+        valid: &valid,
+        rows,
+        n,
+        pairs,
+        beta: 1.3,
+        margin: 0.2,
+    };
+    let g = bt::bt_score_grads(&ps, &bt::bt_pair_grads(&ps, &grad));
+    for i in 0..rows * n {
+        let eps = 1e-6;
+        let (mut up, mut down) = (scores.clone(), scores.clone());
+        up[i] += eps;
+        down[i] -= eps;
+        let fd = (set(&up) - set(&down)) / (2.0 * eps);
+        assert!(
+            (fd - g[i]).abs() <= 1e-7 * (1.0 + fd.abs()),
+            "score {i}: {} vs {fd}",
+            g[i]
+        );
+    }
+}

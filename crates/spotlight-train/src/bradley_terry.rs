@@ -6,6 +6,8 @@
 use burn::tensor::{activation::relu, backend::Backend, ElementConversion, Tensor};
 
 use crate::targets::Targets;
+use crate::train_ops::bt_rows;
+use crate::TrainBackend;
 
 /// Draft scores s(t, j) = c(q_t)·c(k_j) of every sampled query against every key: [q_heads, T, N].
 /// `cq`: [q_heads, T, d]. `ck`: [q_heads, N, d] (a key code per query head) or [kv_heads, N, d]
@@ -47,8 +49,39 @@ impl<B: Backend> BtOutput<B> {
     }
 }
 
-/// Loss over the pairs in `targets` given the draft scores [q_heads, T, N].
-pub fn loss<B: Backend>(
+/// Loss over the pairs in `targets` given the draft scores [q_heads, T, N]: the loss kernels
+/// ([`crate::train_ops::bt_rows`], one autodiff node), then per-head means over valid pairs.
+pub fn loss<B: TrainBackend>(
+    scores: Tensor<B, 3>,
+    targets: &Targets<B>,
+    beta: f64,
+    margin: f64,
+) -> BtOutput<B> {
+    let [h, t, n] = scores.dims();
+    let p = targets.top.dims()[2];
+    let rows = bt_rows(
+        scores.reshape([h * t, n]),
+        targets.top.clone().reshape([h * t, p]),
+        targets.other.clone().reshape([h * t, p]),
+        targets.valid.clone().reshape([h * t, p]),
+        (beta, margin),
+    )
+    .reshape([3, h, t])
+    .sum_dim(2)
+    .reshape([3, h]);
+    let part = |i: usize| rows.clone().slice([i..i + 1, 0..h]).reshape([h]);
+    // The counts do not depend on the scores: no gradient flows through them.
+    let count = part(2).detach();
+    BtOutput {
+        loss: (part(0) / count.clone().clamp_min(1.0)).sum(),
+        wrong: part(1).detach().sum(),
+        valid: count.sum(),
+    }
+}
+
+/// The same loss in plain Burn tensor ops (gather, softplus, sums), differentiated by Burn's
+/// autodiff: the cross-check of [`loss`].
+pub fn loss_by_tensor_ops<B: Backend>(
     scores: Tensor<B, 3>,
     targets: &Targets<B>,
     beta: f64,

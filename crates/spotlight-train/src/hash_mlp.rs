@@ -1,5 +1,7 @@
-//! HashMlp: the per-head residual hash network of one layer (METHOD.md "Hash function"),
-//! written with Burn tensor ops so autodiff differentiates it on every backend.
+//! HashMlp: the per-head residual hash network of one layer (METHOD.md "Hash function").
+//! Training codes run as one Burn op with its own backward ([`crate::train_ops`]: the CubeCL
+//! hash kernel on cube backends); the same network in plain Burn tensor ops is kept as the
+//! cross-check and for h2 on any backend.
 //!
 //! ```text
 //! h1 = x + SiLU(x·W1 + b1);  h2 = h1 + (h1·W2 + b2)
@@ -11,7 +13,7 @@ use burn::tensor::{backend::Backend, Distribution, Tensor, TensorData};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use spotlight_kernels::reference::HashWeights;
 
-use crate::TrainError;
+use crate::{TrainBackend, TrainError};
 
 /// Standard deviation of the initial weights: the untrained hash is ≈ sign(x).
 pub const INIT_STD: f64 = 1e-3;
@@ -89,8 +91,9 @@ impl<B: Backend> HashMlp<B> {
         h1.clone() + h1.matmul(self.w2.clone()) + self.b2.clone()
     }
 
-    /// The differentiable code softsign(γ·h2) ∈ (−1, 1)^d.
-    pub fn soft_codes(&self, x: Tensor<B, 3>, gamma: f64) -> Tensor<B, 3> {
+    /// softsign(γ·h2) written with Burn tensor ops, differentiated by Burn's autodiff: the
+    /// cross-check of [`HashMlp::soft_codes`].
+    pub fn soft_codes_by_tensor_ops(&self, x: Tensor<B, 3>, gamma: f64) -> Tensor<B, 3> {
         let g = self.forward(x) * gamma;
         g.clone() / (g.abs() + 1.0)
     }
@@ -132,6 +135,14 @@ impl<B: Backend> HashMlp<B> {
             w.b2.clone(),
             device,
         )
+    }
+}
+
+impl<B: TrainBackend> HashMlp<B> {
+    /// The differentiable code softsign(γ·h2) ∈ (−1, 1)^d of x [nets, rows, d]: the hash kernel
+    /// with its softsign epilogue, one autodiff node.
+    pub fn soft_codes(&self, x: Tensor<B, 3>, gamma: f64) -> Tensor<B, 3> {
+        crate::train_ops::hash_soft(x, self.params(), gamma)
     }
 }
 

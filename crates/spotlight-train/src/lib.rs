@@ -18,6 +18,7 @@ pub mod run;
 pub mod selector;
 pub mod targets;
 pub mod tensor_file;
+pub mod train_ops;
 pub mod trainer;
 
 pub use adamw::{AdamW, AdamWConfig};
@@ -25,4 +26,5 @@ pub use error::TrainError;
 pub use hash_file::{HashFile, HashHeader, LayerHash};
 pub use hash_mlp::HashMlp;
 pub use layout::Layout;
-pub use trainer::{TrainConfig, Trainer};
+pub use train_ops::TrainBackend;
+pub use trainer::{TrainConfig, TrainOps, Trainer};

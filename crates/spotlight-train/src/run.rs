@@ -76,7 +76,7 @@ fn truncate_log(path: &Path, step: usize) -> Result<(), TrainError> {
 }
 
 /// Trains `trainer` to its configured step count on windows of `corpus`.
-pub fn train<B: AutodiffBackend>(
+pub fn train<B: AutodiffBackend + crate::TrainBackend>(
     model: &Llama<B::InnerBackend>,
     corpus: &Corpus,
     trainer: &mut Trainer<B>,
@@ -84,7 +84,7 @@ pub fn train<B: AutodiffBackend>(
     on_step: &mut dyn FnMut(Progress),
 ) -> Result<RunStats, TrainError>
 where
-    B::InnerBackend: LlamaBackend,
+    B::InnerBackend: LlamaBackend + crate::TrainBackend,
 {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let ckpt = dir.join(CHECKPOINT);

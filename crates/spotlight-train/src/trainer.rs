@@ -16,11 +16,12 @@ use serde::{Deserialize, Serialize};
 use spotlight_llama::{LayerQk, LlamaConfig};
 
 use crate::adamw::{AdamW, AdamWConfig, Moments};
-use crate::bradley_terry::{draft_scores, loss};
+use crate::bradley_terry::{draft_scores, loss, loss_by_tensor_ops};
 use crate::hash_file::{HashFile, HashHeader, LayerHash};
 use crate::hash_mlp::HashMlp;
 use crate::targets::{TargetConfig, Targets};
 use crate::tensor_file::{self, Tensors};
+use crate::TrainBackend;
 use crate::{Layout, TrainError};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,10 +120,34 @@ impl<B: Backend> LayerNets<B> {
         queries: Tensor<B, 3>,
         keys: Tensor<B, 3>,
         gamma: f64,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>)
+    where
+        B: TrainBackend,
+    {
+        self.codes_with(queries, keys, |net, x| net.soft_codes(x, gamma))
+    }
+
+    /// [`LayerNets::soft_codes`] in plain Burn tensor ops (the cross-check).
+    pub fn soft_codes_by_tensor_ops(
+        &self,
+        queries: Tensor<B, 3>,
+        keys: Tensor<B, 3>,
+        gamma: f64,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        let cq = self.query.soft_codes(queries, gamma);
+        self.codes_with(queries, keys, |net, x| {
+            net.soft_codes_by_tensor_ops(x, gamma)
+        })
+    }
+
+    fn codes_with(
+        &self,
+        queries: Tensor<B, 3>,
+        keys: Tensor<B, 3>,
+        code: impl Fn(&HashMlp<B>, Tensor<B, 3>) -> Tensor<B, 3>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let cq = code(&self.query, queries);
         let ck = match &self.key {
-            Some(key) => key.soft_codes(keys, gamma),
+            Some(key) => code(key, keys),
             None => {
                 // Faithful: each query head's network codes its KV head's keys.
                 let [kv, n, d] = keys.dims();
@@ -131,7 +156,7 @@ impl<B: Backend> LayerNets<B> {
                     keys.reshape([kv, 1, n, d])
                         .expand([kv, g, n, d])
                         .reshape([kv * g, n, d]);
-                self.query.soft_codes(repeated, gamma)
+                code(&self.query, repeated)
             }
         };
         (cq, ck)
@@ -185,8 +210,22 @@ pub fn mix_seed(seed: u64, parts: &[u64]) -> u64 {
     z
 }
 
+/// How a training step computes codes and loss: the custom ops (CubeCL kernels on cube backends,
+/// the plain-Rust references on cpu) or the same math in plain Burn tensor ops (the cross-check).
+/// Both train the same network; the choice changes speed only, so it is not part of the
+/// checkpoint. The default is the backend's faster one ([`TrainBackend::DEFAULT_OPS`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrainOps {
+    #[default]
+    Custom,
+    TensorOps,
+}
+
 pub struct Trainer<B: AutodiffBackend> {
     pub config: TrainConfig,
+    /// None: the backend's default ([`TrainBackend::DEFAULT_OPS`]).
+    pub ops: Option<TrainOps>,
     /// Completed steps.
     pub step: usize,
     dims: Dims,
@@ -231,6 +270,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             })
             .collect();
         Ok(Self {
+            ops: None,
             config,
             step: 0,
             dims: Dims {
@@ -252,7 +292,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         qk: &[LayerQk<B::InnerBackend>],
     ) -> Result<Vec<StepRecord>, TrainError>
     where
-        B::InnerBackend: spotlight_llama::LlamaBackend,
+        B: TrainBackend,
+        B::InnerBackend: spotlight_llama::LlamaBackend + TrainBackend,
     {
         if qk.len() != self.dims.layers {
             return Err(TrainError::Config(format!(
@@ -262,6 +303,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             )));
         }
         let c = self.config.clone();
+        let ops = self.ops.unwrap_or(B::DEFAULT_OPS);
         let optimizer = AdamW {
             config: c.optimizer,
         };
@@ -296,11 +338,20 @@ impl<B: AutodiffBackend> Trainer<B> {
                     .map(|p| Tensor::from_inner(p).require_grad())
                     .collect();
                 let nets = LayerNets::from_params(params.clone());
-                let (cq, ck) = nets.soft_codes(targets.queries.clone(), keys.clone(), c.gamma);
+                let queries = targets.queries.clone();
+                let (cq, ck) = match ops {
+                    TrainOps::Custom => nets.soft_codes(queries, keys.clone(), c.gamma),
+                    TrainOps::TensorOps => {
+                        nets.soft_codes_by_tensor_ops(queries, keys.clone(), c.gamma)
+                    }
+                };
                 phases.mark("codes");
                 let scores = draft_scores(cq, ck);
                 phases.mark("scores");
-                let out = loss(scores, &targets, c.beta, c.margin);
+                let out = match ops {
+                    TrainOps::Custom => loss(scores, &targets, c.beta, c.margin),
+                    TrainOps::TensorOps => loss_by_tensor_ops(scores, &targets, c.beta, c.margin),
+                };
                 phases.mark("loss");
                 let grads = out.loss.clone().backward();
                 phases.mark("backward");

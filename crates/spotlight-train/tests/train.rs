@@ -2,15 +2,16 @@
 //! checkpoint/resume, and hash-file validation. Inputs are SYNTHETIC random q/k (the real model's
 //! run is in the CLI tests); seeds are fixed per test and printed on failure.
 
-use burn::backend::{ndarray::NdArray, Autodiff};
+use burn::backend::{ndarray::NdArray, Autodiff, Wgpu};
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use spotlight_llama::{LayerQk, LlamaConfig};
-use spotlight_train::bradley_terry::{draft_scores, loss};
+use spotlight_llama::{LayerQk, LlamaBackend, LlamaConfig};
+use spotlight_train::bradley_terry::{draft_scores, loss, loss_by_tensor_ops};
 use spotlight_train::hash_mlp::HashMlp;
 use spotlight_train::targets::{top_count, TargetConfig, Targets};
 use spotlight_train::trainer::LayerNets;
-use spotlight_train::{HashFile, Layout, TrainConfig, TrainError, Trainer};
+use spotlight_train::{HashFile, Layout, TrainBackend, TrainConfig, TrainError, Trainer};
 
 type F64 = NdArray<f64>;
 type Ad64 = Autodiff<F64>;
@@ -276,6 +277,98 @@ fn gradients_match_finite_differences() {
             }
         }
         assert!(checked >= 16);
+    }
+}
+
+/// Loss and parameter gradients through the custom ops (kernels on cube backends, references on
+/// cpu) and through the same math in plain Burn tensor ops, on one backend.
+fn loss_and_grads_both_ways<B>(layout: Layout, seed: u64) -> [(f64, Vec<Vec<f64>>); 2]
+where
+    B: AutodiffBackend + TrainBackend,
+    B::InnerBackend: LlamaBackend + TrainBackend,
+{
+    type Inner<B> = <B as AutodiffBackend>::InnerBackend;
+    let (h, kv, n, d) = (6, 2, 45, 32);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let device = Default::default();
+    let q = random::<Inner<B>, 3>([h, n, d], &mut rng);
+    let k = random::<Inner<B>, 3>([kv, n, d], &mut rng);
+    let cfg = TargetConfig {
+        queries: 17,
+        pairs: 13,
+        top_fraction: 0.1,
+    };
+    let t = Targets::sample(&q, &k, &cfg, &mut rng);
+    let nets = LayerNets::<Inner<B>> {
+        query: HashMlp::random(h, d, 0.2, &device),
+        key: (layout == Layout::Group).then(|| HashMlp::random(kv, d, 0.2, &device)),
+    };
+    let t_ad = Targets::<B> {
+        positions: Tensor::from_inner(t.positions.clone()),
+        queries: Tensor::from_inner(t.queries.clone()),
+        top: Tensor::from_inner(t.top.clone()),
+        other: Tensor::from_inner(t.other.clone()),
+        valid: Tensor::from_inner(t.valid.clone()),
+    };
+    let (gamma, beta, margin) = (2.5, 1.2, 0.1);
+    [true, false].map(|custom| {
+        let params: Vec<Tensor<B, 3>> = params_of(&nets)
+            .into_iter()
+            .map(|p| Tensor::from_inner(p).require_grad())
+            .collect();
+        let nets_ad = nets_from(params.clone());
+        let keys = Tensor::from_inner(k.clone());
+        let out = if custom {
+            let (cq, ck) = nets_ad.soft_codes(t_ad.queries.clone(), keys, gamma);
+            loss(draft_scores(cq, ck), &t_ad, beta, margin)
+        } else {
+            let (cq, ck) = nets_ad.soft_codes_by_tensor_ops(t_ad.queries.clone(), keys, gamma);
+            loss_by_tensor_ops(draft_scores(cq, ck), &t_ad, beta, margin)
+        };
+        let value = host(&out.loss)[0];
+        let grads = out.loss.backward();
+        let g = params
+            .iter()
+            .map(|p| host(&p.grad(&grads).unwrap()))
+            .collect();
+        (value, g)
+    })
+}
+
+fn assert_paths_agree(what: &str, [(l1, g1), (l2, g2)]: [(f64, Vec<Vec<f64>>); 2], tol: f64) {
+    assert!(
+        (l1 - l2).abs() <= tol * l2.abs().max(1.0),
+        "{what}: loss {l1} vs {l2}"
+    );
+    assert_eq!(g1.len(), g2.len());
+    for (pi, (a, b)) in g1.iter().zip(&g2).enumerate() {
+        let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        assert!(scale > 0.0, "{what}: parameter {pi} has no gradient");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * scale,
+                "{what}: parameter {pi} #{i}: custom op {x} vs tensor ops {y} (scale {scale})"
+            );
+        }
+    }
+}
+
+/// The custom ops (f64 references on cpu) equal the plain-tensor-op math, loss and gradients.
+#[test]
+fn custom_ops_match_tensor_ops_on_cpu() {
+    for layout in Layout::ALL {
+        let got = loss_and_grads_both_ways::<Ad64>(layout, 31);
+        assert_paths_agree(&format!("cpu f64 {layout:?}"), got, 1e-9);
+    }
+}
+
+/// On wgpu (lavapipe in CI) the custom ops run the CubeCL kernels: hash forward with the softsign
+/// epilogue, its backward, the loss and its pair weights. f32 against f32 tensor ops.
+#[test]
+fn custom_ops_match_tensor_ops_on_the_kernels() {
+    for layout in Layout::ALL {
+        let got = loss_and_grads_both_ways::<Autodiff<Wgpu>>(layout, 32);
+        assert_paths_agree(&format!("wgpu kernels {layout:?}"), got, 1e-4);
     }
 }
 
