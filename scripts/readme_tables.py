@@ -235,6 +235,38 @@ def training():
     return lines
 
 
+def train_ops():
+    lines = []
+    runs = {n: d for n, d in load("train_ops_h200/train_ops_*.json") if "step_s_median" in d}
+    if not runs:
+        return lines
+    torch = runs.get("train_ops_torch.json", {}).get("torch")
+    any_run = next(iter(runs.values()))
+    lines += [f"**Hash training step: custom CubeCL ops vs Burn tensor ops vs PyTorch** (`benches/results/train_ops_h200/`, "
+              f"{any_run['device']}, {any_run['date']}, commit {any_run['commit']}): {any_run['inputs']}, {any_run['layers']} layers of "
+              f"{any_run['q_heads']}/{any_run['kv_heads']} heads × d {any_run['head_dim']}, {any_run['seq_len']} tokens, "
+              f"{any_run['queries']} queries × {any_run['pairs']} pairs, both layouts. Reproduce: `STAGE=synthetic scripts/gpu/train_ops.sh` "
+              "(`spotlight bench train --backend cuda --ops custom|tensor-ops`, then `benches/peers/train_torch.py`).", "",
+              "| ops | s/step (median) | sequences/s per layer and layout |", "|---|---|---|"]
+    for name in ["train_ops_custom.json", "train_ops_custom2.json", "train_ops_tensor-ops.json"]:
+        if name in runs:
+            d = runs[name]
+            label = d["ops"] + (" (again)" if name.endswith("2.json") else "")
+            lines.append(f"| {label} | {d['step_s_median']:.3f} | {d['sequences_per_s_per_layer_layout']:.0f} |")
+    if torch:
+        lines.append(f"| PyTorch {torch['version']} eager (peer) | {torch['step_s_median']:.3f} | {torch['sequences_per_s_per_layer_layout']:.0f} |")
+    lines.append("")
+    curves = os.path.join(RESULTS, "train_ops_h200", "train_ops_curves.json")
+    if os.path.exists(curves):
+        c = json.load(open(curves))
+        f, l = c["first_step"], c["last_step"]
+        lines += [f"Real model, same seed, `spotlight train --ops custom` vs `--ops tensor-ops` ({c['steps']} steps, 30 layers × 2 layouts; "
+                  "`STAGE=model scripts/gpu/train_ops.sh`): per-layer losses agree to "
+                  f"{f['max_rel_diff']:.1e} (relative, worst layer) at step {f['step']} and {l['max_rel_diff']:.1e} after {l['step'] + 1} steps "
+                  f"(mean {l['mean_rel_diff']:.1e}); the logs are `train_log_custom.csv` and `train_log_tensor-ops.csv`.", ""]
+    return lines
+
+
 def fidelity():
     lines = []
     for name, d in load("fidelity.json"):
@@ -280,7 +312,7 @@ def fidelity():
 
 
 def main():
-    body = "\n".join(checks() + ppls() + generation() + profiles() + fast_decode() + e2e() + retrieval() + linear() + quality() + training() + fidelity() + peers()).strip() or "(no results yet)"
+    body = "\n".join(checks() + ppls() + generation() + profiles() + fast_decode() + e2e() + retrieval() + linear() + quality() + training() + train_ops() + fidelity() + peers()).strip() or "(no results yet)"
     path = os.path.join(ROOT, "README.md")
     text = open(path).read()
     new = re.sub(r"<!-- results:begin -->.*<!-- results:end -->",

@@ -13,3 +13,6 @@ if [ ! -f "$SPOTLIGHT_HOME/models/.verified" ]; then
   tar xzf .gpu/sotu.tgz -C "$SPOTLIGHT_HOME/texts"
   echo verified > "$SPOTLIGHT_HOME/texts/sotu/.verified"
 fi
+if [ ! -f "$SPOTLIGHT_HOME/fonts/dejavu/.verified" ] && [ -f .gpu/fonts.tgz ]; then
+  tar xzf .gpu/fonts.tgz -C "$SPOTLIGHT_HOME"
+fi

@@ -6,7 +6,7 @@
 #   .gpu1/  first part of the default model's GGUF                             (carried in call 1)
 #   .gpu2/  second part of the GGUF                                             (carried in call 2)
 # One call may carry 64 MiB (working tree included: the 6 MB hash file counts), the model is
-# 98 MB: two back-to-back calls (40 + 58 MB), then `run.sh` joins the
+# 98 MB: two back-to-back calls (48 + 50 MB, each under 64 MiB with the ~11 MB tree), then `run.sh` joins the
 # parts and checks the sha256 there. See scripts/gpu/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,12 +22,14 @@ strip .gpu/spotlight
 gzip -9 .gpu/spotlight
 cp "$home/texts/moby-dick/data.txt" .gpu/moby-dick.txt
 tar czf .gpu/sotu.tgz -C "$home/texts" $(cd "$home/texts" && ls sotu/*.txt)
+# The plot font (the GPU machine has no npm to fetch it), with its verification marker.
+tar czf .gpu/fonts.tgz -C "$home" fonts/dejavu
 git describe --always --dirty --abbrev=7 > .gpu/commit
 if [ "${1:-}" = "--no-model" ]; then
   du -sh .gpu
   exit 0
 fi
 model="$home/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-head -c 40000000 "$model" > .gpu1/model.part1
-tail -c +40000001 "$model" > .gpu2/model.part2
+head -c 48000000 "$model" > .gpu1/model.part1
+tail -c +48000001 "$model" > .gpu2/model.part2
 du -sh .gpu .gpu1 .gpu2
