@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trains the default model's hash on the GPU machine and evaluates it, in three calls
 # (after `prepare.sh`; see scripts/gpu/README.md):
-#   STAGE=setup   carry [".gpu", ".gpu1"]   checks the first carry arrived
+#   STAGE=setup   carry [".gpu"], then [".gpu1"] (two calls: 64 MiB each) checks the carries arrived
 #   STAGE=train   carry [".gpu2"]           joins the model, measures a few steps, then trains for at
 #                                           most TRAIN_SECONDS (killed with SIGKILL at the limit —
 #                                           the next stage resumes from the last checkpoint)
