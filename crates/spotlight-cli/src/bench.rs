@@ -198,6 +198,7 @@ impl OnBackend for Job {
                 seed: 0,
                 stop_ids: vec![],
                 fused_decode: path == DecodePath::Fused,
+                attention_kernels: path == DecodePath::Fused,
             };
             for &len in &a.prompt_tokens {
                 for &batch in &a.batch {

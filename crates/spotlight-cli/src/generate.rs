@@ -62,13 +62,14 @@ pub struct GenerateArgs {
     pub decode_path: DecodePath,
 }
 
-/// How decode steps run after the prefill.
+/// How the model runs: decode steps after the prefill, and dense attention (prefill included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DecodePath {
-    /// The fused decoder where the backend has one (CUDA, wgpu; dense attention), else tensor ops.
+    /// Our kernels where the backend has them (CUDA, wgpu): the fused decoder, and dense attention
+    /// on the flash-style causal kernel; else tensor ops.
     Fused,
-    /// Burn tensor ops on every backend.
+    /// Burn tensor ops on every backend, attention included (the reference).
     Tensor,
 }
 
@@ -81,6 +82,7 @@ impl GenerateArgs {
             seed: self.seed,
             stop_ids: tokenizer.stop_ids.clone(),
             fused_decode: self.decode_path == DecodePath::Fused,
+            attention_kernels: self.decode_path == DecodePath::Fused,
         }
     }
 

@@ -1,5 +1,9 @@
 //! Grouped-query attention over the KV cache, without materialising repeated K/V.
 //!
+//! Dense rows run on the backend's causal attention kernel where it has one (cube backends:
+//! `spotlight_kernels::attend`, flash style — no score matrix, whatever the prompt length).
+//! The tensor-op path below is the reference, the cpu path, and the one sparse rows take.
+//!
 //! The G query heads that share a KV head are laid out as extra rows of one matrix
 //! ([batch, kv_heads, len·G, d], rows ordered (position, head-in-group)), so one product against
 //! that KV head's keys serves the whole group — the layout the Spotlight score kernel also uses.
@@ -7,7 +11,7 @@
 use burn::tensor::{activation::softmax, backend::Backend, Bool, Int, Tensor, TensorData};
 use spotlight_kernels::SequencePlan;
 
-use crate::backend::LlamaBackend;
+use crate::backend::{causal_attention, LlamaBackend};
 use crate::cache::LayerCache;
 use crate::layers::Linear;
 use crate::rope::Rope;
@@ -59,6 +63,12 @@ pub struct Step<B: Backend> {
     /// Whether this call's rows attend sparsely: the selection applies to the call and some
     /// sequence's budget leaves keys out (a budget that keeps every key is dense attention).
     pub prunes: bool,
+    /// [batch·len] keys each row sees (its position + 1; padding rows repeat their sequence's
+    /// last real row).
+    pub visible: Vec<usize>,
+    /// Dense rows attend on the backend's causal kernel where it has one
+    /// ([`LlamaBackend::causal_attention`]); false keeps the tensor ops below.
+    pub attention_kernels: bool,
 }
 
 impl<B: Backend> Step<B> {
@@ -78,6 +88,10 @@ impl<B: Backend> Step<B> {
             .map(|(b, t)| (starts[b] + t).min(max_pos - 1) as i64)
             .collect();
         let positions = Tensor::from_data(TensorData::new(positions, [batch * len]), device);
+        let visible = (0..batch)
+            .flat_map(|b| (0..len).map(move |t| (b, t)))
+            .map(|(b, t)| starts[b] + t.min(new_lens[b].max(1) - 1) + 1)
+            .collect();
         let total = (0..batch).map(|b| starts[b] + len).max().unwrap_or(0);
         let chunk =
             (MAX_SCORE_ELEMENTS / (batch * kv_heads * group * total.max(1))).clamp(1, len.max(1));
@@ -119,6 +133,8 @@ impl<B: Backend> Step<B> {
             selection: None,
             plans: Vec::new(),
             prunes: false,
+            visible,
+            attention_kernels: true,
         }
     }
 
@@ -176,6 +192,11 @@ impl<B: LlamaBackend> Attention<B> {
         }
         let selection = selection.filter(|_| step.prunes);
         cache.write(k, v.swap_dims(1, 2), &step.starts, &step.new_lens);
+        if selection.is_none() && step.attention_kernels {
+            if let Some(out) = causal_attention(q.clone(), &cache.k, &cache.v, &step.visible) {
+                return self.o.forward(out.reshape([batch, len, h * d]));
+            }
+        }
         // [batch, len, kv·G, d] → [batch, kv, len·G, d]: head h = kv_head·G + g.
         let q = q
             .reshape([batch, len, kv, g, d])

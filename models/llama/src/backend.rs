@@ -6,7 +6,7 @@
 //! backends run `spotlight_kernels::top_keys` and the cpu backend its plain-Rust reference.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::ops::{FloatTensor, FloatTensorOps, IntTensor};
 use burn::tensor::{DType, Int, Shape, Tensor, TensorData, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
@@ -37,6 +37,20 @@ pub trait LlamaBackend: Backend {
         k: usize,
     ) -> (IntTensor<Self>, IntTensor<Self>, FloatTensor<Self>);
 
+    /// Dense causal attention of a call's rows over the cache, on the backend's own kernel
+    /// (flash style: online softmax, no score matrix), or None where it has none (the caller then
+    /// uses tensor ops). q: [batch, len, heads, head_dim] post-RoPE; k, v: the cache
+    /// [batch, kv_heads, cap, head_dim]; `visible[b·len + t]`: keys row (b, t) sees (its
+    /// position + 1). Returns [batch, len, heads, head_dim].
+    fn causal_attention(
+        _q: FloatTensor<Self>,
+        _k: FloatTensor<Self>,
+        _v: FloatTensor<Self>,
+        _visible: &[usize],
+    ) -> Option<FloatTensor<Self>> {
+        None
+    }
+
     /// The fused decode engine over a prefilled cache ([`crate::fast`]), or None where this
     /// backend or this model has none (generation then decodes with tensor ops). The default:
     /// none.
@@ -51,6 +65,22 @@ pub trait LlamaBackend: Backend {
 /// The same product through Burn's matmul: the reference and the fallback.
 pub fn linear_by_matmul<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>) -> FloatTensor<B> {
     B::float_matmul(x, B::float_transpose(weight))
+}
+
+/// Tensor-level wrapper of [`LlamaBackend::causal_attention`].
+pub fn causal_attention<B: LlamaBackend>(
+    q: Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    visible: &[usize],
+) -> Option<Tensor<B, 4>> {
+    B::causal_attention(
+        q.into_primitive().tensor(),
+        k.clone().into_primitive().tensor(),
+        v.clone().into_primitive().tensor(),
+        visible,
+    )
+    .map(|t| Tensor::from_primitive(TensorPrimitive::Float(t)))
 }
 
 /// Tensor-level wrapper of [`LlamaBackend::projection`].
@@ -159,6 +189,54 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LlamaBacke
         )
         .expect("k ≤ n checked by the caller");
         (top, count, thr)
+    }
+
+    fn causal_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        visible: &[usize],
+    ) -> Option<FloatTensor<Self>> {
+        use spotlight_kernels::attend::{attend, KvLayout, QueryRow, QueryRows};
+        let [batch, len, heads, d] = q.meta.shape().dims::<4>();
+        let [_, kv_heads, cap, _] = k.meta.shape().dims::<4>();
+        if k.dtype != F::dtype() || v.dtype != F::dtype() || visible.len() != batch * len {
+            return None;
+        }
+        let shape = spotlight_kernels::AttendShape::new(heads, kv_heads, kv_heads, d).ok()?;
+        let q = into_contiguous(Self::float_cast(q, burn::tensor::FloatDType::F32));
+        let (k, v) = (into_contiguous(k), into_contiguous(v));
+        let rows: Vec<QueryRow> = visible
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| QueryRow {
+                seq: i / len.max(1),
+                len: n.min(cap),
+            })
+            .collect();
+        let client = q.client.clone();
+        let rows = QueryRows::upload(&client, &rows);
+        let out = client.empty(batch * len * heads * d * 4);
+        attend::<R, F>(
+            &client,
+            &shape,
+            &q.handle,
+            &k.handle,
+            &v.handle,
+            KvLayout { batch, cap },
+            &rows,
+            None,
+            &out,
+        )
+        .ok()?;
+        let out = CubeTensor::new_contiguous(
+            client,
+            q.device.clone(),
+            Shape::from(vec![batch, len, heads, d]),
+            out,
+            DType::F32,
+        );
+        Some(Self::float_cast(out, F::dtype().into()))
     }
 
     fn fast_decoder(

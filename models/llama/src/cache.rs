@@ -36,6 +36,9 @@ pub struct KvCache<B: Backend> {
     pub record_queries: bool,
     /// Sparse attention: the selector, its budget and which rows it applies to. `None` = dense.
     pub selection: Option<Selection<B>>,
+    /// Dense attention on the backend's causal kernel where it has one (default); false keeps
+    /// Burn tensor ops (the reference, and A/B comparisons).
+    pub attention_kernels: bool,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -60,6 +63,7 @@ impl<B: Backend> KvCache<B> {
             capacity,
             record_queries: false,
             selection: None,
+            attention_kernels: true,
         }
     }
 

@@ -21,6 +21,9 @@ pub struct GenerateConfig {
     /// Decode with the backend's fused kernels where it has them ([`crate::fast`]); false keeps
     /// every step on Burn tensor ops (the reference, and A/B comparisons).
     pub fused_decode: bool,
+    /// Dense attention (prefill included) on the backend's causal kernel where it has one; false
+    /// keeps it on Burn tensor ops.
+    pub attention_kernels: bool,
 }
 
 /// Timings of one `generate` call.
@@ -77,6 +80,7 @@ pub fn generate<B: LlamaBackend>(
     let batch = prompts.len();
     let mut cache = model.new_cache(batch, longest + config.max_tokens)?;
     cache.selection = selection.cloned();
+    cache.attention_kernels = config.attention_kernels;
     let layers = model.config.num_hidden_layers;
     let (mut read_sum, mut read_steps) = (0.0, 0usize);
     let mut samplers: Vec<Sampler> = (0..batch)

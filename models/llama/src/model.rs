@@ -286,6 +286,7 @@ impl<B: LlamaBackend> Llama<B> {
         )
         .with_selection(cache.selection.clone());
         step.record_queries = cache.record_queries;
+        step.attention_kernels = cache.attention_kernels;
         let mut x = self
             .embed
             .clone()

@@ -195,3 +195,44 @@ fn synthetic_decoder_rewinds_and_full_budget_spotlight_is_dense() {
     let err = decoder.step(&rows[1..]).unwrap_err().to_string();
     assert!(err.contains("every sequence"), "{err}");
 }
+
+/// Dense attention on the causal kernel (flash style) against the tensor-op attention: a ragged
+/// prefill, then a second call that continues each sequence from its cached length (one sequence
+/// gets no new tokens), every real row's hidden state compared.
+#[test]
+fn causal_attention_kernel_matches_the_tensor_path() {
+    let model = model();
+    let mut kernel = model.new_cache(3, 40).unwrap();
+    let mut tensor = model.new_cache(3, 40).unwrap();
+    tensor.attention_kernels = false;
+    let calls: [Vec<Vec<u32>>; 2] = [
+        vec![
+            vec![3, 1, 4, 1, 5],
+            (0..17).map(|i| i * 7 % 61).collect(),
+            vec![60],
+        ],
+        vec![vec![2, 7], vec![], (0..12).map(|i| i * 5 % 61).collect()],
+    ];
+    for (c, tokens) in calls.iter().enumerate() {
+        let hidden = model.config.hidden_size;
+        let got = model.forward(tokens, &mut kernel).unwrap();
+        let want = model.forward(tokens, &mut tensor).unwrap();
+        let len = got.dims()[1];
+        let (got, want) = (
+            got.into_data().to_vec::<f32>().unwrap(),
+            want.into_data().to_vec::<f32>().unwrap(),
+        );
+        for (b, seq) in tokens.iter().enumerate() {
+            for t in 0..seq.len() {
+                let at = (b * len + t) * hidden;
+                let worst = got[at..at + hidden]
+                    .iter()
+                    .zip(&want[at..at + hidden])
+                    .map(|(a, e)| (a - e).abs() / (1.0 + e.abs()))
+                    .fold(0.0f32, f32::max);
+                assert!(worst < 1e-4, "call {c} sequence {b} row {t}: {worst}");
+            }
+        }
+    }
+    assert_eq!(kernel.lens, tensor.lens);
+}
