@@ -73,6 +73,10 @@ struct Row {
     runs: usize,
     prefill_s_median: f64,
     prefill_tok_s: f64,
+    /// Arithmetic of one sequence's prefill ([`prefill_flops`]) × batch, per second.
+    prefill_tflop_s: f64,
+    /// Share of the prefill FLOPs in attention (q·k and p·V over the causal keys).
+    prefill_attention_flop_share: f64,
     decode_s_median: f64,
     decode_tok_s: f64,
     decode_ms_per_step: f64,
@@ -234,6 +238,7 @@ impl OnBackend for Job {
                     }
                     let (p, d) = (median(prefill), median(decode));
                     let steps = (a.new_tokens - 1) as f64;
+                    let (proj, attn) = prefill_flops(&loaded.model.config, len);
                     rows.push(Row {
                         attention: attention.clone(),
                         decode_path: path,
@@ -245,6 +250,8 @@ impl OnBackend for Job {
                         runs: a.runs,
                         prefill_s_median: p,
                         prefill_tok_s: (batch * len) as f64 / p,
+                        prefill_tflop_s: batch as f64 * (proj + attn) / p / 1e12,
+                        prefill_attention_flop_share: attn / (proj + attn),
                         decode_s_median: d,
                         decode_tok_s: batch as f64 * steps / d,
                         decode_ms_per_step: d / steps * 1e3,
@@ -265,6 +272,21 @@ impl OnBackend for Job {
             rows,
         })
     }
+}
+
+/// FLOPs of one sequence's prefill of `len` tokens: (projections, attention). Projections: 2 per
+/// weight per token (q, k, v, o, gate, up, down) plus the LM head for the last token; attention:
+/// q·k and p·V, 4·heads·d per visible key, causal (token t sees t + 1 keys).
+pub(crate) fn prefill_flops(c: &spotlight_llama::LlamaConfig, len: usize) -> (f64, f64) {
+    let (h, d, n) = (c.hidden_size as f64, c.head_dim as f64, len as f64);
+    let q_out = (c.num_attention_heads * c.head_dim) as f64;
+    let kv_out = (c.num_key_value_heads * c.head_dim) as f64;
+    let per_layer = h * (2.0 * q_out + 2.0 * kv_out) + 3.0 * h * c.intermediate_size as f64;
+    let layers = c.num_hidden_layers as f64;
+    let proj = 2.0 * per_layer * layers * n + 2.0 * h * c.vocab_size as f64;
+    let keys = n * (n + 1.0) / 2.0;
+    let attn = 4.0 * c.num_attention_heads as f64 * d * keys * layers;
+    (proj, attn)
 }
 
 pub(crate) fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
