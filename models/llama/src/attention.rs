@@ -1,7 +1,8 @@
 //! Grouped-query attention over the KV cache, without materialising repeated K/V.
 //!
 //! Dense rows run on the backend's causal attention kernel where it has one (cube backends:
-//! `spotlight_kernels::attend`, flash style — no score matrix, whatever the prompt length).
+//! `spotlight_kernels::prefill`, flash style — no score matrix, whatever the prompt length;
+//! one-token calls use the decode kernel `attend`).
 //! The tensor-op path below is the reference, the cpu path, and the one sparse rows take.
 //!
 //! The G query heads that share a KV head are laid out as extra rows of one matrix
@@ -63,9 +64,6 @@ pub struct Step<B: Backend> {
     /// Whether this call's rows attend sparsely: the selection applies to the call and some
     /// sequence's budget leaves keys out (a budget that keeps every key is dense attention).
     pub prunes: bool,
-    /// [batch·len] keys each row sees (its position + 1; padding rows repeat their sequence's
-    /// last real row).
-    pub visible: Vec<usize>,
     /// Dense rows attend on the backend's causal kernel where it has one
     /// ([`LlamaBackend::causal_attention`]); false keeps the tensor ops below.
     pub attention_kernels: bool,
@@ -88,10 +86,6 @@ impl<B: Backend> Step<B> {
             .map(|(b, t)| (starts[b] + t).min(max_pos - 1) as i64)
             .collect();
         let positions = Tensor::from_data(TensorData::new(positions, [batch * len]), device);
-        let visible = (0..batch)
-            .flat_map(|b| (0..len).map(move |t| (b, t)))
-            .map(|(b, t)| starts[b] + t.min(new_lens[b].max(1) - 1) + 1)
-            .collect();
         let total = (0..batch).map(|b| starts[b] + len).max().unwrap_or(0);
         let chunk =
             (MAX_SCORE_ELEMENTS / (batch * kv_heads * group * total.max(1))).clamp(1, len.max(1));
@@ -133,7 +127,6 @@ impl<B: Backend> Step<B> {
             selection: None,
             plans: Vec::new(),
             prunes: false,
-            visible,
             attention_kernels: true,
         }
     }
@@ -193,7 +186,12 @@ impl<B: LlamaBackend> Attention<B> {
         let selection = selection.filter(|_| step.prunes);
         cache.write(k, v.swap_dims(1, 2), &step.starts, &step.new_lens);
         if selection.is_none() && step.attention_kernels {
-            if let Some(out) = causal_attention(q.clone(), &cache.k, &cache.v, &step.visible) {
+            if let Some(out) = causal_attention(
+                q.clone(),
+                &cache.k,
+                &cache.v,
+                (&step.starts, &step.new_lens),
+            ) {
                 return self.o.forward(out.reshape([batch, len, h * d]));
             }
         }

@@ -40,13 +40,15 @@ pub trait LlamaBackend: Backend {
     /// Dense causal attention of a call's rows over the cache, on the backend's own kernel
     /// (flash style: online softmax, no score matrix), or None where it has none (the caller then
     /// uses tensor ops). q: [batch, len, heads, head_dim] post-RoPE; k, v: the cache
-    /// [batch, kv_heads, cap, head_dim]; `visible[b·len + t]`: keys row (b, t) sees (its
-    /// position + 1). Returns [batch, len, heads, head_dim].
+    /// [batch, kv_heads, cap, head_dim] with this call's rows written; row (b, t) sees keys
+    /// 0..=starts[b] + t (padding rows, t ≥ new_lens[b], repeat the last real row). Returns
+    /// [batch, len, heads, head_dim].
     fn causal_attention(
         _q: FloatTensor<Self>,
         _k: FloatTensor<Self>,
         _v: FloatTensor<Self>,
-        _visible: &[usize],
+        _starts: &[usize],
+        _new_lens: &[usize],
     ) -> Option<FloatTensor<Self>> {
         None
     }
@@ -72,13 +74,14 @@ pub fn causal_attention<B: LlamaBackend>(
     q: Tensor<B, 4>,
     k: &Tensor<B, 4>,
     v: &Tensor<B, 4>,
-    visible: &[usize],
+    (starts, new_lens): (&[usize], &[usize]),
 ) -> Option<Tensor<B, 4>> {
     B::causal_attention(
         q.into_primitive().tensor(),
         k.clone().into_primitive().tensor(),
         v.clone().into_primitive().tensor(),
-        visible,
+        starts,
+        new_lens,
     )
     .map(|t| Tensor::from_primitive(TensorPrimitive::Float(t)))
 }
@@ -195,40 +198,49 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LlamaBacke
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
-        visible: &[usize],
+        starts: &[usize],
+        new_lens: &[usize],
     ) -> Option<FloatTensor<Self>> {
         use spotlight_kernels::attend::{attend, KvLayout, QueryRow, QueryRows};
+        use spotlight_kernels::prefill::{flash_prefill, PrefillShape};
         let [batch, len, heads, d] = q.meta.shape().dims::<4>();
         let [_, kv_heads, cap, _] = k.meta.shape().dims::<4>();
-        if k.dtype != F::dtype() || v.dtype != F::dtype() || visible.len() != batch * len {
+        if k.dtype != F::dtype() || v.dtype != F::dtype() || starts.len() != batch {
             return None;
         }
-        let shape = spotlight_kernels::AttendShape::new(heads, kv_heads, kv_heads, d).ok()?;
         let q = into_contiguous(Self::float_cast(q, burn::tensor::FloatDType::F32));
         let (k, v) = (into_contiguous(k), into_contiguous(v));
-        let rows: Vec<QueryRow> = visible
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| QueryRow {
-                seq: i / len.max(1),
-                len: n.min(cap),
-            })
-            .collect();
         let client = q.client.clone();
-        let rows = QueryRows::upload(&client, &rows);
         let out = client.empty(batch * len * heads * d * 4);
-        attend::<R, F>(
-            &client,
-            &shape,
-            &q.handle,
-            &k.handle,
-            &v.handle,
-            KvLayout { batch, cap },
-            &rows,
-            None,
-            &out,
-        )
-        .ok()?;
+        if len == 1 {
+            // One position per sequence: the decode kernel, which splits long caches over cubes.
+            let shape = spotlight_kernels::AttendShape::new(heads, kv_heads, kv_heads, d).ok()?;
+            let rows: Vec<QueryRow> = (0..batch)
+                .map(|seq| QueryRow {
+                    seq,
+                    len: (starts[seq] + 1).min(cap),
+                })
+                .collect();
+            let rows = QueryRows::upload(&client, &rows);
+            let layout = KvLayout { batch, cap };
+            attend::<R, F>(
+                &client, &shape, &q.handle, &k.handle, &v.handle, layout, &rows, None, &out,
+            )
+            .ok()?;
+        } else {
+            let shape = PrefillShape {
+                batch,
+                len,
+                q_heads: heads,
+                kv_heads,
+                head_dim: d,
+                cap,
+            };
+            flash_prefill::<R, F>(
+                &client, &shape, &q.handle, &k.handle, &v.handle, starts, new_lens, &out,
+            )
+            .ok()?;
+        }
         let out = CubeTensor::new_contiguous(
             client,
             q.device.clone(),
