@@ -23,7 +23,8 @@ const ROWS_PER_PLANE: usize = 2;
 const MASKED_ABOVE: f32 = -1.0e29;
 
 #[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
+// CubeCL kernels have no saturating_sub.
+#[allow(clippy::too_many_arguments, clippy::implicit_saturating_sub)]
 fn prefill_kernel<F: Float>(
     q: &Array<f32>,
     k: &Array<F>,
