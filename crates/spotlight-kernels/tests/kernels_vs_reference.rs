@@ -1144,7 +1144,8 @@ fn flash_prefill_matches_reference_per_row() {
     let client = client();
     let mut rng = rng("flash_prefill");
     // (q_heads, kv_heads, d, len, starts, new_lens)
-    let cases: [(usize, usize, usize, usize, &[usize], &[usize]); 5] = [
+    type Case<'a> = (usize, usize, usize, usize, &'a [usize], &'a [usize]);
+    let cases: [Case; 5] = [
         (6, 2, 64, 37, &[0, 9], &[37, 21]),
         (4, 1, 128, 5, &[3], &[5]),
         (2, 2, 64, 1, &[0, 40, 7], &[1, 1, 0]),
