@@ -5,10 +5,12 @@
 //! Decode attention ([`crate::attend`]) gives every query position its own cube and reads the
 //! keys from L2 once per position. Here a cube takes `planes × rows_per_plane` consecutive query
 //! rows of one KV head — rows are (position, head-in-group) pairs, so a tile spans few positions —
-//! and every K/V tile it loads serves all of them. Per tile: q·k with lane ↔ key (K staged with a
-//! padded stride, so lanes read different banks; q broadcast from shared memory), one plane max and
-//! one plane sum per row, then p·V with lane ↔ d / plane elements, each key's probability
-//! shuffled from the lane that scored it.
+//! and every K/V tile it loads serves all of them. Per tile: q·k with lane ↔ key, in 16-byte
+//! vectors (K staged with a padded stride, so lanes read different banks; q broadcast from shared
+//! memory; each key vector serves all the plane's rows), one plane max and one plane sum per row,
+//! then p·V with lane ↔ d / plane elements, each key's probability shuffled from the lane that
+//! scored it. The first version (scalar shared loads, 2 rows per plane) was bound by shared-memory
+//! load instructions: two per multiply-add.
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
@@ -16,19 +18,26 @@ use cubecl::server::Handle;
 use crate::device::{arg, check_bytes, upload_u32};
 use crate::KernelError;
 
-/// Planes per cube, and query rows per plane.
+/// Planes per cube.
 const PLANES: usize = 8;
-const ROWS_PER_PLANE: usize = 2;
 /// Masked scores are −1e30; a tile whose best score is below this is wholly masked for a row.
 const MASKED_ABOVE: f32 = -1.0e29;
+
+/// Query rows per plane: more rows reuse each staged key more often, within shared memory
+/// (queries, keys and values of one tile: 41 KB at d = 128).
+fn rows_per_plane(d: usize) -> usize {
+    (256 / d).clamp(1, 4)
+}
+
+type V4 = Vector<f32, Const<4>>;
 
 #[cube(launch_unchecked)]
 // CubeCL kernels have no saturating_sub.
 #[allow(clippy::too_many_arguments, clippy::implicit_saturating_sub)]
 fn prefill_kernel<F: Float>(
-    q: &Array<f32>,
-    k: &Array<F>,
-    v: &Array<F>,
+    q: &Array<V4>,
+    k: &Array<Vector<F, Const<4>>>,
+    v: &Array<Vector<F, Const<4>>>,
     starts: &Array<u32>,
     new_lens: &Array<u32>,
     out: &mut Array<f32>,
@@ -39,12 +48,16 @@ fn prefill_kernel<F: Float>(
     #[comptime] kv_heads: usize,
     #[comptime] d: usize,
     #[comptime] plane: usize,
+    #[comptime] per_plane: usize,
 ) {
     let group = comptime!(q_heads / kv_heads);
     let per_lane = comptime!(d / plane);
-    let rows_per_cube = comptime!(PLANES * ROWS_PER_PLANE);
+    let d4 = comptime!(d / 4);
+    let rows_per_cube = comptime!(PLANES * per_plane);
     let threads = comptime!(PLANES * plane);
-    let stride = comptime!(d + 1);
+    // Staged keys: a padded row stride (in 16-byte vectors), so lanes reading their own key's
+    // vectors hit different banks.
+    let stride4 = comptime!(d / 4 + 1);
     let kvh = CUBE_POS_Y as usize;
     let b = CUBE_POS_Z as usize;
     let unit = UNIT_POS as usize;
@@ -60,29 +73,29 @@ fn prefill_kernel<F: Float>(
     let row0 = CUBE_POS_X as usize * rows_per_cube;
 
     // This cube's queries, pre-scaled; rows past the end are zeros (their output is not written).
-    let mut qs = SharedMemory::<f32>::new(rows_per_cube * d);
-    for it in 0..comptime!((rows_per_cube * d).div_ceil(threads)) {
+    let mut qs = SharedMemory::<V4>::new(rows_per_cube * d4);
+    for it in 0..comptime!((rows_per_cube * d4).div_ceil(threads)) {
         let i = it * threads + unit;
-        if i < rows_per_cube * d {
-            let r = row0 + i / d;
-            let mut x = 0.0f32;
+        if i < rows_per_cube * d4 {
+            let r = row0 + i / d4;
+            let mut x = V4::new(0.0);
             if r < rows {
                 let t = r / group;
                 let head = kvh * group + r % group;
-                x = q[((b * len + t) * q_heads + head) * d + i % d] * scale;
+                x = q[((b * len + t) * q_heads + head) * d4 + i % d4] * V4::new(scale);
             }
             qs[i] = x;
         }
     }
 
     // Keys visible to each of my rows: position + 1 (padding rows repeat the last real row).
-    let mut visible = Array::<usize>::new(ROWS_PER_PLANE);
-    let mut m = Array::<f32>::new(ROWS_PER_PLANE);
-    let mut l = Array::<f32>::new(ROWS_PER_PLANE);
-    let mut acc = Array::<f32>::new(comptime!(ROWS_PER_PLANE * per_lane));
+    let mut visible = Array::<usize>::new(per_plane);
+    let mut m = Array::<f32>::new(per_plane);
+    let mut l = Array::<f32>::new(per_plane);
+    let mut acc = Array::<f32>::new(comptime!(per_plane * per_lane));
     #[unroll]
-    for rr in 0..ROWS_PER_PLANE {
-        let r = row0 + pid * ROWS_PER_PLANE + rr;
+    for rr in 0..per_plane {
+        let r = row0 + pid * per_plane + rr;
         let mut t = r / group;
         if t > last_new {
             t = last_new;
@@ -111,43 +124,58 @@ fn prefill_kernel<F: Float>(
     let n_keys = start + t_last + 1;
     let tiles = n_keys.div_ceil(plane);
 
-    let mut ks = SharedMemory::<f32>::new(plane * stride);
+    let mut ks = SharedMemory::<V4>::new(plane * stride4);
     let mut vs = SharedMemory::<f32>::new(plane * d);
     let kv_base = (b * kv_heads + kvh) * cap as usize;
     for tile in 0..tiles {
         let j0 = tile * plane;
         sync_cube();
-        for it in 0..comptime!((plane * d).div_ceil(threads)) {
+        for it in 0..comptime!((plane * d4).div_ceil(threads)) {
             let i = it * threads + unit;
-            if i < plane * d {
-                let jj = i / d;
-                let c = i % d;
-                let mut kx = 0.0f32;
-                let mut vx = 0.0f32;
+            if i < plane * d4 {
+                let jj = i / d4;
+                let c4 = i % d4;
+                let mut kx = V4::new(0.0);
+                let mut vx = V4::new(0.0);
                 if j0 + jj < n_keys {
-                    let at = (kv_base + j0 + jj) * d + c;
-                    kx = f32::cast_from(k[at]);
-                    vx = f32::cast_from(v[at]);
+                    let at = (kv_base + j0 + jj) * d4 + c4;
+                    kx = V4::cast_from(k[at]);
+                    vx = V4::cast_from(v[at]);
                 }
-                ks[jj * stride + c] = kx;
-                vs[i] = vx;
+                ks[jj * stride4 + c4] = kx;
+                #[unroll]
+                for x in 0..4usize {
+                    vs[jj * d + c4 * 4 + x] = vx[x];
+                }
             }
         }
         sync_cube();
         let j = j0 + lane;
+        // q·k: lane ↔ key; each staged key vector serves all of the plane's rows.
+        let mut s = Array::<f32>::new(per_plane);
         #[unroll]
-        for rr in 0..ROWS_PER_PLANE {
-            let slot = (pid * ROWS_PER_PLANE + rr) * d;
-            let mut s = 0.0f32;
-            if j < visible[rr] {
+        for rr in 0..per_plane {
+            s[rr] = 0.0;
+        }
+        #[unroll]
+        for c4 in 0..d4 {
+            let kv4 = ks[lane * stride4 + c4];
+            #[unroll]
+            for rr in 0..per_plane {
+                let qv = qs[(pid * per_plane + rr) * d4 + c4];
                 #[unroll]
-                for c in 0..d {
-                    s += qs[slot + c] * ks[lane * stride + c];
+                for x in 0..4usize {
+                    s[rr] += qv[x] * kv4[x];
                 }
-            } else {
-                s = -1.0e30f32;
             }
-            let tile_max = plane_max(s);
+        }
+        #[unroll]
+        for rr in 0..per_plane {
+            let mut mine = s[rr];
+            if j >= visible[rr] {
+                mine = -1.0e30f32;
+            }
+            let tile_max = plane_max(mine);
             // Tiles wholly after this row's position change nothing (same for the whole plane).
             if tile_max > MASKED_ABOVE {
                 let mut best = m[rr];
@@ -155,13 +183,14 @@ fn prefill_kernel<F: Float>(
                     best = tile_max;
                 }
                 let alpha = f32::exp(m[rr] - best);
-                let p = f32::exp(s - best);
+                let p = f32::exp(mine - best);
                 l[rr] = l[rr] * alpha + plane_sum(p);
                 m[rr] = best;
                 #[unroll]
                 for e in 0..per_lane {
                     acc[rr * per_lane + e] *= alpha;
                 }
+                // p·V: lane ↔ d / plane elements; key jj's probability from lane jj.
                 #[unroll]
                 for jj in 0..plane {
                     let pj = plane_shuffle(p, jj as u32);
@@ -175,8 +204,8 @@ fn prefill_kernel<F: Float>(
     }
 
     #[unroll]
-    for rr in 0..ROWS_PER_PLANE {
-        let r = row0 + pid * ROWS_PER_PLANE + rr;
+    for rr in 0..per_plane {
+        let r = row0 + pid * per_plane + rr;
         if r < rows {
             let t = r / group;
             let head = kvh * group + r % group;
@@ -228,7 +257,8 @@ pub fn flash_prefill<R: Runtime, F: Float + CubeElement>(
         head_dim: d,
         cap,
     } = shape;
-    if d == 0 || !d.is_multiple_of(32) || d > 256 {
+    // Wider heads would not fit a tile in shared memory.
+    if d == 0 || !d.is_multiple_of(32) || d > 128 {
         return Err(KernelError::HeadDim(d));
     }
     if kv_heads == 0 || !q_heads.is_multiple_of(kv_heads) {
@@ -270,7 +300,8 @@ pub fn flash_prefill<R: Runtime, F: Float + CubeElement>(
     let column = |v: &[usize]| upload_u32(client, &v.iter().map(|&x| x as u32).collect::<Vec<_>>());
     let (starts_h, lens_h) = (column(starts), column(new_lens));
     let rows = len * (q_heads / kv_heads);
-    let tiles = rows.div_ceil(PLANES * ROWS_PER_PLANE) as u32;
+    let per_plane = rows_per_plane(d);
+    let tiles = rows.div_ceil(PLANES * per_plane) as u32;
     // Safety: every buffer was checked to hold its length above; rows past the end and keys past
     // the cube's last visible one are neither read nor written.
     unsafe {
@@ -278,9 +309,9 @@ pub fn flash_prefill<R: Runtime, F: Float + CubeElement>(
             client,
             CubeCount::Static(tiles, kv_heads as u32, batch as u32),
             CubeDim::new_1d((PLANES * plane) as u32),
-            arg(q, q_len),
-            arg(k, kv_len),
-            arg(v, kv_len),
+            arg(q, q_len / 4),
+            arg(k, kv_len / 4),
+            arg(v, kv_len / 4),
             arg(&starts_h, batch),
             arg(&lens_h, batch),
             arg(out, q_len),
@@ -291,6 +322,7 @@ pub fn flash_prefill<R: Runtime, F: Float + CubeElement>(
             kv_heads,
             d,
             plane,
+            per_plane,
         )
     };
     Ok(())
