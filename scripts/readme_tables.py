@@ -235,6 +235,28 @@ def training():
     return lines
 
 
+def prefill():
+    lines = []
+    for name, d in load("prefill_h200.json"):
+        rows = {(r["decode_path"], r["batch"], r["prompt_tokens"]): r for r in d["rows"]}
+        lines += [f"**Prefill: flash-style causal attention kernel vs Burn tensor-op attention** (`{name}`, {d['device']}, {d['date']}, "
+                  f"commit {d['commit']}): {d['model']}, dense, {d['dtype']}; projections on Burn's matmul in both. "
+                  "`fused` = our kernels (flash prefill, fused decode); `tensor` = Burn tensor ops. TFLOP/s counts projections and causal "
+                  "attention (`prefill_flops` in `bench.rs`). Reproduce: `scripts/gpu/prefill.sh` (`spotlight bench generate --attentions dense "
+                  "--decode-paths fused,tensor --batch 1,4 --prompt-tokens 4096,8000`).", "",
+                  "| batch | prompt | ours: prefill s | tok/s | TFLOP/s | Burn attention: prefill s | tok/s | TFLOP/s | speed-up | attention share of FLOPs |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for (path, b, n), r in sorted(rows.items()):
+            t = rows.get(("tensor", b, n))
+            if path != "fused" or not t:
+                continue
+            lines.append(f"| {b} | {n} | {r['prefill_s_median']:.3f} | {r['prefill_tok_s']:.0f} | {r['prefill_tflop_s']:.1f} | "
+                         f"{t['prefill_s_median']:.3f} | {t['prefill_tok_s']:.0f} | {t['prefill_tflop_s']:.1f} | "
+                         f"{t['prefill_s_median'] / r['prefill_s_median']:.2f}× | {r['prefill_attention_flop_share']:.2f} |")
+        lines.append("")
+    return lines
+
+
 def train_ops():
     lines = []
     runs = {n: d for n, d in load("train_ops_h200/train_ops_*.json") if "step_s_median" in d}
@@ -312,7 +334,7 @@ def fidelity():
 
 
 def main():
-    body = "\n".join(checks() + ppls() + generation() + profiles() + fast_decode() + e2e() + retrieval() + linear() + quality() + training() + train_ops() + fidelity() + peers()).strip() or "(no results yet)"
+    body = "\n".join(checks() + ppls() + generation() + profiles() + fast_decode() + prefill() + e2e() + retrieval() + linear() + quality() + training() + train_ops() + fidelity() + peers()).strip() or "(no results yet)"
     path = os.path.join(ROOT, "README.md")
     text = open(path).read()
     new = re.sub(r"<!-- results:begin -->.*<!-- results:end -->",
