@@ -12,6 +12,7 @@ if [ ! -f "$SPOTLIGHT_HOME/models/.verified" ]; then
   echo verified > "$SPOTLIGHT_HOME/texts/moby-dick/.verified"
   tar xzf .gpu/sotu.tgz -C "$SPOTLIGHT_HOME/texts"
   echo verified > "$SPOTLIGHT_HOME/texts/sotu/.verified"
+  if [ -d "$SPOTLIGHT_HOME/texts/austen" ]; then echo verified > "$SPOTLIGHT_HOME/texts/austen/.verified"; fi
 fi
 if [ ! -f "$SPOTLIGHT_HOME/fonts/dejavu/.verified" ] && [ -f .gpu/fonts.tgz ]; then
   tar xzf .gpu/fonts.tgz -C "$SPOTLIGHT_HOME"

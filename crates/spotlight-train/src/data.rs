@@ -19,12 +19,21 @@ pub struct Corpus {
 impl Corpus {
     /// Every `*.txt` file of `dir`, in name order.
     pub fn from_dir(dir: &Path, tokenizer: &Tokenizer) -> Result<Self, TrainError> {
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .map_err(|e| TrainError::Io(format!("cannot read {}: {e}", dir.display())))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "txt"))
-            .collect();
-        files.sort();
+        Self::from_dirs(&[dir], tokenizer)
+    }
+
+    /// Every `*.txt` file of each of `dirs`, folder by folder, in name order within each.
+    pub fn from_dirs(dirs: &[&Path], tokenizer: &Tokenizer) -> Result<Self, TrainError> {
+        let mut files = Vec::new();
+        for dir in dirs {
+            let mut in_dir: Vec<_> = std::fs::read_dir(dir)
+                .map_err(|e| TrainError::Io(format!("cannot read {}: {e}", dir.display())))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+                .collect();
+            in_dir.sort();
+            files.extend(in_dir);
+        }
         let texts = files
             .iter()
             .map(|p| {
