@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
   echo "== installing the Vulkan CPU driver (mesa-vulkan-drivers, libvulkan1) for wgpu"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
 fi
@@ -19,6 +19,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== building"
 cargo build --workspace --all-targets --locked
+
+# Austen's novels come as a Debian package (`apt-get download`): the package lists must be there.
+if ! apt-cache show r-cran-janeaustenr >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+fi
 
 echo "== fetching the default model and texts (cached in \${SPOTLIGHT_HOME:-~/.cache/spotlight})"
 "${CARGO_TARGET_DIR:-target}/debug/spotlight" fetch   # the binary just built (no feature-specific rebuild)

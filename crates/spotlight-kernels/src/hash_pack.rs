@@ -73,6 +73,31 @@ pub(crate) fn vector_at(
     at
 }
 
+/// Coordinate j of the tile's rows into `xs` (zeros past the last row).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn load_tile(
+    x: &Array<f32>,
+    xs: &mut SharedMemory<f32>,
+    row0: usize,
+    head: usize,
+    j: usize,
+    rows: usize,
+    #[comptime] heads: usize,
+    #[comptime] d: usize,
+    #[comptime] heads_outer: bool,
+) {
+    #[unroll]
+    for r in 0..TILE {
+        let row = row0 + r;
+        let mut value = 0.0f32;
+        if row < rows {
+            value = x[vector_at(row, head, j, rows, heads, d, heads_outer)];
+        }
+        xs[r * d + j] = value;
+    }
+}
+
 /// h1 = x + SiLU(a1) of the tile into `hs` (x already in `xs`); returns a1 (kept for backward).
 #[cube]
 pub(crate) fn first_layer(
@@ -121,15 +146,7 @@ pub(crate) fn hash_kernel(
     let mut xs = SharedMemory::<f32>::new(TILE * d);
     let mut hs = SharedMemory::<f32>::new(TILE * d);
 
-    #[unroll]
-    for r in 0..TILE {
-        let row = row0 + r;
-        let mut value = 0.0f32;
-        if row < rows {
-            value = x[vector_at(row, head, j, rows, heads, d, comptime!(form.heads_outer))];
-        }
-        xs[r * d + j] = value;
-    }
+    load_tile(x, &mut xs, row0, head, j, rows, heads, d, form.heads_outer);
     sync_cube();
 
     // Layer 1: h1 = x + SiLU(x·W1 + b1).

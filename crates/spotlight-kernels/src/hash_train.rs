@@ -10,7 +10,9 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 
 use crate::device::{arg, check_bytes};
-use crate::hash_pack::{first_layer, hash_kernel, linear_column, Form, MlpBuffers, TILE};
+use crate::hash_pack::{
+    first_layer, hash_kernel, linear_column, load_tile, Form, MlpBuffers, TILE,
+};
 use crate::KernelError;
 
 /// Σ_i W[j][i]·g[i] for the tile's rows: row j of W (the transposed product of the backward).
@@ -52,6 +54,7 @@ fn hash_backward_kernel(
     h1: &mut Array<f32>,
     rows: u32,
     gamma: f32,
+    #[comptime] heads: usize,
     #[comptime] d: usize,
 ) {
     let head = CUBE_POS_Y as usize;
@@ -62,15 +65,7 @@ fn hash_backward_kernel(
     let mut hs = SharedMemory::<f32>::new(TILE * d);
     let mut gs = SharedMemory::<f32>::new(TILE * d);
 
-    #[unroll]
-    for r in 0..TILE {
-        let row = row0 + r;
-        let mut value = 0.0f32;
-        if row < rows {
-            value = x[(head * rows + row) * d + j];
-        }
-        xs[r * d + j] = value;
-    }
+    load_tile(x, &mut xs, row0, head, j, rows, heads, d, true);
     sync_cube();
     let a1 = first_layer(&xs, &mut hs, w1, b1, head, j, d);
     sync_cube();
@@ -239,6 +234,7 @@ pub fn hash_soft_backward<R: Runtime>(
             arg(out.h1, len),
             rows as u32,
             gamma,
+            h,
             d,
         )
     };

@@ -511,11 +511,13 @@ fn top_keys_match_reference() {
     .is_err());
 }
 
-fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+/// |got − want| ≤ tol·(1 + |want|) element by element (want in f32 or f64).
+fn assert_close<T: Copy + Into<f64>>(got: &[f32], want: &[T], tol: f64, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, (g, e)) in got.iter().zip(want).enumerate() {
+    for (i, (&g, &e)) in got.iter().zip(want).enumerate() {
+        let e: f64 = e.into();
         assert!(
-            (g - e).abs() <= tol * (1.0 + e.abs()),
+            (g as f64 - e).abs() <= tol * (1.0 + e.abs()),
             "{what}: element {i}: {g} vs {e}"
         );
     }
@@ -545,7 +547,7 @@ fn linear_epilogues_match_reference() {
         );
         let gate = reference::linear(&x, &w, m, k, n);
         let upv = reference::linear(&x, &up, m, k, n);
-        let tol = 1e-5 * (k as f32).sqrt();
+        let tol = 1e-5 * (k as f64).sqrt();
         let what = format!("m {m} k {k} n {n}");
 
         let y = filled_f32(&client, m * n, f32::NAN);
@@ -593,7 +595,7 @@ fn linear_tilings_match_reference() {
             assert_close(
                 &read_f32(&client, y, m * n),
                 &want,
-                1e-5 * (k as f32).sqrt(),
+                1e-5 * (k as f64).sqrt(),
                 &what,
             );
         }
@@ -632,7 +634,7 @@ fn linear_with_rms_norm_prologue_matches_norm_then_linear() {
             gamma: &gh,
             eps: 1e-5,
         };
-        let tol = 1e-5 * (k as f32).sqrt();
+        let tol = 1e-5 * (k as f64).sqrt();
         let what = format!("m {m} k {k} n {n}");
         let y = filled_f32(&client, m * n, f32::NAN);
         linear_fused::<WgpuRuntime, f32>(&client, &xh, &wh, (norm, Epilogue::Store), &y, (m, k, n))
@@ -853,16 +855,6 @@ fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
-fn assert_close_f64(got: &[f32], want: &[f64], tol: f64, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, (&g, &e)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g as f64 - e).abs() <= tol * (1.0 + e.abs()),
-            "{what}: element {i}: {g} vs {e}"
-        );
-    }
-}
-
 /// The training forward (softsign epilogue of the hash kernel) and its backward against the f64
 /// reference, at row counts around the tile (16) and widths 32–128.
 #[test]
@@ -914,7 +906,7 @@ fn hash_soft_and_backward_match_reference() {
         let out = filled_f32(&client, len, f32::NAN);
         hash_soft(&client, &p, &x_h, rows, gamma, &out).unwrap();
         let want = reference::hash_soft(&rp, &to_f64(&x), rows, gamma as f64);
-        assert_close_f64(&read_f32(&client, out, len), &want, 1e-5, &what);
+        assert_close(&read_f32(&client, out, len), &want, 1e-5, &what);
 
         let bufs: Vec<_> = (0..4).map(|_| filled_f32(&client, len, f32::NAN)).collect();
         let out = RowGradBuffers {
@@ -934,7 +926,7 @@ fn hash_soft_and_backward_match_reference() {
             ("h1", &want.h1),
         ]) {
             // f32 sums of d products of O(1) terms: relative 1e-4.
-            assert_close_f64(
+            assert_close(
                 &read_f32(&client, b, len),
                 w,
                 1e-4,
@@ -1066,12 +1058,12 @@ fn bradley_terry_matches_reference() {
         bt_rows(&client, &set, &out).unwrap();
         let want = bt::bt_rows(&rset);
         // Sums of up to 300 terms in f32.
-        assert_close_f64(&read_f32(&client, out, 3 * rows), &want, 1e-5, &what);
+        assert_close(&read_f32(&client, out, 3 * rows), &want, 1e-5, &what);
 
         let out = filled_f32(&client, rows * pairs, f32::NAN);
         bt_pair_grads(&client, &set, &upload_f32(&client, &grad), &out).unwrap();
         let want = bt::bt_pair_grads(&rset, &to_f64(&grad));
-        assert_close_f64(&read_f32(&client, out, rows * pairs), &want, 1e-5, &what);
+        assert_close(&read_f32(&client, out, rows * pairs), &want, 1e-5, &what);
     }
 }
 

@@ -379,28 +379,12 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> TrainBacke
         if !pair_kernel_fits(&scores, &pairs) {
             return host::bt_rows::<Self>(scores, pairs);
         }
-        let scores = into_contiguous(scores);
-        let (top, other, valid) = (
-            into_contiguous(pairs.top),
-            into_contiguous(pairs.other),
-            into_contiguous(pairs.valid),
-        );
-        let [rows, n] = [scores.meta.shape()[0], scores.meta.shape()[1]];
-        let out = new_f32(&scores, vec![3, rows]);
-        let set = PairBuffers {
-            scores: &scores.handle,
-            top: &top.handle,
-            other: &other.handle,
-            valid: &valid.handle,
-            rows,
-            n,
-            pairs: top.meta.shape()[1],
-            beta: pairs.beta as f32,
-            margin: pairs.margin as f32,
-        };
-        spotlight_kernels::bradley_terry::bt_rows::<R>(&scores.client, &set, &out.handle)
-            .expect("shapes checked by the tensors");
-        out
+        on_pair_buffers(scores, pairs, |set, scores| {
+            let out = new_f32(scores, vec![3, set.rows]);
+            spotlight_kernels::bradley_terry::bt_rows::<R>(&scores.client, set, &out.handle)
+                .expect("shapes checked by the tensors");
+            out
+        })
     }
 
     fn bt_pair_grads(
@@ -411,36 +395,51 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> TrainBacke
         if !pair_kernel_fits(&scores, &pairs) || grad.dtype != DType::F32 {
             return host::bt_pair_grads::<Self>(scores, pairs, grad);
         }
-        let scores = into_contiguous(scores);
         let grad = into_contiguous(grad);
-        let (top, other, valid) = (
-            into_contiguous(pairs.top),
-            into_contiguous(pairs.other),
-            into_contiguous(pairs.valid),
-        );
-        let [rows, n] = [scores.meta.shape()[0], scores.meta.shape()[1]];
-        let p = top.meta.shape()[1];
-        let out = new_f32(&scores, vec![rows, p]);
-        let set = PairBuffers {
-            scores: &scores.handle,
-            top: &top.handle,
-            other: &other.handle,
-            valid: &valid.handle,
-            rows,
-            n,
-            pairs: p,
-            beta: pairs.beta as f32,
-            margin: pairs.margin as f32,
-        };
-        spotlight_kernels::bradley_terry::bt_pair_grads::<R>(
-            &scores.client,
-            &set,
-            &grad.handle,
-            &out.handle,
-        )
-        .expect("shapes checked by the tensors");
-        out
+        on_pair_buffers(scores, pairs, |set, scores| {
+            let out = new_f32(scores, vec![set.rows, set.pairs]);
+            spotlight_kernels::bradley_terry::bt_pair_grads::<R>(
+                &scores.client,
+                set,
+                &grad.handle,
+                &out.handle,
+            )
+            .expect("shapes checked by the tensors");
+            out
+        })
     }
+}
+
+/// Runs `run` on the loss inputs as kernel arguments (contiguous, alive for the call).
+fn on_pair_buffers<R, F, I, BT, T>(
+    scores: CubeTensor<R>,
+    pairs: Pairs<Cube<R, F, I, BT>>,
+    run: impl FnOnce(&PairBuffers, &CubeTensor<R>) -> T,
+) -> T
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    let scores = into_contiguous(scores);
+    let (top, other, valid) = (
+        into_contiguous(pairs.top),
+        into_contiguous(pairs.other),
+        into_contiguous(pairs.valid),
+    );
+    let set = PairBuffers {
+        scores: &scores.handle,
+        top: &top.handle,
+        other: &other.handle,
+        valid: &valid.handle,
+        rows: scores.meta.shape()[0],
+        n: scores.meta.shape()[1],
+        pairs: top.meta.shape()[1],
+        beta: pairs.beta as f32,
+        margin: pairs.margin as f32,
+    };
+    run(&set, &scores)
 }
 
 // ---------------------------------------------------------------------------------------------
