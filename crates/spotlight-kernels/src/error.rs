@@ -20,7 +20,9 @@ pub enum KernelError {
     OverCapacity { seq: usize, len: usize, cap: usize },
     #[error("histogram of {0} bins per set does not fit in shared memory (reduce sets or bits)")]
     TooManyBins(usize),
-    #[error("the selection kernel needs {needed} bytes of shared memory per cube, this device offers {available}")]
+    #[error(
+        "a kernel needs {needed} bytes of shared memory per cube, this device offers {available}"
+    )]
     SharedMemory { needed: usize, available: usize },
     #[error("plane (warp) size {plane} does not divide head_dim {d} (or varies on this device)")]
     PlaneSize { plane: usize, d: usize },

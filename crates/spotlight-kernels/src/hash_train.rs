@@ -129,12 +129,20 @@ pub struct RowGradBuffers<'a> {
     pub h1: &'a Handle,
 }
 
-fn check_vectors(
+/// The widths and buffer lengths, and the tile's shared memory (`tiles` buffers of TILE × d f32).
+fn check_vectors<R: Runtime>(
+    client: &ComputeClient<R>,
     p: &MlpBuffers,
     rows: usize,
+    tiles: usize,
     named: &[(&Handle, &'static str)],
 ) -> Result<(), KernelError> {
     p.check()?;
+    let needed = tiles * TILE * p.d * 4;
+    let available = client.properties().hardware.max_shared_memory_size;
+    if needed > available {
+        return Err(KernelError::SharedMemory { needed, available });
+    }
     for (h, what) in named {
         check_bytes(h, p.nets * rows * p.d * 4, what)?;
     }
@@ -150,7 +158,7 @@ pub fn hash_soft<R: Runtime>(
     gamma: f32,
     out: &Handle,
 ) -> Result<(), KernelError> {
-    check_vectors(p, rows, &[(x, "x"), (out, "codes")])?;
+    check_vectors(client, p, rows, 2, &[(x, "x"), (out, "codes")])?;
     if rows == 0 || p.nets == 0 {
         return Ok(());
     }
@@ -199,8 +207,10 @@ pub fn hash_soft_backward<R: Runtime>(
     out: RowGradBuffers,
 ) -> Result<(), KernelError> {
     check_vectors(
+        client,
         p,
         rows,
+        3,
         &[
             (x, "x"),
             (grad, "grad"),

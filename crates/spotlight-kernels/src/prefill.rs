@@ -24,7 +24,7 @@ const PLANES: usize = 8;
 const MASKED_ABOVE: f32 = -1.0e29;
 
 /// Query rows per plane: more rows reuse each staged key more often, within shared memory
-/// (queries, keys and values of one tile: 41 KB at d = 128).
+/// (queries, keys and values of one tile: 41 KB at d = 128 with 32-wide planes).
 fn rows_per_plane(d: usize) -> usize {
     (256 / d).clamp(1, 4)
 }
@@ -288,6 +288,14 @@ pub fn flash_prefill<R: Runtime, F: Float + CubeElement>(
     if plane == 0 || props.plane_size_min != props.plane_size_max || !d.is_multiple_of(plane) {
         return Err(KernelError::PlaneSize { plane, d });
     }
+    // Checked up front: a launch over the device's shared memory fails silently on some runtimes
+    // (wide planes and d = 128 need more than 48 KB).
+    let per_plane = rows_per_plane(d);
+    let needed = 4 * (PLANES * per_plane * d + plane * (d + 4) + plane * d);
+    let available = props.max_shared_memory_size;
+    if needed > available {
+        return Err(KernelError::SharedMemory { needed, available });
+    }
     let q_len = batch * len * q_heads * d;
     let kv_len = batch * kv_heads * cap * d;
     check_bytes(q, q_len * 4, "queries")?;
@@ -300,7 +308,6 @@ pub fn flash_prefill<R: Runtime, F: Float + CubeElement>(
     let column = |v: &[usize]| upload_u32(client, &v.iter().map(|&x| x as u32).collect::<Vec<_>>());
     let (starts_h, lens_h) = (column(starts), column(new_lens));
     let rows = len * (q_heads / kv_heads);
-    let per_plane = rows_per_plane(d);
     let tiles = rows.div_ceil(PLANES * per_plane) as u32;
     // Safety: every buffer was checked to hold its length above; rows past the end and keys past
     // the cube's last visible one are neither read nor written.

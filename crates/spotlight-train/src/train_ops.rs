@@ -330,16 +330,18 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> TrainBacke
         let w = w.map(into_contiguous);
         let rows = x.meta.shape()[1];
         let out = new_f32(&x, x.meta.shape().to_vec());
-        spotlight_kernels::hash_train::hash_soft::<R>(
+        match spotlight_kernels::hash_train::hash_soft::<R>(
             &x.client,
             &mlp(&w),
             &x.handle,
             rows,
             gamma as f32,
             &out.handle,
-        )
-        .expect("shapes and widths checked above");
-        out
+        ) {
+            Ok(()) => out,
+            // A device whose shared memory cannot hold the tile: the reference on the host.
+            Err(_) => host::hash_soft::<Self>(x, w, gamma),
+        }
     }
 
     fn hash_soft_backward(
@@ -362,7 +364,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> TrainBacke
             h2: &out[2].handle,
             h1: &out[3].handle,
         };
-        spotlight_kernels::hash_train::hash_soft_backward::<R>(
+        match spotlight_kernels::hash_train::hash_soft_backward::<R>(
             &x.client,
             &mlp(&w),
             &x.handle,
@@ -370,9 +372,11 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> TrainBacke
             gamma as f32,
             &grad.handle,
             bufs,
-        )
-        .expect("shapes and widths checked above");
-        out
+        ) {
+            Ok(()) => out,
+            // A device whose shared memory cannot hold the tile: the reference on the host.
+            Err(_) => host::hash_soft_backward::<Self>(x, w, gamma, grad),
+        }
     }
 
     fn bt_rows(scores: FloatTensor<Self>, pairs: Pairs<Self>) -> FloatTensor<Self> {
