@@ -23,8 +23,9 @@ for name, step in [("first_step", steps[0]), ("last_step", steps[-1])]:
     rel = [abs(a[k] - b[k]) / max(abs(b[k]), 1e-12) for k in keys]
     out[name] = {"step": step, "max_rel_diff": max(rel), "mean_rel_diff": sum(rel) / len(rel)}
 curves = defaultdict(lambda: defaultdict(list))
-for (layout, step, _), v in ((k, a[k]) for k in common):
-    curves[layout][step].append((v, b[(layout, step, _)]))
+for key in common:
+    layout, step, _layer = key
+    curves[layout][step].append((a[key], b[key]))
 out["mean_loss"] = {
     layout: {
         str(s): [sum(x for x, _ in vs) / len(vs), sum(y for _, y in vs) / len(vs)]

@@ -284,14 +284,10 @@ fn new_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>) -> CubeTenso
     )
 }
 
-/// The kernels read f32 vectors of a width they support.
-fn hash_kernel_fits<R: CubeRuntime>(x: &CubeTensor<R>, w: &[CubeTensor<R>; 4]) -> bool {
-    let d = x.meta.shape()[2];
-    x.dtype == DType::F32
-        && w.iter().all(|t| t.dtype == DType::F32)
-        && d > 0
-        && d.is_multiple_of(32)
-        && d <= 256
+/// The kernels read f32 (widths they cannot take are refused by the launch, which then falls back
+/// to the host: one place, `MlpBuffers::check`, says which widths run).
+fn all_f32<R: CubeRuntime>(x: &CubeTensor<R>, w: &[CubeTensor<R>; 4]) -> bool {
+    x.dtype == DType::F32 && w.iter().all(|t| t.dtype == DType::F32)
 }
 
 fn mlp<R: CubeRuntime>(w: &[CubeTensor<R>; 4]) -> MlpBuffers<'_> {
@@ -323,7 +319,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> TrainBacke
     const DEFAULT_OPS: crate::TrainOps = crate::TrainOps::Custom;
 
     fn hash_soft(x: FloatTensor<Self>, w: Weights<Self>, gamma: f64) -> FloatTensor<Self> {
-        if !hash_kernel_fits(&x, &w) {
+        if !all_f32(&x, &w) {
             return host::hash_soft::<Self>(x, w, gamma);
         }
         let x = into_contiguous(x);
@@ -339,7 +335,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> TrainBacke
             &out.handle,
         ) {
             Ok(()) => out,
-            // A device whose shared memory cannot hold the tile: the reference on the host.
+            // A width the kernel does not take, or a tile over the device's shared memory.
             Err(_) => host::hash_soft::<Self>(x, w, gamma),
         }
     }
@@ -350,7 +346,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> TrainBacke
         gamma: f64,
         grad: FloatTensor<Self>,
     ) -> [FloatTensor<Self>; 4] {
-        if !hash_kernel_fits(&x, &w) || grad.dtype != DType::F32 {
+        if !all_f32(&x, &w) || grad.dtype != DType::F32 {
             return host::hash_soft_backward::<Self>(x, w, gamma, grad);
         }
         let x = into_contiguous(x);
@@ -374,7 +370,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> TrainBacke
             bufs,
         ) {
             Ok(()) => out,
-            // A device whose shared memory cannot hold the tile: the reference on the host.
+            // A width the kernel does not take, or a tile over the device's shared memory.
             Err(_) => host::hash_soft_backward::<Self>(x, w, gamma, grad),
         }
     }
