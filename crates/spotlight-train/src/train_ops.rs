@@ -44,7 +44,7 @@ pub struct Pairs<B: Backend> {
 pub trait TrainBackend: Backend {
     /// What a training step uses by default: the custom ops where they are kernels; on cpu the
     /// tensor-op math, as Burn's multi-threaded GEMM outruns the scalar f64 references (measured:
-    /// 0.25 vs 0.89 s per step, 2 layers × 512 tokens, `spotlight bench train --backend cpu`).
+    /// 0.20 vs 0.83 s per step, 2 layers × 512 tokens, `benches/results/train_ops_cpu_*.json`).
     const DEFAULT_OPS: crate::TrainOps;
 
     /// softsign(γ·h2(x)) for x [nets, rows, d].
