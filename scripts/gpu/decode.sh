@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fast decode on the H200 (issue 6 and the end-to-end decode of issue 5), in two stages:
-#   STAGE=kernels (no model; carry .gpu): `spotlight bench linear` (+ PyTorch F.linear) and
+#   STAGE=kernels (no model; carry .gpu): the CUDA kernel tests (linear_mma_cuda), `spotlight bench linear` (+ PyTorch F.linear) and
 #     `spotlight bench decode` (fused decoder, SYNTHETIC bf16 Llama-3-8B / SmolLM2 shapes, dense
 #     and Spotlight, + a PyTorch eager decode of the same shapes) → $OUT/linear.json, decode.json.
 #   STAGE=model (after .gpu1 and .gpu2 are on the machine): `spotlight bench generate` with the real
@@ -13,6 +13,8 @@ cd "$(dirname "$0")/../.."
 case "${STAGE:-kernels}" in
 kernels)
   source scripts/gpu/bin.sh
+  # The tensor-core linear kernel against its reference on this GPU first (stops here on failure).
+  SPOTLIGHT_CUDA_TESTS=1 /tmp/linear_mma_cuda --nocapture 2>&1 | tee "$OUT/cuda_tests.log" | tail -n 8
   /tmp/spotlight bench linear --out "$OUT/linear_ours.json" 2>&1 | tail -n 30
   python3 benches/peers/linear_torch.py --ours "$OUT/linear_ours.json" --out "$OUT/linear.json" | tail -n 3
   # shellcheck disable=SC2086

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the binary here (the dev profile: optimised, the same build the tests use, so no second
 # cold build) and stages what the GPU machine needs in git-ignored folders:
-#   .gpu/   the stripped, gzipped `spotlight` binary, Moby-Dick, the State of the Union texts
+#   .gpu/   the stripped, gzipped `spotlight` binary and CUDA kernel-test binary, Moby-Dick, the State of the Union texts
 #           (training text, gzipped tar), the commit id                       (carried in call 1)
 #   .gpu1/  first part of the default model's GGUF                             (carried in call 1)
 #   .gpu2/  second part of the GGUF                                             (carried in call 2)
@@ -20,6 +20,12 @@ mkdir -p .gpu .gpu1 .gpu2
 cp "$bin" .gpu/spotlight
 strip .gpu/spotlight
 gzip -9 .gpu/spotlight
+# The kernel tests that need CUDA (run there with SPOTLIGHT_CUDA_TESTS=1 by the GPU scripts).
+test_bin=$(cargo test -p spotlight-kernels --test linear_mma_cuda --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')
+cp "$test_bin" .gpu/linear_mma_cuda
+strip .gpu/linear_mma_cuda
+gzip -9 .gpu/linear_mma_cuda
 cp "$home/texts/moby-dick/data.txt" .gpu/moby-dick.txt
 tar czf .gpu/sotu.tgz -C "$home/texts" $(cd "$home/texts" && ls sotu/*.txt austen/*.txt)
 # The plot font (the GPU machine has no npm to fetch it), with its verification marker.

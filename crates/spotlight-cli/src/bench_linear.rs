@@ -10,7 +10,8 @@ use half::bf16;
 use serde::Serialize;
 use spotlight_kernels::device::read_f32;
 use spotlight_kernels::fill::random_uniform;
-use spotlight_kernels::linear::{linear_with, Epilogue, Prologue, Tiling};
+use spotlight_kernels::linear::{linear_with, Epilogue, Kernel, Prologue, Tiling};
+use spotlight_kernels::linear_mma::{self, MmaTiling};
 use spotlight_kernels::reference;
 
 use crate::backend::BackendKind;
@@ -32,12 +33,14 @@ pub struct LinearBenchArgs {
     pub shapes: Vec<String>,
     #[arg(long, default_value_t = 20)]
     pub runs: usize,
-    /// Tilings tried per shape and row count, as columns-per-plane x loads-in-flight; the
-    /// default tiling for the row count (what the decoder uses) is always run and flagged.
+    /// Kernels tried per shape and row count: CUDA cores as COLSxIN_FLIGHT (columns per plane x
+    /// loads in flight), tensor cores as mmaTILESxSPLITxIN_FLIGHT (16-column tiles per warp x
+    /// warps per tile x chunks in flight). The default for the row count (what the decoder
+    /// uses) is always run and flagged.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "1x4,1x8,2x2,2x4,4x1,4x2,8x1"
+        default_value = "1x8,2x4,4x2,mma1x4x2,mma1x8x2,mma2x4x2,mma2x8x1,mma2x2x4,mma4x4x1,mma4x2x2,mma1x16x2"
     )]
     pub tilings: Vec<String>,
     /// Output JSON file.
@@ -51,7 +54,8 @@ struct Row {
     k: usize,
     n: usize,
     m: usize,
-    /// columns per plane x loads in flight
+    /// CUDA cores: columns per plane x loads in flight; tensor cores: mma + tiles per warp x
+    /// warps per tile x chunks in flight
     tiling: String,
     /// The tiling the decoder uses for this row count.
     default_tiling: bool,
@@ -75,14 +79,39 @@ struct Report {
     rows: Vec<Row>,
 }
 
-fn parse_tiling(s: &str) -> Result<Tiling> {
-    let bad = || CliError::Usage(format!("tiling {s:?}: expected COLSxIN_FLIGHT, each 1..=8"));
-    let (c, f) = s.split_once('x').ok_or_else(bad)?;
-    match (c.parse::<usize>(), f.parse::<usize>()) {
-        (Ok(cols), Ok(in_flight)) if (1..=8).contains(&cols) && (1..=8).contains(&in_flight) => {
-            Ok(Tiling { cols, in_flight })
+fn parse_tiling(s: &str) -> Result<Kernel> {
+    let bad = || {
+        CliError::Usage(format!(
+            "tiling {s:?}: expected COLSxIN_FLIGHT (each 1..=8) or mmaTILESxSPLITxIN_FLIGHT"
+        ))
+    };
+    let numbers: Vec<usize> = s
+        .trim_start_matches("mma")
+        .split('x')
+        .map(|v| v.parse().map_err(|_| bad()))
+        .collect::<Result<_>>()?;
+    match (s.starts_with("mma"), &numbers[..]) {
+        (false, &[cols, in_flight]) if (1..=8).contains(&cols) && (1..=8).contains(&in_flight) => {
+            Ok(Kernel::Planes(Tiling { cols, in_flight }))
+        }
+        (true, &[tiles, split, in_flight]) => {
+            let t = MmaTiling {
+                tiles,
+                split,
+                in_flight,
+            };
+            t.check()
+                .map_err(|e| CliError::Usage(format!("tiling {s:?}: {e}")))?;
+            Ok(Kernel::Mma(t))
         }
         _ => Err(bad()),
+    }
+}
+
+fn tiling_name(kernel: Kernel) -> String {
+    match kernel {
+        Kernel::Planes(t) => format!("{}x{}", t.cols, t.in_flight),
+        Kernel::Mma(t) => format!("mma{}x{}x{}", t.tiles, t.split, t.in_flight),
     }
 }
 
@@ -125,6 +154,10 @@ pub fn run(args: LinearBenchArgs) -> Result<()> {
     crate::backend::cuda_ready()
         .map_err(|why| CliError::Backend(format!("--backend cuda is not usable here: {why}")))?;
     let client = cubecl::cuda::CudaRuntime::client(&Default::default());
+    let mma = linear_mma::supported(&client);
+    if !mma {
+        eprintln!("no bf16 tensor-core MMA on this device: mma tilings skipped");
+    }
     let gbps = copy_gbps(&client, 1024, args.runs);
     eprintln!("copy: {gbps:.0} GB/s (read + write)");
     let mut rows = Vec::new();
@@ -138,10 +171,13 @@ pub fn run(args: LinearBenchArgs) -> Result<()> {
         for &m in &args.rows {
             let x = random_uniform::<_, f32>(&client, m * k, 3);
             let y = client.empty(4 * m * n);
-            let default = Tiling::for_rows(m);
+            let default = Kernel::for_shape::<_, bf16>(&client, m, k);
             let mut tried = vec![default];
             tried.extend(tilings.iter().filter(|&&t| t != default));
             for tiling in tried {
+                if matches!(tiling, Kernel::Mma(_)) && !mma {
+                    continue;
+                }
                 let call = |i: usize| {
                     let ends = (Prologue::None, Epilogue::Store);
                     let w = &weights[i % copies];
@@ -149,7 +185,8 @@ pub fn run(args: LinearBenchArgs) -> Result<()> {
                         .expect("checked")
                 };
                 call(0);
-                let verified = verify(&client, &x, &weights[0], &y, m, k, n);
+                let rounds_x = matches!(tiling, Kernel::Mma(_));
+                let verified = verify(&client, &x, &weights[0], &y, (m, k, n), rounds_x);
                 let us = median(
                     (0..args.runs)
                         .map(|i| {
@@ -159,7 +196,7 @@ pub fn run(args: LinearBenchArgs) -> Result<()> {
                         .collect(),
                 );
                 let row_gbps = bytes as f64 / (us * 1e3);
-                let tiling_name = format!("{}x{}", tiling.cols, tiling.in_flight);
+                let tiling_name = tiling_name(tiling);
                 eprintln!(
                 "{name} {k}→{n} m{m} {tiling_name}: {us:.1} µs, {row_gbps:.0} GB/s ({:.0}% of copy){}",
                 100.0 * row_gbps / gbps,
@@ -189,24 +226,27 @@ pub fn run(args: LinearBenchArgs) -> Result<()> {
         commit: git_commit(),
         date: command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]).unwrap_or_default(),
         copy_gbps: gbps,
-        weights: "bf16 (synthetic), x and y f32",
+        weights: "bf16 (synthetic), x and y f32 (the tensor-core kernel rounds x to bf16; verified against a reference over the same rounded x)",
         note: "µs per call: device time of 10 back-to-back calls / 10, median over runs; weights rotated past L2; GB/s counts weight bytes only",
         rows,
     };
     write_report(&args.out, &report)
 }
 
-/// The output equals the f64 reference over the same (widened) weights.
+/// The output equals the f64 reference over the same (widened) weights; with `rounds_x` (the
+/// tensor-core kernel) over x rounded to bf16 as the kernel rounds it.
 fn verify<R: Runtime>(
     client: &ComputeClient<R>,
     x: &Handle,
     w: &Handle,
     y: &Handle,
-    m: usize,
-    k: usize,
-    n: usize,
+    (m, k, n): (usize, usize, usize),
+    rounds_x: bool,
 ) -> bool {
-    let xs = read_f32(client, x.clone(), m * k);
+    let mut xs = read_f32(client, x.clone(), m * k);
+    if rounds_x {
+        xs.iter_mut().for_each(|v| *v = bf16::from_f32(*v).to_f32());
+    }
     let bytes = client.read_one_unchecked(w.clone());
     let ws: Vec<f32> = bytes
         .chunks_exact(2)

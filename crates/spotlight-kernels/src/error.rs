@@ -28,6 +28,8 @@ pub enum KernelError {
     PlaneSize { plane: usize, d: usize },
     #[error("budget fraction {0} is outside [0, 1]")]
     Fraction(f64),
+    #[error("{0}")]
+    Unsupported(&'static str),
     #[error("top-{k} of rows of {n} values needs 1 ≤ k ≤ n and at least one query position")]
     TopK { k: usize, n: usize },
 }

@@ -37,6 +37,7 @@ pub mod fill;
 pub mod hash_pack;
 pub mod hash_train;
 pub mod linear;
+pub mod linear_mma;
 pub mod prefill;
 pub mod reference;
 pub mod rope_append;

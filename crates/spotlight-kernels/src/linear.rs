@@ -12,6 +12,7 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 
 use crate::device::arg;
+use crate::linear_mma::{self, MmaTiling};
 use crate::KernelError;
 
 /// Planes per cube.
@@ -46,6 +47,51 @@ impl Tiling {
         }
     }
 }
+/// Which kernel a launch runs: CUDA cores (any runtime, any weight type) or tensor cores (bf16
+/// weights on CUDA, [`crate::linear_mma`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    Planes(Tiling),
+    Mma(MmaTiling),
+}
+
+impl From<Tiling> for Kernel {
+    fn from(t: Tiling) -> Self {
+        Self::Planes(t)
+    }
+}
+
+impl From<MmaTiling> for Kernel {
+    fn from(t: MmaTiling) -> Self {
+        Self::Mma(t)
+    }
+}
+
+/// From this many rows on, bf16 weights go through the tensor cores where the runtime has them
+/// (H200 sweep: below it the CUDA-core kernel streams W as fast, in f32).
+pub const MMA_MIN_ROWS: usize = 2;
+
+impl Kernel {
+    /// The default kernel for `m` rows and input size `k` with weights of type `F` on this
+    /// runtime.
+    pub fn for_shape<R: Runtime, F: Float + CubeElement>(
+        client: &ComputeClient<R>,
+        m: usize,
+        k: usize,
+    ) -> Self {
+        let bf16 = half::bf16::as_type_native_unchecked().storage_type();
+        if m >= MMA_MIN_ROWS
+            && k.is_multiple_of(linear_mma::CHUNK)
+            && F::as_type_native_unchecked().storage_type() == bf16
+            && linear_mma::supported(client)
+        {
+            Self::Mma(MmaTiling::DEFAULT)
+        } else {
+            Self::Planes(Tiling::for_rows(m))
+        }
+    }
+}
+
 /// Rows handled in one launch at most.
 pub const MAX_ROWS: usize = 16;
 
@@ -73,9 +119,9 @@ pub enum Prologue<'a> {
     },
 }
 
-const STORE: u32 = 0;
-const ACCUMULATE: u32 = 1;
-const SWIGLU: u32 = 2;
+pub(crate) const STORE: u32 = 0;
+pub(crate) const ACCUMULATE: u32 = 1;
+pub(crate) const SWIGLU: u32 = 2;
 
 /// Everything a launch fixes at compile time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -259,9 +305,9 @@ pub fn linear<R: Runtime, F: Float + CubeElement>(
     k: usize,
     n: usize,
 ) -> Result<(), KernelError> {
-    let tiling = Tiling::for_rows(m);
+    let kernel = Kernel::for_shape::<R, F>(client, m, k);
     let ends = (Prologue::None, Epilogue::Store);
-    linear_with::<R, F>(client, x, w, ends, y, (m, k, n), tiling)
+    linear_with::<R, F>(client, x, w, ends, y, (m, k, n), kernel)
 }
 
 /// [`linear`] with a prologue and an epilogue; `m` may exceed [`MAX_ROWS`] (one launch per 16
@@ -277,14 +323,15 @@ pub fn linear_fused<R: Runtime, F: Float + CubeElement>(
     let mut row0 = 0;
     while row0 < m {
         let rows = (m - row0).min(MAX_ROWS);
-        let tiling = Tiling::for_rows(rows);
-        launch::<R, F>(client, x, w, ends, y, (row0, rows, m), (k, n), tiling)?;
+        let kernel = Kernel::for_shape::<R, F>(client, rows, k);
+        launch::<R, F>(client, x, w, ends, y, (row0, rows, m), (k, n), kernel)?;
         row0 += rows;
     }
     Ok(())
 }
 
-/// [`linear_fused`] with a chosen tiling (benchmarks sweep it); at most [`MAX_ROWS`] rows.
+/// [`linear_fused`] with a chosen kernel and tiling (benchmarks sweep them); at most
+/// [`MAX_ROWS`] rows.
 pub fn linear_with<R: Runtime, F: Float + CubeElement>(
     client: &ComputeClient<R>,
     x: &Handle,
@@ -292,7 +339,7 @@ pub fn linear_with<R: Runtime, F: Float + CubeElement>(
     ends: (Prologue, Epilogue),
     y: &Handle,
     (m, k, n): (usize, usize, usize),
-    tiling: Tiling,
+    kernel: impl Into<Kernel>,
 ) -> Result<(), KernelError> {
     if m == 0 || m > MAX_ROWS {
         return Err(KernelError::Length {
@@ -301,12 +348,30 @@ pub fn linear_with<R: Runtime, F: Float + CubeElement>(
             got: m,
         });
     }
-    launch::<R, F>(client, x, w, ends, y, (0, m, m), (k, n), tiling)
+    launch::<R, F>(client, x, w, ends, y, (0, m, m), (k, n), kernel.into())
 }
 
 /// One launch for rows `row0..row0 + rows` of `total`.
 #[allow(clippy::too_many_arguments)]
 fn launch<R: Runtime, F: Float + CubeElement>(
+    client: &ComputeClient<R>,
+    x: &Handle,
+    w: &Handle,
+    ends: (Prologue, Epilogue),
+    y: &Handle,
+    rows: (usize, usize, usize),
+    kn: (usize, usize),
+    kernel: Kernel,
+) -> Result<(), KernelError> {
+    match kernel {
+        Kernel::Planes(t) => launch_planes::<R, F>(client, x, w, ends, y, rows, kn, t),
+        Kernel::Mma(t) => linear_mma::launch::<R, F>(client, x, w, ends, y, rows, kn, t),
+    }
+}
+
+/// One launch of the CUDA-core kernel.
+#[allow(clippy::too_many_arguments)]
+fn launch_planes<R: Runtime, F: Float + CubeElement>(
     client: &ComputeClient<R>,
     x: &Handle,
     w: &Handle,
