@@ -40,7 +40,7 @@ pub struct LinearBenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "1x8,2x4,4x2,mma1x4x2,mma1x8x2,mma2x4x2,mma2x8x1,mma2x2x4,mma4x4x1,mma4x2x2,mma1x16x2"
+        default_value = "1x8,2x4,4x2,mma1x8x2,mma2x8x1,mma1x16x1,mma1x16x2,mma1x16x4,mma2x16x1,mma1x32x1,mma1x32x2"
     )]
     pub tilings: Vec<String>,
     /// Output JSON file.

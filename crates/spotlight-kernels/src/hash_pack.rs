@@ -17,7 +17,8 @@ use crate::KernelError;
 /// Rows hashed per cube: the weights are read once per tile.
 pub(crate) const TILE: usize = 16;
 
-/// Column j of `input · W + b` for the tile's rows: W's column is read once, coalesced across units.
+/// Column j of `input · W + b` for the tile's `tile` rows: W's column is read once, coalesced
+/// across units.
 #[cube]
 pub(crate) fn linear_column(
     input: &SharedMemory<f32>,
@@ -26,18 +27,19 @@ pub(crate) fn linear_column(
     head: usize,
     j: usize,
     #[comptime] d: usize,
+    #[comptime] tile: usize,
 ) -> Array<f32> {
-    let mut acc = Array::<f32>::new(TILE);
+    let mut acc = Array::<f32>::new(tile);
     let bias = b[head * d + j];
     #[unroll]
-    for r in 0..TILE {
+    for r in 0..tile {
         acc[r] = bias;
     }
     #[unroll]
     for i in 0..d {
         let weight = w[(head * d + i) * d + j];
         #[unroll]
-        for r in 0..TILE {
+        for r in 0..tile {
             acc[r] += input[r * d + i] * weight;
         }
     }
@@ -53,6 +55,9 @@ pub(crate) struct Form {
     pub soft: bool,
     /// Packed codes go to row `seq·cap + pos` of a code cache.
     pub placed: bool,
+    /// Rows per cube: [`TILE`], or fewer at decode (a step hashes one row per sequence, and a
+    /// tile of 16 would do 16× the arithmetic).
+    pub tile: usize,
 }
 
 /// Offset of coordinate j of (row, head) in a vector buffer of `form`'s layout.
@@ -86,9 +91,10 @@ pub(crate) fn load_tile(
     #[comptime] heads: usize,
     #[comptime] d: usize,
     #[comptime] heads_outer: bool,
+    #[comptime] tile: usize,
 ) {
     #[unroll]
-    for r in 0..TILE {
+    for r in 0..tile {
         let row = row0 + r;
         let mut value = 0.0f32;
         if row < rows {
@@ -108,10 +114,11 @@ pub(crate) fn first_layer(
     head: usize,
     j: usize,
     #[comptime] d: usize,
+    #[comptime] tile: usize,
 ) -> Array<f32> {
-    let a1 = linear_column(xs, w1, b1, head, j, d);
+    let a1 = linear_column(xs, w1, b1, head, j, d, tile);
     #[unroll]
-    for r in 0..TILE {
+    for r in 0..tile {
         let a = a1[r];
         hs[r * d + j] = xs[r * d + j] + a / (1.0 + f32::exp(-a));
     }
@@ -139,25 +146,37 @@ pub(crate) fn hash_kernel(
     #[comptime] d: usize,
     #[comptime] form: Form,
 ) {
+    let tile = comptime!(form.tile);
     let head = CUBE_POS_Y as usize;
-    let row0 = CUBE_POS_X as usize * TILE;
+    let row0 = CUBE_POS_X as usize * tile;
     let j = UNIT_POS as usize;
     let rows = rows as usize;
-    let mut xs = SharedMemory::<f32>::new(TILE * d);
-    let mut hs = SharedMemory::<f32>::new(TILE * d);
+    let mut xs = SharedMemory::<f32>::new(tile * d);
+    let mut hs = SharedMemory::<f32>::new(tile * d);
 
-    load_tile(x, &mut xs, row0, head, j, rows, heads, d, form.heads_outer);
+    load_tile(
+        x,
+        &mut xs,
+        row0,
+        head,
+        j,
+        rows,
+        heads,
+        d,
+        form.heads_outer,
+        tile,
+    );
     sync_cube();
 
     // Layer 1: h1 = x + SiLU(x·W1 + b1).
-    let _a1 = first_layer(&xs, &mut hs, w1, b1, head, j, d);
+    let _a1 = first_layer(&xs, &mut hs, w1, b1, head, j, d, tile);
     sync_cube();
 
     // Layer 2: h2 = h1 + (h1·W2 + b2).
-    let acc = linear_column(&hs, w2, b2, head, j, d);
+    let acc = linear_column(&hs, w2, b2, head, j, d, tile);
     if comptime!(form.soft) {
         #[unroll]
-        for r in 0..TILE {
+        for r in 0..tile {
             let row = row0 + r;
             if row < rows {
                 let g = gamma * (hs[r * d + j] + acc[r]);
@@ -168,7 +187,7 @@ pub(crate) fn hash_kernel(
     } else {
         // Only the sign is kept, as a 0/1 flag in xs.
         #[unroll]
-        for r in 0..TILE {
+        for r in 0..tile {
             let mut bit = 0.0f32;
             if hs[r * d + j] + acc[r] > 0.0 {
                 bit = 1.0;
@@ -179,7 +198,7 @@ pub(crate) fn hash_kernel(
 
         // Pack: unit (r, w) gathers 32 flags into one word, LSB first.
         let words = d / 32;
-        if j < TILE * words {
+        if j < tile * words {
             let r = j / words;
             let w = j % words;
             let row = row0 + r;
@@ -262,9 +281,9 @@ impl MlpBuffers<'_> {
     }
 
     /// The cube grid of a launch over `rows` rows: one cube per (tile of rows, net).
-    pub(crate) fn grid(&self, rows: usize) -> (CubeCount, CubeDim) {
+    pub(crate) fn grid(&self, rows: usize, tile: usize) -> (CubeCount, CubeDim) {
         (
-            CubeCount::Static((rows as u32).div_ceil(TILE as u32), self.nets as u32, 1),
+            CubeCount::Static((rows as u32).div_ceil(tile as u32), self.nets as u32, 1),
             CubeDim::new_1d(self.d as u32),
         )
     }
@@ -339,8 +358,9 @@ fn launch<R: Runtime>(
         heads_outer: false,
         soft: false,
         placed: placed.is_some(),
+        tile: rows.next_power_of_two().min(TILE),
     };
-    let (count, dim) = p.grid(rows);
+    let (count, dim) = p.grid(rows, form.tile);
     // Safety: indices stay within the lengths passed (crate docs, "Unchecked launches").
     unsafe {
         hash_kernel::launch_unchecked::<R>(

@@ -65,11 +65,11 @@ fn hash_backward_kernel(
     let mut hs = SharedMemory::<f32>::new(TILE * d);
     let mut gs = SharedMemory::<f32>::new(TILE * d);
 
-    load_tile(x, &mut xs, row0, head, j, rows, heads, d, true);
+    load_tile(x, &mut xs, row0, head, j, rows, heads, d, true, TILE);
     sync_cube();
-    let a1 = first_layer(&xs, &mut hs, w1, b1, head, j, d);
+    let a1 = first_layer(&xs, &mut hs, w1, b1, head, j, d, TILE);
     sync_cube();
-    let a2 = linear_column(&hs, w2, b2, head, j, d);
+    let a2 = linear_column(&hs, w2, b2, head, j, d, TILE);
 
     // ∂h2 = ∂c · γ / (1 + |γh2|)² (softsign'), zero for rows past the end.
     #[unroll]
@@ -168,8 +168,9 @@ pub fn hash_soft<R: Runtime>(
         heads_outer: true,
         soft: true,
         placed: false,
+        tile: TILE,
     };
-    let (count, dim) = p.grid(rows);
+    let (count, dim) = p.grid(rows, TILE);
     // Safety: every buffer was checked to hold its length above.
     unsafe {
         hash_kernel::launch_unchecked::<R>(
@@ -225,7 +226,7 @@ pub fn hash_soft_backward<R: Runtime>(
     }
     let (h, d) = (p.nets, p.d);
     let len = h * rows * d;
-    let (count, dim) = p.grid(rows);
+    let (count, dim) = p.grid(rows, TILE);
     // Safety: every buffer was checked to hold its length above.
     unsafe {
         hash_backward_kernel::launch_unchecked::<R>(

@@ -40,17 +40,19 @@ pub struct MmaTiling {
 }
 
 impl MmaTiling {
-    /// The default, from the H200 sweep (`spotlight bench linear`, Llama-3-8B shapes).
+    /// The default, from the H200 sweep (`spotlight bench linear`, Llama-3-8B shapes, 4 and 16
+    /// rows): one tile per warp and 16 warps along k was the fastest or within 5% on every
+    /// shape but the widest (14336 columns); wider tiles per warp and fewer warps lost up to 3×.
     pub const DEFAULT: Self = Self {
-        tiles: 2,
-        split: 4,
+        tiles: 1,
+        split: 16,
         in_flight: 2,
     };
 
     pub fn check(&self) -> Result<(), KernelError> {
         for (what, v, most) in [
             ("MMA linear tiles per warp (1, 2 or 4)", self.tiles, 4),
-            ("MMA linear warps per tile (1..=16)", self.split, 16),
+            ("MMA linear warps per tile (1..=32)", self.split, 32),
             ("MMA linear chunks in flight (1..=8)", self.in_flight, 8),
         ] {
             if !(1..=most).contains(&v) || (what.contains("tiles") && v == 3) {
@@ -424,6 +426,20 @@ pub(crate) fn launch<R: Runtime, F: Float + CubeElement>(
         epilogue: code,
         norm,
     };
+    let warps = tiling.split * groups;
+    if tiling.split > 1 {
+        // The split warps' sums meet in shared memory (see the kernel).
+        let needed = warps * 32 * (layout.accs() * 2 + layout.frags()) * 4;
+        // Static shared arrays: 48 KiB per cube on CUDA whatever the opt-in maximum.
+        let available = client
+            .properties()
+            .hardware
+            .max_shared_memory_size
+            .min(48 << 10);
+        if needed > available {
+            return Err(KernelError::SharedMemory { needed, available });
+        }
+    }
     let cube_cols = groups * tiling.tiles * TILE;
     // Safety: indices stay within the lengths passed (crate docs, "Unchecked launches"); loads
     // of W rows past `n` and x rows past `rows` are skipped.
@@ -431,7 +447,7 @@ pub(crate) fn launch<R: Runtime, F: Float + CubeElement>(
         linear_mma_kernel::launch_unchecked::<F, R>(
             client,
             CubeCount::Static(n.div_ceil(cube_cols) as u32, 1, 1),
-            CubeDim::new_1d((32 * tiling.split * groups) as u32),
+            CubeDim::new_1d((32 * warps) as u32),
             8,
             arg(x, total * k / 4),
             arg(gamma, k / 4),

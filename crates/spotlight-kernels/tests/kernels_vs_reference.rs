@@ -46,7 +46,13 @@ fn normal(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
 fn hash_pack_matches_reference() {
     let client = client();
     let mut rng = rng("hash_pack");
-    for (heads, d, rows) in [(1, 64, 1), (3, 64, 17), (2, 128, 40), (1, 256, 5)] {
+    for (heads, d, rows) in [
+        (1, 64, 1),
+        (2, 96, 3),
+        (3, 64, 17),
+        (2, 128, 40),
+        (1, 256, 5),
+    ] {
         let w = HashWeights::new(
             heads,
             d,
