@@ -6,7 +6,7 @@
 #   STAGE=model (after .gpu1 and .gpu2 are on the machine): `spotlight bench generate` with the real
 #     SmolLM2 at 4K, fused vs Burn tensor decode, dense and Spotlight, and `spotlight check`
 #     (cpu vs cuda, which now decodes fused) → $OUT/generate.json, check.json.
-# DECODE_ARGS / GENERATE_ARGS add flags. See scripts/gpu/README.md.
+# DECODE_ARGS / GENERATE_ARGS / LINEAR_ARGS add flags; CUDA_TESTS=0 skips the kernel tests. See scripts/gpu/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${OUT:?run this through the device tool}"
@@ -14,8 +14,11 @@ case "${STAGE:-kernels}" in
 kernels)
   source scripts/gpu/bin.sh
   # The tensor-core linear kernel against its reference on this GPU first (stops here on failure).
-  SPOTLIGHT_CUDA_TESTS=1 /tmp/linear_mma_cuda --nocapture 2>&1 | tee "$OUT/cuda_tests.log" | tail -n 8
-  /tmp/spotlight bench linear --out "$OUT/linear_ours.json" 2>&1 | tail -n 30
+  if [ "${CUDA_TESTS:-1}" = 1 ]; then
+    SPOTLIGHT_CUDA_TESTS=1 /tmp/linear_mma_cuda --nocapture 2>&1 | tee "$OUT/cuda_tests.log" | tail -n 8
+  fi
+  # shellcheck disable=SC2086
+  /tmp/spotlight bench linear ${LINEAR_ARGS:-} --out "$OUT/linear_ours.json" 2>&1 | tail -n 30
   python3 benches/peers/linear_torch.py --ours "$OUT/linear_ours.json" --out "$OUT/linear.json" | tail -n 3
   # shellcheck disable=SC2086
   /tmp/spotlight bench decode --shapes llama3-8b,smollm2-135m ${DECODE_ARGS:-} \

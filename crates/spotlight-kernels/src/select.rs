@@ -77,8 +77,27 @@ fn score_hist_kernel<N: Size>(
         let t0 = (CUBE_POS_X as usize * chunks_per_cube as usize + c) * chunk;
         if t0 < len {
             // Neighbouring units read neighbouring codes: (pair of tokens, set), set fastest.
+            // Every code load of the chunk is issued first, so they are in flight together
+            // rather than one pair at a time between the histogram's shared atomics.
+            let iters = comptime!(half.div_ceil(slots));
+            let mut kc = Array::<Vector<u32, N>>::new(comptime!(iters * 2 * vecs));
             #[unroll]
-            for it in 0..comptime!(half.div_ceil(slots)) {
+            for it in 0..iters {
+                let p = it * slots + slot;
+                #[unroll]
+                for e in 0..2usize {
+                    let t = t0 + 2 * p + e;
+                    if slot < slots && p < half && t < len {
+                        let base = ((b * cap as usize + t) * sets + s) * vecs;
+                        #[unroll]
+                        for vi in 0..vecs {
+                            kc[(it * 2 + e) * vecs + vi] = k_codes[base + vi];
+                        }
+                    }
+                }
+            }
+            #[unroll]
+            for it in 0..iters {
                 let p = it * slots + slot;
                 if slot < slots && p < half {
                     let mut word = 0u32;
@@ -86,11 +105,10 @@ fn score_hist_kernel<N: Size>(
                     for e in 0..2usize {
                         let t = t0 + 2 * p + e;
                         if t < len {
-                            let base = ((b * cap as usize + t) * sets + s) * vecs;
                             let mut differ = 0u32;
                             #[unroll]
                             for vi in 0..vecs {
-                                let kv = k_codes[base + vi];
+                                let kv = kc[(it * 2 + e) * vecs + vi];
                                 #[unroll]
                                 for x in 0..vec {
                                     let kw = kv[x];

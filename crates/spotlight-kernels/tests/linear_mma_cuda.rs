@@ -59,9 +59,10 @@ fn assert_close(got: &[f32], want: &[f32], k: usize, what: &str) {
     }
 }
 
-const TILINGS: [(usize, usize, usize); 9] = [
+const TILINGS: [(usize, usize, usize); 10] = [
     (1, 1, 1),
     (1, 16, 2),
+    (2, 16, 1),
     (1, 32, 1),
     (2, 4, 2),
     (1, 4, 2),
