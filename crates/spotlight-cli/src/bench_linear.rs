@@ -171,7 +171,7 @@ pub fn run(args: LinearBenchArgs) -> Result<()> {
         for &m in &args.rows {
             let x = random_uniform::<_, f32>(&client, m * k, 3);
             let y = client.empty(4 * m * n);
-            let default = Kernel::for_shape::<_, bf16>(&client, m, (k, n));
+            let default = Kernel::for_shape::<_, bf16>(&client, m, (k, n), Epilogue::Store);
             let mut tried = vec![default];
             tried.extend(tilings.iter().filter(|&&t| t != default));
             for tiling in tried {

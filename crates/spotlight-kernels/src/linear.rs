@@ -73,11 +73,12 @@ pub const MMA_MIN_ROWS: usize = 2;
 
 impl Kernel {
     /// The default kernel for `m` rows of x `[m][k]` times W `[n][k]` of type `F` on this
-    /// runtime.
+    /// runtime, with `epilogue`.
     pub fn for_shape<R: Runtime, F: Float + CubeElement>(
         client: &ComputeClient<R>,
         m: usize,
         (k, n): (usize, usize),
+        epilogue: Epilogue,
     ) -> Self {
         let bf16 = half::bf16::as_type_native_unchecked().storage_type();
         if m >= MMA_MIN_ROWS
@@ -85,7 +86,8 @@ impl Kernel {
             && F::as_type_native_unchecked().storage_type() == bf16
             && linear_mma::supported(client)
         {
-            Self::Mma(MmaTiling::for_columns(n))
+            let paired = matches!(epilogue, Epilogue::SwiGlu { .. });
+            Self::Mma(MmaTiling::for_columns(n, paired))
         } else {
             Self::Planes(Tiling::for_rows(m))
         }
@@ -305,7 +307,7 @@ pub fn linear<R: Runtime, F: Float + CubeElement>(
     k: usize,
     n: usize,
 ) -> Result<(), KernelError> {
-    let kernel = Kernel::for_shape::<R, F>(client, m, (k, n));
+    let kernel = Kernel::for_shape::<R, F>(client, m, (k, n), Epilogue::Store);
     let ends = (Prologue::None, Epilogue::Store);
     linear_with::<R, F>(client, x, w, ends, y, (m, k, n), kernel)
 }
@@ -323,7 +325,7 @@ pub fn linear_fused<R: Runtime, F: Float + CubeElement>(
     let mut row0 = 0;
     while row0 < m {
         let rows = (m - row0).min(MAX_ROWS);
-        let kernel = Kernel::for_shape::<R, F>(client, rows, (k, n));
+        let kernel = Kernel::for_shape::<R, F>(client, rows, (k, n), ends.1);
         launch::<R, F>(client, x, w, ends, y, (row0, rows, m), (k, n), kernel)?;
         row0 += rows;
     }

@@ -50,9 +50,12 @@ impl MmaTiling {
         in_flight: 2,
     };
 
-    /// The default for a W of `n` rows (output columns).
-    pub fn for_columns(n: usize) -> Self {
-        if n >= 6144 {
+    /// The default for a W of `n` rows (output columns); `paired` when gate and up are read
+    /// together (SwiGLU), which already gives each warp two tiles' loads (and two tiles
+    /// there measured slower in the decoder: 5.89 against 5.59 ms of weights per 8B step at
+    /// batch 4) and would need 68 KiB of shared memory at 16 rows.
+    pub fn for_columns(n: usize, paired: bool) -> Self {
+        if n >= 6144 && !paired {
             Self {
                 tiles: 2,
                 split: 16,
