@@ -133,7 +133,7 @@ def linear():
         lines += [f"**Decode linear kernel** (`{name}`, {d['device']}, {d['date']}, commit {d['commit']}; torch {d.get('torch', '?')}): "
                   f"y = x·Wᵀ, {d['weights']}; µs per call (regions of 10 back-to-back calls, median of 20); "
                   f"GB/s of weights; our copy kernel {d['copy_gbps']:.0f} GB/s in the same run"
-                  + ("; rows at the tiling the decoder uses, and the best of the sweep (columns per plane x loads in flight)" if swept else "") + ".", "",
+                  + ("; rows at the tiling the decoder uses, and the best of the sweep (CUDA cores: columns per plane x loads in flight; mma: 16-column tiles per warp x warps per tile x chunks in flight)" if swept else "") + ".", "",
                   f"    {d['command']}   # then: python3 benches/peers/linear_torch.py", "",
                   "| projection | in → out | rows | ours µs | ours GB/s | % of copy |" + (" best tiling | best GB/s |" if swept else "")
                   + " torch F.linear µs | torch GB/s |",
