@@ -158,6 +158,11 @@ fn select_matches_reference() {
         ] {
             check_select(shape, &lens, budget, false, &mut rng);
         }
+        // Long enough that a score_hist cube takes several chunks (the last cube of a sequence
+        // only some), next to a sequence shorter than one chunk.
+        if sets >= 3 {
+            check_select(shape, &[20000, 20000, 5], budget, false, &mut rng);
+        }
     }
 }
 
