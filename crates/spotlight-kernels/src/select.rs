@@ -26,8 +26,6 @@ const STAGED_WORDS: usize = 2048;
 const MAX_LOCAL_BINS: usize = 8192;
 /// `score_hist` cubes to aim for per SM (as many as fit: the kernel is latency-bound).
 const CUBES_PER_SM: usize = 8;
-/// Chunks a `score_hist` cube takes when there are enough (see `Selector::score_hist`).
-const MIN_CHUNKS_PER_CUBE: usize = 4;
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -630,14 +628,7 @@ impl Selector {
             .hardware
             .num_streaming_multiprocessors
             .unwrap_or(16) as usize;
-        // Each cube ends by adding its histogram into the global one with atomics on a few
-        // thousand shared addresses; with a cube per chunk that flush, not the scan, dominated
-        // (H200: 24 µs of a 39 µs call at 1,024 cubes, 13 µs at 256). So a cube takes up to
-        // MIN_CHUNKS_PER_CUBE chunks while at least 2 cubes per SM remain.
-        let per_cube = (chunks * b)
-            .div_ceil(sms * CUBES_PER_SM)
-            .max((chunks * b / (2 * sms)).min(MIN_CHUNKS_PER_CUBE))
-            .max(1);
+        let per_cube = (chunks * b).div_ceil(sms * CUBES_PER_SM).max(1);
         // Codes are read as vectors of up to 4 words (16-byte loads).
         let vector = w.min(4);
         // Safety: indices stay within the lengths passed (crate docs, "Unchecked launches").
