@@ -12,7 +12,12 @@
 //! W[g+8][8t..8t+8] as two 16-byte loads and x[g][8t..8t+8] as two 16-byte loads. For k-step s
 //! (0 or 1) the fragments' logical k = 2t, 2t+1 | 2t+8, 2t+9 are the chunk's physical
 //! 8t+4s+0, 1 | 8t+4s+2, 3, the same map for W and x, so the dot products are exact.
-//! x is rounded to bf16 on the way into the MMA (as in a bf16 model); sums are f32.
+//! x is rounded to bf16 on the way into the MMA (as in a bf16 model); each chunk's two MMAs
+//! start from zero and are added to f32 sums (see the kernel for why).
+//!
+//! Only CUDA has the instruction, so the tests are `tests/linear_mma_cuda.rs`, run on the GPU
+//! machine. Integer literals in the kernel carry `usize` suffixes: CubeCL types a bare literal
+//! as i32, which does not mix with usize indices.
 
 use cubecl::cmma::MmaDefinition;
 use cubecl::prelude::*;
