@@ -121,6 +121,27 @@ pub enum Prologue<'a> {
     },
 }
 
+impl<'a> Epilogue<'a> {
+    /// The kernel arguments: the up weights (`w` itself when unused) and the comptime code.
+    pub(crate) fn args(self, w: &'a Handle) -> (&'a Handle, u32) {
+        match self {
+            Epilogue::Store => (w, STORE),
+            Epilogue::Accumulate => (w, ACCUMULATE),
+            Epilogue::SwiGlu { up } => (up, SWIGLU),
+        }
+    }
+}
+
+impl<'a> Prologue<'a> {
+    /// The kernel arguments: γ (`x` itself when unused), ε and whether to normalise.
+    pub(crate) fn args(self, x: &'a Handle) -> (&'a Handle, f32, bool) {
+        match self {
+            Prologue::None => (x, 0.0, false),
+            Prologue::RmsNorm { gamma, eps } => (gamma, eps, true),
+        }
+    }
+}
+
 pub(crate) const STORE: u32 = 0;
 pub(crate) const ACCUMULATE: u32 = 1;
 pub(crate) const SWIGLU: u32 = 2;
@@ -411,15 +432,8 @@ fn launch_planes<R: Runtime, F: Float + CubeElement>(
     if n == 0 || rows == 0 {
         return Ok(());
     }
-    let (up, code) = match epilogue {
-        Epilogue::Store => (w, STORE),
-        Epilogue::Accumulate => (w, ACCUMULATE),
-        Epilogue::SwiGlu { up } => (up, SWIGLU),
-    };
-    let (gamma, eps, norm) = match prologue {
-        Prologue::None => (x, 0.0, false),
-        Prologue::RmsNorm { gamma, eps } => (gamma, eps, true),
-    };
+    let (up, code) = epilogue.args(w);
+    let (gamma, eps, norm) = prologue.args(x);
     let layout = Layout {
         m: rows,
         k,

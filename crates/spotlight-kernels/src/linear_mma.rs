@@ -71,19 +71,23 @@ impl MmaTiling {
         }
     }
 
+    /// Tiles per warp 1, 2 or 4; warps per tile 1..=32; chunks in flight 1..=8.
     pub fn check(&self) -> Result<(), KernelError> {
-        for (what, v, most) in [
-            ("MMA linear tiles per warp (1, 2 or 4)", self.tiles, 4),
-            ("MMA linear warps per tile (1..=32)", self.split, 32),
-            ("MMA linear chunks in flight (1..=8)", self.in_flight, 8),
-        ] {
-            if !(1..=most).contains(&v) || (what.contains("tiles") && v == 3) {
-                return Err(KernelError::Length {
-                    what,
-                    expected: most,
-                    got: v,
-                });
-            }
+        let bad = |what, expected, got| {
+            Err(KernelError::Length {
+                what,
+                expected,
+                got,
+            })
+        };
+        if ![1, 2, 4].contains(&self.tiles) {
+            return bad("MMA linear tiles per warp (1, 2 or 4)", 4, self.tiles);
+        }
+        if !(1..=32).contains(&self.split) {
+            return bad("MMA linear warps per tile (1..=32)", 32, self.split);
+        }
+        if !(1..=8).contains(&self.in_flight) {
+            return bad("MMA linear chunks in flight (1..=8)", 8, self.in_flight);
         }
         Ok(())
     }
@@ -430,15 +434,8 @@ pub(crate) fn launch<R: Runtime, F: Float + CubeElement>(
     if n == 0 || rows == 0 {
         return Ok(());
     }
-    let (up, code) = match epilogue {
-        Epilogue::Store => (w, STORE),
-        Epilogue::Accumulate => (w, ACCUMULATE),
-        Epilogue::SwiGlu { up } => (up, SWIGLU),
-    };
-    let (gamma, eps, norm) = match prologue {
-        Prologue::None => (x, 0.0, false),
-        Prologue::RmsNorm { gamma, eps } => (gamma, eps, true),
-    };
+    let (up, code) = epilogue.args(w);
+    let (gamma, eps, norm) = prologue.args(x);
     let groups = (WARPS / tiling.split).max(1);
     let layout = Layout {
         m: rows,
