@@ -5,7 +5,7 @@
 use cubecl::prelude::*;
 use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use spotlight_kernels::attend::{attend, KvLayout, QueryRow, QueryRows};
 use spotlight_kernels::device::{
     filled_f32, filled_u32, read_f32, read_u32, upload_f32, upload_u32,
@@ -15,31 +15,14 @@ use spotlight_kernels::reference::{self, HashWeights};
 use spotlight_kernels::select::{Selection, Selector};
 use spotlight_kernels::{AttendShape, Budget, CodeShape, SequencePlan};
 
+mod common;
+
+use common::{assert_close, normal, rng};
+
 const POISON: u32 = 0xDEAD_BEEF;
 
 fn client() -> ComputeClient<WgpuRuntime> {
     WgpuRuntime::client(&WgpuDevice::default())
-}
-
-fn rng(test: &str) -> StdRng {
-    let seed = std::env::var("SPOTLIGHT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("{test}: SPOTLIGHT_SEED={seed}");
-    StdRng::seed_from_u64(seed)
-}
-
-fn normal(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
-    // Sum of uniforms: close enough to Gaussian for test inputs.
-    (0..n)
-        .map(|_| (0..4).map(|_| rng.random::<f32>() - 0.5).sum::<f32>() * std * 1.73)
-        .collect()
 }
 
 #[test]
@@ -520,18 +503,6 @@ fn top_keys_match_reference() {
         &filled_f32(&client, 1, 0.0),
     )
     .is_err());
-}
-
-/// |got − want| ≤ tol·(1 + |want|) element by element (want in f32 or f64).
-fn assert_close<T: Copy + Into<f64>>(got: &[f32], want: &[T], tol: f64, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, (&g, &e)) in got.iter().zip(want).enumerate() {
-        let e: f64 = e.into();
-        assert!(
-            (g as f64 - e).abs() <= tol * (1.0 + e.abs()),
-            "{what}: element {i}: {g} vs {e}"
-        );
-    }
 }
 
 #[test]

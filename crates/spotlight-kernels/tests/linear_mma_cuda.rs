@@ -7,11 +7,12 @@
 //! The kernel rounds x (after γ) to bf16 as it enters the MMA; the reference rounds the same
 //! values, so what is left to compare is f32 accumulation order.
 
+mod common;
+
+use common::{assert_close, normal, rng};
 use cubecl::cuda::CudaRuntime;
 use cubecl::prelude::*;
 use half::bf16;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use spotlight_kernels::device::{filled_f32, read_f32, upload, upload_f32};
 use spotlight_kernels::linear::{linear_fused, linear_with, Epilogue, Kernel, Prologue};
 use spotlight_kernels::linear_mma::{self, MmaTiling};
@@ -25,38 +26,13 @@ fn enabled() -> bool {
     on
 }
 
-fn rng() -> StdRng {
-    let seed = std::env::var("SPOTLIGHT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("SPOTLIGHT_SEED={seed}");
-    StdRng::seed_from_u64(seed)
-}
-
-fn normal(rng: &mut StdRng, n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|_| (0..4).map(|_| rng.random::<f32>() - 0.5).sum::<f32>() * 1.73)
-        .collect()
-}
-
 fn round(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&a| bf16::from_f32(a).to_f32()).collect()
 }
 
-fn assert_close(got: &[f32], want: &[f32], k: usize, what: &str) {
-    let tol = 1e-5 * (k as f32).sqrt();
-    for (i, (g, e)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - e).abs() <= tol * (1.0 + e.abs()),
-            "{what}: element {i}: {g} vs {e}"
-        );
-    }
+/// f32 accumulation over k terms (x already rounded as the kernel rounds it).
+fn check(got: &[f32], want: &[f32], k: usize, what: &str) {
+    assert_close(got, want, 1e-5 * (k as f64).sqrt(), what);
 }
 
 const TILINGS: [(usize, usize, usize); 10] = [
@@ -82,7 +58,7 @@ fn mma_linear_matches_reference() {
         linear_mma::supported(&client),
         "this GPU has no bf16 m16n8k16 MMA"
     );
-    let mut rng = rng();
+    let mut rng = rng("mma_linear");
     for (m, k, n) in [
         (1, 32, 1),
         (3, 96, 13),
@@ -92,11 +68,11 @@ fn mma_linear_matches_reference() {
         (16, 4096, 70),
         (37, 256, 19),
     ] {
-        let x = normal(&mut rng, m * k);
-        let gamma = normal(&mut rng, k);
-        let w = round(&normal(&mut rng, n * k));
-        let up = round(&normal(&mut rng, n * k));
-        let y0 = normal(&mut rng, m * n);
+        let x = normal(&mut rng, m * k, 1.0);
+        let gamma = normal(&mut rng, k, 1.0);
+        let w = round(&normal(&mut rng, n * k, 1.0));
+        let up = round(&normal(&mut rng, n * k, 1.0));
+        let y0 = normal(&mut rng, m * n, 1.0);
         let wb: Vec<bf16> = w.iter().map(|&a| bf16::from_f32(a)).collect();
         let ub: Vec<bf16> = up.iter().map(|&a| bf16::from_f32(a)).collect();
         let (xh, gh) = (upload_f32(&client, &x), upload_f32(&client, &gamma));
@@ -141,9 +117,9 @@ fn mma_linear_matches_reference() {
         let got = read_f32(&client, y, m * n);
         if m == 1 {
             let exact_x = reference::linear(&x, &w, m, k, n);
-            assert_close(&got, &exact_x, k, &format!("default m {m} k {k} n {n}"));
+            check(&got, &exact_x, k, &format!("default m {m} k {k} n {n}"));
         } else {
-            assert_close(&got, &gate, k, &format!("default m {m} k {k} n {n}"));
+            check(&got, &gate, k, &format!("default m {m} k {k} n {n}"));
         }
         // Every tiling on two shapes (each is a separate compile), two on the others.
         let tilings = match (m, k) {
@@ -177,7 +153,7 @@ fn mma_linear_matches_reference() {
             };
             let y = filled_f32(&client, m * n, f32::NAN);
             assert!(run((none, Epilogue::Store), &y), "{what}: store refused");
-            assert_close(&read_f32(&client, y, m * n), &gate, k, &what);
+            check(&read_f32(&client, y, m * n), &gate, k, &what);
 
             let y = upload_f32(&client, &y0);
             assert!(
@@ -185,18 +161,18 @@ fn mma_linear_matches_reference() {
                 "{what}: accumulate refused"
             );
             let want: Vec<f32> = y0.iter().zip(&gate).map(|(a, b)| a + b).collect();
-            assert_close(&read_f32(&client, y, m * n), &want, k, &what);
+            check(&read_f32(&client, y, m * n), &want, k, &what);
 
             let y = filled_f32(&client, m * n, f32::NAN);
             if run((none, Epilogue::SwiGlu { up: &uh }), &y) {
                 let want: Vec<f32> = gate.iter().zip(&upv).map(|(&g, &u)| silu(g, u)).collect();
-                assert_close(&read_f32(&client, y, m * n), &want, k, &what);
+                check(&read_f32(&client, y, m * n), &want, k, &what);
             }
 
             let y = filled_f32(&client, m * n, f32::NAN);
             let norm = Prologue::RmsNorm { gamma: &gh, eps };
             assert!(run((norm, Epilogue::Store), &y), "{what}: norm refused");
-            assert_close(&read_f32(&client, y, m * n), &normed, k, &what);
+            check(&read_f32(&client, y, m * n), &normed, k, &what);
         }
     }
 }
