@@ -280,6 +280,17 @@ impl MlpBuffers<'_> {
         check_bytes(self.b2, h * d * 4, "b2")
     }
 
+    /// W1, b1, W2, b2 as kernel arguments, at the lengths [`Self::check`] verifies.
+    pub(crate) fn args<R: Runtime>(&self) -> [ArrayArg<R>; 4] {
+        let (h, d) = (self.nets, self.d);
+        [
+            arg(self.w1, h * d * d),
+            arg(self.b1, h * d),
+            arg(self.w2, h * d * d),
+            arg(self.b2, h * d),
+        ]
+    }
+
     /// The cube grid of a launch over `rows` rows: one cube per (tile of rows, net).
     pub(crate) fn grid(&self, rows: usize, tile: usize) -> (CubeCount, CubeDim) {
         (
@@ -361,6 +372,7 @@ fn launch<R: Runtime>(
         tile: rows.next_power_of_two().min(TILE),
     };
     let (count, dim) = p.grid(rows, form.tile);
+    let [w1, b1, w2, b2] = p.args::<R>();
     // Safety: indices stay within the lengths passed (crate docs, "Unchecked launches").
     unsafe {
         hash_kernel::launch_unchecked::<R>(
@@ -368,10 +380,10 @@ fn launch<R: Runtime>(
             count,
             dim,
             arg(x, rows * n),
-            arg(p.w1, n * d),
-            arg(p.b1, n),
-            arg(p.w2, n * d),
-            arg(p.b2, n),
+            w1,
+            b1,
+            w2,
+            b2,
             arg(codes, out_rows * h * d / 32),
             arg(codes, 1),
             arg(row_seq, rows),

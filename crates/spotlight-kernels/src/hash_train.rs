@@ -171,6 +171,7 @@ pub fn hash_soft<R: Runtime>(
         tile: TILE,
     };
     let (count, dim) = p.grid(rows, TILE);
+    let [w1, b1, w2, b2] = p.args::<R>();
     // Safety: every buffer was checked to hold its length above.
     unsafe {
         hash_kernel::launch_unchecked::<R>(
@@ -178,10 +179,10 @@ pub fn hash_soft<R: Runtime>(
             count,
             dim,
             arg(x, len),
-            arg(p.w1, h * d * d),
-            arg(p.b1, h * d),
-            arg(p.w2, h * d * d),
-            arg(p.b2, h * d),
+            w1,
+            b1,
+            w2,
+            b2,
             arg(out, 1),
             arg(out, len),
             arg(out, 1),
@@ -227,6 +228,7 @@ pub fn hash_soft_backward<R: Runtime>(
     let (h, d) = (p.nets, p.d);
     let len = h * rows * d;
     let (count, dim) = p.grid(rows, TILE);
+    let [w1, b1, w2, b2] = p.args::<R>();
     // Safety: every buffer was checked to hold its length above.
     unsafe {
         hash_backward_kernel::launch_unchecked::<R>(
@@ -234,10 +236,10 @@ pub fn hash_soft_backward<R: Runtime>(
             count,
             dim,
             arg(x, len),
-            arg(p.w1, h * d * d),
-            arg(p.b1, h * d),
-            arg(p.w2, h * d * d),
-            arg(p.b2, h * d),
+            w1,
+            b1,
+            w2,
+            b2,
             arg(grad, len),
             arg(out.x, len),
             arg(out.a1, len),
