@@ -47,7 +47,7 @@ pub struct MmaTiling {
 impl MmaTiling {
     /// The default, from the H200 sweep (`spotlight bench linear`, Llama-3-8B shapes, 4 and 16
     /// rows): 16 warps along k; one tile per warp with two chunks in flight up to 4096 columns,
-    /// two tiles with one chunk from 6144 on (qkv 19.5 against 21.9 µs at 4 rows, gate 36.7
+    /// two tiles with one chunk from 6144 on (qkv 19.5 against 23.1 µs at 4 rows, gate 36.7
     /// against 43.4). Fewer warps per tile lost up to 3×.
     pub const DEFAULT: Self = Self {
         tiles: 1,
