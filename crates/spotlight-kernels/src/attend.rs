@@ -18,6 +18,8 @@ const MAX_PLANES: usize = 8;
 const MIN_ROWS_PER_SPLIT: usize = 128;
 /// Cubes per SM to aim for.
 const CUBES_PER_SM: usize = 4;
+/// Splits `combine` reads per loop iteration.
+const COMBINE_UNROLL: usize = 8;
 
 /// Planes per cube for a group of `group` heads of size `d`: the merge keeps planes·G·d floats.
 fn planes_per_cube(group: usize, d: usize) -> usize {
@@ -32,10 +34,10 @@ fn planes_per_cube(group: usize, d: usize) -> usize {
 /// merge through shared memory into one partial per cube.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn partial_kernel<F: Float, N: Size>(
+fn partial_kernel<F: Float, N: Size, NV: Size>(
     q: &Array<Vector<f32, Const<4>>>,
     k: &Array<Vector<F, N>>,
-    v: &Array<F>,
+    v: &Array<Vector<F, NV>>,
     row_seq: &Array<u32>,
     row_len: &Array<u32>,
     indices: &Array<u32>,
@@ -54,6 +56,7 @@ fn partial_kernel<F: Float, N: Size>(
     #[comptime] plane: usize,
     #[comptime] planes: usize,
     #[comptime] vec: usize,
+    #[comptime] v_vec: usize,
     #[comptime] sparse: bool,
 ) {
     let split = CUBE_POS_X as usize;
@@ -106,37 +109,40 @@ fn partial_kernel<F: Float, N: Size>(
 
     let mut t0 = start + plane_id * plane;
     while t0 < end {
-        // q·k: lane ↔ row.
+        // q·k: lane ↔ row. A lane past the end reads the step's first row (always in range)
+        // and gets probability 0, so no load below is behind a branch: the compiler can issue
+        // a step's loads together.
         let t = t0 + lane;
         let valid = t < end;
-        let mut row = t;
+        let mut row = t0;
+        if valid {
+            row = t;
+        }
+        if comptime!(sparse) {
+            row = indices[(r * sets + s) * index_cap as usize + row] as usize;
+        }
         let mut logit = Array::<f32>::new(group);
         #[unroll]
         for g in 0..group {
             logit[g] = 0.0;
         }
-        if valid {
-            if comptime!(sparse) {
-                row = indices[(r * sets + s) * index_cap as usize + t] as usize;
-            }
-            let base = (kv_base + row) * chunks;
-            let mut kf = Array::<f32>::new(vec);
+        let base = (kv_base + row) * chunks;
+        let mut kf = Array::<f32>::new(vec);
+        #[unroll]
+        for c in 0..chunks {
+            let kc = k[base + c];
             #[unroll]
-            for c in 0..chunks {
-                let kc = k[base + c];
+            for x in 0..vec {
+                kf[x] = f32::cast_from(kc[x]);
+            }
+            #[unroll]
+            for x4 in 0..comptime!(vec / 4) {
                 #[unroll]
-                for x in 0..vec {
-                    kf[x] = f32::cast_from(kc[x]);
-                }
-                #[unroll]
-                for x4 in 0..comptime!(vec / 4) {
+                for g in 0..group {
+                    let qv = qs[(g * d + c * vec) / 4 + x4];
                     #[unroll]
-                    for g in 0..group {
-                        let qv = qs[(g * d + c * vec) / 4 + x4];
-                        #[unroll]
-                        for y in 0..4usize {
-                            logit[g] += qv[y] * kf[x4 * 4 + y];
-                        }
+                    for y in 0..4usize {
+                        logit[g] += qv[y] * kf[x4 * 4 + y];
                     }
                 }
             }
@@ -167,23 +173,27 @@ fn partial_kernel<F: Float, N: Size>(
                 acc[g * per_lane + e] *= alpha;
             }
         }
-        // p·V: lane ↔ elements of each row; row j's position and probabilities come from lane j.
+        // p·V: lane ↔ elements of each row (vector loads of v_vec elements); row j's position
+        // and probabilities come from lane j (probability 0 past the end).
         #[unroll]
         for j in 0..plane {
-            if t0 + j < end {
-                let at =
-                    (kv_base + plane_shuffle(row as u32, j as u32) as usize) * d + lane * per_lane;
-                let mut pj = Array::<f32>::new(group);
+            let at = ((kv_base + plane_shuffle(row as u32, j as u32) as usize) * d
+                + lane * per_lane)
+                / v_vec;
+            let mut pj = Array::<f32>::new(group);
+            #[unroll]
+            for g in 0..group {
+                pj[g] = plane_shuffle(prob[g], j as u32);
+            }
+            #[unroll]
+            for u in 0..comptime!(per_lane / v_vec) {
+                let vv = v[at + u];
                 #[unroll]
-                for g in 0..group {
-                    pj[g] = plane_shuffle(prob[g], j as u32);
-                }
-                #[unroll]
-                for e in 0..per_lane {
-                    let vx = f32::cast_from(v[at + e]);
+                for x in 0..v_vec {
+                    let vx = f32::cast_from(vv[x]);
                     #[unroll]
                     for g in 0..group {
-                        acc[g * per_lane + e] += pj[g] * vx;
+                        acc[g * per_lane + u * v_vec + x] += pj[g] * vx;
                     }
                 }
             }
@@ -244,6 +254,7 @@ fn combine_kernel(
     #[comptime] q_heads: usize,
     #[comptime] sets: usize,
     #[comptime] d: usize,
+    #[comptime] max_splits: usize,
 ) {
     let h = CUBE_POS_X as usize;
     let r = CUBE_POS_Y as usize;
@@ -252,20 +263,43 @@ fn combine_kernel(
     let s = h / group;
     let g = h % group;
     let first = (r * sets + s) * splits as usize;
-    let mut best = part_ml[first * group * 2 + g * 2];
-    for sp in 1..splits as usize {
-        let m = part_ml[((first + sp) * group + g) * 2];
-        if m > best {
-            best = m;
+    let splits = splits as usize;
+    // The splits' (max, sum) pairs come in with one load per unit, not a serial chain per unit.
+    let mut sm = SharedMemory::<f32>::new(max_splits);
+    let mut sw = SharedMemory::<f32>::new(max_splits);
+    for it in 0..comptime!(max_splits.div_ceil(d)) {
+        let sp = it * d + j;
+        if sp < splits {
+            sm[sp] = part_ml[((first + sp) * group + g) * 2];
         }
     }
+    sync_cube();
+    let mut best = sm[0];
+    for sp in 1..splits {
+        if sm[sp] > best {
+            best = sm[sp];
+        }
+    }
+    for it in 0..comptime!(max_splits.div_ceil(d)) {
+        let sp = it * d + j;
+        if sp < splits {
+            sw[sp] = f32::exp(sm[sp] - best);
+        }
+    }
+    sync_cube();
+    // UNROLL splits per iteration: their loads are independent and go out together.
     let mut num = 0.0f32;
     let mut den = 0.0f32;
-    for sp in 0..splits as usize {
-        let at = (first + sp) * group + g;
-        let weight = f32::exp(part_ml[at * 2] - best);
-        den += weight * part_ml[at * 2 + 1];
-        num += weight * part_acc[at * d + j];
+    for base in 0..splits.div_ceil(COMBINE_UNROLL) {
+        #[unroll]
+        for u in 0..COMBINE_UNROLL {
+            let sp = base * COMBINE_UNROLL + u;
+            if sp < splits {
+                let at = (first + sp) * group + g;
+                den += sw[sp] * part_ml[at * 2 + 1];
+                num += sw[sp] * part_acc[at * d + j];
+            }
+        }
     }
     let mut value = 0.0f32;
     if den > 0.0 {
@@ -372,11 +406,13 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
             d,
         });
     }
-    let planes = planes_per_cube(group, d);
     let sms = props.num_streaming_multiprocessors.unwrap_or(16) as usize;
     let wanted = (sms * CUBES_PER_SM / (rows.len() * sets)).max(1);
     let splits = longest.div_ceil(MIN_ROWS_PER_SPLIT).clamp(1, wanted);
     let rows_per_split = longest.div_ceil(splits).max(1);
+    // No plane without rows: a short split (a sparse list) takes fewer planes, so more cubes
+    // fit on an SM and the grid stays one wave.
+    let planes = planes_per_cube(group, d).min(rows_per_split.div_ceil(plane));
 
     let n = rows.len();
     let (row_seq, row_len) = (&query_rows.seq, &query_rows.len);
@@ -388,8 +424,9 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
         None => (row_seq.clone(), row_len.clone(), 1),
     };
     let kv_len = kv.batch * shape.kv_heads * kv.cap * d;
-    // K rows are read as 16-byte vectors.
+    // K rows are read as 16-byte vectors; V as vectors of a lane's share of a row (≤ 16 bytes).
     let vec = (16 / core::mem::size_of::<F>()).min(d);
+    let v_vec = (1usize << (d / plane).trailing_zeros()).min(vec);
     // Safety: indices stay within the lengths passed (crate docs, "Unchecked launches").
     unsafe {
         partial_kernel::launch_unchecked::<F, R>(
@@ -397,9 +434,10 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
             CubeCount::Static(splits as u32, sets as u32, n as u32),
             CubeDim::new_1d((plane * planes) as u32),
             vec,
+            v_vec,
             arg(q, n * shape.q_heads * d / 4),
             arg(k, kv_len / vec),
-            arg(v, kv_len),
+            arg(v, kv_len / v_vec),
             arg(row_seq, n),
             arg(row_len, n),
             arg(&indices, n * sets * index_cap),
@@ -418,6 +456,7 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
             plane,
             planes,
             vec,
+            v_vec,
             selection.is_some(),
         )
     };
@@ -434,6 +473,7 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
             shape.q_heads,
             sets,
             d,
+            splits.next_power_of_two(),
         )
     };
     Ok(())
