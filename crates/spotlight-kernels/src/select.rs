@@ -24,8 +24,12 @@ const COUNT_CHUNK: usize = 256 * PER_UNIT;
 const STAGED_WORDS: usize = 2048;
 /// Shared-memory budget for the per-cube histograms, in u32 bins.
 const MAX_LOCAL_BINS: usize = 8192;
-/// `score_hist` cubes to aim for per SM (as many as fit: the kernel is latency-bound).
-const CUBES_PER_SM: usize = 8;
+/// `score_hist` cubes resident per SM: its ~100 registers per unit (H200, ncu) allow 2 cubes of
+/// 256. The grid is sized to one such wave, each cube taking several chunks, so the histogram's
+/// set-up and flush are paid once per cube and no partial second wave runs alone.
+const CUBES_PER_SM: usize = 2;
+/// `score_hist` loop iterations whose code loads are issued together.
+const BATCH_ITERS: usize = 4;
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -77,55 +81,63 @@ fn score_hist_kernel<N: Size>(
         let t0 = (CUBE_POS_X as usize * chunks_per_cube as usize + c) * chunk;
         if t0 < len {
             // Neighbouring units read neighbouring codes: (pair of tokens, set), set fastest.
-            // Every code load of the chunk is issued first, so they are in flight together
-            // rather than one pair at a time between the histogram's shared atomics.
+            // A batch of BATCH_ITERS iterations' code loads is issued first, so they are in
+            // flight together rather than one pair at a time between the histogram's shared
+            // atomics; batches, not the whole chunk, keep the registers (and so the cubes per SM)
+            // in bounds.
             let iters = comptime!(half.div_ceil(slots));
-            let mut kc = Array::<Vector<u32, N>>::new(comptime!(iters * 2 * vecs));
-            #[unroll]
-            for it in 0..iters {
-                let p = it * slots + slot;
+            let batch = comptime!(iters.min(BATCH_ITERS));
+            for bi in 0..comptime!(iters.div_ceil(batch)) {
+                let mut kc = Array::<Vector<u32, N>>::new(comptime!(batch * 2 * vecs));
                 #[unroll]
-                for e in 0..2usize {
-                    let t = t0 + 2 * p + e;
-                    if slot < slots && p < half && t < len {
-                        let base = ((b * cap as usize + t) * sets + s) * vecs;
-                        #[unroll]
-                        for vi in 0..vecs {
-                            kc[(it * 2 + e) * vecs + vi] = k_codes[base + vi];
-                        }
-                    }
-                }
-            }
-            #[unroll]
-            for it in 0..iters {
-                let p = it * slots + slot;
-                if slot < slots && p < half {
-                    let mut word = 0u32;
+                for i in 0..batch {
+                    let it = bi * batch + i;
+                    let p = it * slots + slot;
                     #[unroll]
                     for e in 0..2usize {
                         let t = t0 + 2 * p + e;
-                        if t < len {
-                            let mut differ = 0u32;
+                        if slot < slots && p < half && t < len {
+                            let base = ((b * cap as usize + t) * sets + s) * vecs;
                             #[unroll]
                             for vi in 0..vecs {
-                                let kv = kc[(it * 2 + e) * vecs + vi];
-                                #[unroll]
-                                for x in 0..vec {
-                                    let kw = kv[x];
-                                    #[unroll]
-                                    for g in 0..group {
-                                        differ += (qr[g * words + vi * vec + x] ^ kw).count_ones();
-                                    }
-                                }
+                                kc[(i * 2 + e) * vecs + vi] = k_codes[base + vi];
                             }
-                            let score = all_bits - differ;
-                            if t >= sink && t < mid_end {
-                                local[s * bins + score as usize].fetch_add(1u32);
-                            }
-                            word |= score << (16 * e as u32);
                         }
                     }
-                    staged[s * half + p] = word;
+                }
+                #[unroll]
+                for i in 0..batch {
+                    let it = bi * batch + i;
+                    let p = it * slots + slot;
+                    if slot < slots && p < half {
+                        let mut word = 0u32;
+                        #[unroll]
+                        for e in 0..2usize {
+                            let t = t0 + 2 * p + e;
+                            if t < len {
+                                let mut differ = 0u32;
+                                #[unroll]
+                                for vi in 0..vecs {
+                                    let kv = kc[(i * 2 + e) * vecs + vi];
+                                    #[unroll]
+                                    for x in 0..vec {
+                                        let kw = kv[x];
+                                        #[unroll]
+                                        for g in 0..group {
+                                            differ +=
+                                                (qr[g * words + vi * vec + x] ^ kw).count_ones();
+                                        }
+                                    }
+                                }
+                                let score = all_bits - differ;
+                                if t >= sink && t < mid_end {
+                                    local[s * bins + score as usize].fetch_add(1u32);
+                                }
+                                word |= score << (16 * e as u32);
+                            }
+                        }
+                        staged[s * half + p] = word;
+                    }
                 }
             }
             sync_cube();
