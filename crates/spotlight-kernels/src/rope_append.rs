@@ -6,7 +6,7 @@
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
-use crate::device::{arg, cubes, CUBE_THREADS};
+use crate::device::{arg, check_bytes, cubes, CUBE_THREADS};
 use crate::KernelError;
 
 /// Where each row of a step goes: its sequence in the cache and its position there.
@@ -42,6 +42,7 @@ fn rope_append_kernel<F: Float>(
     k_rows: &mut Array<f32>,
     cap: u32,
     units: u32,
+    k_row0: u32,
     #[comptime] q_heads: usize,
     #[comptime] kv_heads: usize,
     #[comptime] d: usize,
@@ -73,7 +74,7 @@ fn rope_append_kernel<F: Float>(
                 k_cache[to + j] = F::cast_from(lo);
                 k_cache[to + j + half] = F::cast_from(hi);
                 if comptime!(keep_keys) {
-                    let row = (r * kv_heads + h - q_heads) * d;
+                    let row = ((k_row0 as usize + r) * kv_heads + h - q_heads) * d;
                     k_rows[row + j] = lo;
                     k_rows[row + j + half] = hi;
                 }
@@ -89,7 +90,8 @@ fn rope_append_kernel<F: Float>(
 /// qkv `[m][q_heads + 2·kv_heads][d]` (f32) → q `[m][q_heads][d]` (f32, rotated); K and V
 /// `[batch][kv_heads][cap][d]` of type `F` get row `pos` of sequence `seq` for each row.
 /// `cos`/`sin` have at least `cap` rows of d/2; `row_seq`/`row_pos` hold `places` on the device.
-/// With `k_rows`, the rotated keys also go there as f32 `[m][kv_heads][d]` (for key hashing).
+/// With `k_rows = (buffer, row0)`, the rotated keys also go to rows `row0..row0 + m` of that
+/// f32 `[rows][kv_heads][d]` buffer (for key hashing, which may wait for several steps' keys).
 #[allow(clippy::too_many_arguments)]
 pub fn rope_append<R: Runtime, F: Float + CubeElement>(
     client: &ComputeClient<R>,
@@ -100,7 +102,7 @@ pub fn rope_append<R: Runtime, F: Float + CubeElement>(
     (row_seq, row_pos): (&Handle, &Handle),
     q: &Handle,
     (k_cache, v_cache): (&Handle, &Handle),
-    k_rows: Option<&Handle>,
+    k_rows: Option<(&Handle, usize)>,
 ) -> Result<(), KernelError> {
     let RopeShape {
         q_heads,
@@ -134,6 +136,10 @@ pub fn rope_append<R: Runtime, F: Float + CubeElement>(
         return Ok(());
     }
     let cache_len = batch * kv_heads * cap * d;
+    let k_row0 = k_rows.map_or(0, |(_, row0)| row0);
+    if let Some((h, row0)) = k_rows {
+        check_bytes(h, 4 * (row0 + m) * kv_heads * d, "rotated key rows (bytes)")?;
+    }
     // Safety: indices stay within the lengths passed (crate docs, "Unchecked launches").
     unsafe {
         rope_append_kernel::launch_unchecked::<F, R>(
@@ -148,9 +154,10 @@ pub fn rope_append<R: Runtime, F: Float + CubeElement>(
             arg(q, m * q_heads * d),
             arg(k_cache, cache_len),
             arg(v_cache, cache_len),
-            arg(k_rows.unwrap_or(q), m * kv_heads * d),
+            arg(k_rows.map_or(q, |(h, _)| h), (k_row0 + m) * kv_heads * d),
             cap as u32,
             units as u32,
+            k_row0 as u32,
             q_heads,
             kv_heads,
             d,

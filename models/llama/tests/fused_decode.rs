@@ -236,3 +236,76 @@ fn causal_attention_kernel_matches_the_tensor_path() {
     }
     assert_eq!(kernel.lens, tensor.lens);
 }
+
+/// Keys are hashed once per `window + 1` steps (a key inside the local window is never scored):
+/// every step's logits and, in the end, every code equal those of hashing after each step.
+#[test]
+fn deferred_key_hashing_matches_hashing_every_step() {
+    use burn::backend::wgpu::WgpuRuntime;
+    use burn_cubecl::cubecl::Runtime;
+    use spotlight_kernels::device::read_u32;
+    use spotlight_kernels::Budget;
+    use spotlight_llama::fast::{random_codes, Decoder, FastDecode, SparseDecode};
+    let c = LlamaConfig {
+        vocab_size: 67,
+        hidden_size: 128,
+        intermediate_size: 72,
+        num_hidden_layers: 4,
+        ..LlamaConfig::attention_shape(4, 4, 2, 64, 256)
+    };
+    let client = WgpuRuntime::client(&WgpuDevice::DefaultDevice);
+    let (batch, context, steps) = (2, 150, 11);
+    let budget = Budget {
+        fraction: 0.02,
+        window: 3,
+        ..Budget::default()
+    };
+    let decoder = |seed| {
+        let d =
+            Decoder::<WgpuRuntime, f32>::synthetic(client.clone(), &c, batch, context, steps, 3)
+                .unwrap();
+        let s = SparseDecode::synthetic(&client, &c, budget, 9).unwrap();
+        d.with_sparse(s, random_codes(&client, &c, (batch, context + steps), seed))
+            .unwrap()
+    };
+    let (mut deferred, mut each_step) = (decoder(1), decoder(1));
+    for step in 0..steps {
+        let rows = [
+            StepRow {
+                seq: 0,
+                token: (5 + 7 * step) as u32 % 67,
+            },
+            StepRow {
+                seq: 1,
+                token: (66 + 3 * step) as u32 % 67,
+            },
+        ];
+        let a = deferred.step(&rows).unwrap();
+        let b = each_step.step(&rows).unwrap();
+        // Rewinding to the current lengths hashes the waiting keys: hashing after every step.
+        let lens = each_step.lens().to_vec();
+        each_step.rewind(&lens).unwrap();
+        assert_eq!(a, b, "step {step}: logits differ");
+    }
+    let lens = deferred.lens().to_vec();
+    deferred.rewind(&lens).unwrap();
+    let words = batch * (context + steps) * c.num_key_value_heads * c.head_dim / 32;
+    for l in 2..c.num_hidden_layers {
+        let codes = |d: &Decoder<WgpuRuntime, f32>| {
+            read_u32(&client, d.key_codes(l).unwrap().clone(), words)
+        };
+        assert_eq!(
+            codes(&deferred),
+            codes(&each_step),
+            "layer {l}: codes differ"
+        );
+    }
+    // The new keys were hashed: their codes differ from the random ones the cache started with.
+    let fresh = read_u32(
+        &client,
+        random_codes(&client, &c, (batch, context + steps), 1)[2].clone(),
+        words,
+    );
+    let coded = read_u32(&client, deferred.key_codes(2).unwrap().clone(), words);
+    assert_ne!(coded, fresh, "no key was hashed");
+}

@@ -11,7 +11,7 @@ use spotlight_kernels::linear::{linear_fused, Epilogue, Prologue, MAX_ROWS};
 use spotlight_kernels::rope_append::{rope_append, RopeShape, RowPlace};
 use spotlight_kernels::{AttendShape, KernelError, SequencePlan};
 
-use super::sparse::{prunes, SparseDecode, SparseState};
+use super::sparse::{prunes, upload_places, SparseDecode, SparseState};
 use super::weights::DecoderWeights;
 use super::FastDecode;
 use crate::error::LlamaError;
@@ -237,6 +237,12 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
         Ok(())
     }
 
+    /// Layer `layer`'s key code cache `[batch][cap][kv_heads][bits/32]` under Spotlight Attention
+    /// (keys of the last steps may still wait for their codes; [`Self::rewind`] hashes them).
+    pub fn key_codes(&self, layer: usize) -> Option<&Handle> {
+        self.sparse.as_ref().and_then(|s| s.codes.get(layer))
+    }
+
     /// Share of the cached K/V rows the last step read, over all layers and rows.
     pub fn read_share(&self) -> f64 {
         self.read_share
@@ -258,6 +264,12 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
                 "rewind to {lens:?} from {:?}: lengths can only shrink",
                 self.lens
             )));
+        }
+        // Keys waiting for their codes are hashed first (those past the new lengths are simply
+        // hashed again when their places are filled anew).
+        if let Some(sp) = self.sparse.as_mut() {
+            sp.hash_pending(&self.client, (self.lens.len(), self.cap))
+                .map_err(kernel)?;
         }
         self.lens.copy_from_slice(lens);
         Ok(())
@@ -358,6 +370,21 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
         let linears = m.div_ceil(MAX_ROWS);
         let w = &self.weights;
         let sparse = self.sparse.as_ref();
+        // This step's keys go to ring slot `slot` of each coded layer; when the ring is full
+        // (a key is about to leave the window unhashed), every waiting key is hashed this step.
+        let ring = sparse.filter(|_| parts.retrieval).map(|sp| {
+            let slot = sp.pending_steps(m);
+            (slot, slot + 1 >= sp.decode.ring_steps())
+        });
+        let flush = match (sparse, ring) {
+            (Some(sp), Some((_, true))) => {
+                let all: Vec<RowPlace> = sp.pending.iter().chain(&places).copied().collect();
+                let (seq, pos) = upload_places(client, &all);
+                Some((all, seq, pos))
+            }
+            _ => None,
+        };
+        let slot = ring.map_or(0, |(slot, _)| slot);
         let mut launches = 0;
         let mut read = 0.0;
         if parts.weights {
@@ -396,18 +423,18 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
                     (&row_seq, &row_pos),
                     &s.q,
                     (&self.k[l], &self.v[l]),
-                    coded.map(|c| &c.k_rows),
+                    coded.map(|c| (&c.key_ring[l], slot * m)),
                 )
                 .map_err(kernel)?;
             }
-            if let Some(c) = coded {
-                // The new keys' codes, straight into the code cache at their places.
+            if let Some((c, (all, seq, pos))) = coded.zip(flush.as_ref()) {
+                // The waiting keys' codes, straight into the code cache at their places.
                 hash_pack_placed(
                     client,
                     &c.decode.hash.key[l],
-                    &c.k_rows,
-                    &places,
-                    (&row_seq, &row_pos),
+                    &c.key_ring[l],
+                    all,
+                    (seq, pos),
                     &c.codes[l],
                     (self.lens.len(), self.cap),
                 )
@@ -491,6 +518,13 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
             linear_fused::<R, E>(client, &s.x, &w.lm_head, ends, &s.logits, shape)
                 .map_err(kernel)?;
             launches += linears;
+        }
+        if let (Some(sp), Some((_, hashed))) = (self.sparse.as_mut(), ring) {
+            if hashed {
+                sp.pending.clear();
+            } else {
+                sp.pending.extend_from_slice(&places);
+            }
         }
         self.launches = launches;
         self.read_share = read / c.num_hidden_layers as f64;

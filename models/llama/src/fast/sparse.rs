@@ -1,14 +1,16 @@
 //! Spotlight Attention inside the fused decoder (METHOD.md "Decoding"), group layout: each new
-//! key is hashed once per KV head as it enters the cache; each step hashes the query, scores
+//! key is hashed once per KV head (its code is needed only once it leaves the local window, so
+//! the keys of `window + 1` steps are hashed in one launch); each step hashes the query, scores
 //! every cached code by XOR + popcount, selects sink + top-k + window per KV head and attends
 //! over the selected rows only. Layers below `dense_layers` stay dense.
 
 use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::cubecl::server::Handle;
-use spotlight_kernels::device::check_bytes;
+use spotlight_kernels::device::{check_bytes, upload_u32};
 use spotlight_kernels::fill::random_bits;
-use spotlight_kernels::hash_pack::DeviceHashWeights;
+use spotlight_kernels::hash_pack::{hash_pack_placed, DeviceHashWeights};
 use spotlight_kernels::reference::HashWeights;
+use spotlight_kernels::rope_append::RowPlace;
 use spotlight_kernels::select::{Selection as IndexLists, Selector};
 use spotlight_kernels::{Budget, CodeShape, KernelError, SequencePlan};
 
@@ -43,8 +45,12 @@ pub(super) struct SparseState {
     pub lists: IndexLists,
     /// This step's query codes `[rows][q_heads][words]`.
     pub q_codes: Handle,
-    /// This step's rotated keys `[rows][kv_heads][d]` f32.
-    pub k_rows: Handle,
+    /// Per coded layer, the rotated keys (f32 `[steps][rows][kv_heads][d]`) of the steps whose
+    /// keys are not hashed yet: a key's code is first needed when it leaves the local window,
+    /// so keys are hashed in one launch per `window + 1` steps instead of one per step.
+    pub key_ring: Vec<Handle>,
+    /// The places of the keys waiting in `key_ring`, step after step.
+    pub pending: Vec<RowPlace>,
 }
 
 impl SparseState {
@@ -92,9 +98,49 @@ impl SparseState {
             selector,
             codes,
             q_codes: client.empty(4 * batch * hq * words),
-            k_rows: client.empty(4 * batch * hkv * d),
+            key_ring: (0..layers)
+                .map(|l| {
+                    let rows = if l < decode.dense_layers {
+                        1
+                    } else {
+                        decode.ring_steps() * batch
+                    };
+                    client.empty(4 * rows * hkv * d)
+                })
+                .collect(),
+            pending: Vec::new(),
             decode,
         })
+    }
+
+    /// Steps whose keys wait in the ring (every sparse step covers every sequence).
+    pub fn pending_steps(&self, batch: usize) -> usize {
+        self.pending.len() / batch.max(1)
+    }
+
+    /// Hashes every waiting key of every coded layer into the code cache and empties the ring.
+    pub fn hash_pending<R: Runtime>(
+        &mut self,
+        client: &ComputeClient<R>,
+        (batch, cap): (usize, usize),
+    ) -> Result<(), KernelError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let (seq, pos) = upload_places(client, &self.pending);
+        for l in self.decode.dense_layers..self.codes.len() {
+            hash_pack_placed(
+                client,
+                &self.decode.hash.key[l],
+                &self.key_ring[l],
+                &self.pending,
+                (&seq, &pos),
+                &self.codes[l],
+                (batch, cap),
+            )?;
+        }
+        self.pending.clear();
+        Ok(())
     }
 
     pub fn plans(&self, lens: &[usize]) -> Vec<SequencePlan> {
@@ -117,7 +163,25 @@ pub(super) fn prunes(state: &SparseState, layer: usize, plans: &[SequencePlan]) 
     layer >= state.decode.dense_layers && plans.iter().any(|p| p.selected() < p.len)
 }
 
+/// (sequence, position) of each place, uploaded as two u32 columns.
+pub(super) fn upload_places<R: Runtime>(
+    client: &ComputeClient<R>,
+    places: &[RowPlace],
+) -> (Handle, Handle) {
+    let column = |f: fn(&RowPlace) -> usize| places.iter().map(|p| f(p) as u32).collect::<Vec<_>>();
+    (
+        upload_u32(client, &column(|p| p.seq)),
+        upload_u32(client, &column(|p| p.pos)),
+    )
+}
+
 impl SparseDecode {
+    /// Steps of new keys the key ring holds: a key inside the local window is never scored, so
+    /// its code may wait until `window` more steps have passed.
+    pub fn ring_steps(&self) -> usize {
+        self.budget.window + 1
+    }
+
     /// SYNTHETIC random hash networks of `config`'s shape (codes of `head_dim` bits), for
     /// benchmarks: what they retrieve means nothing, what they cost is the real cost.
     pub fn synthetic<R: Runtime>(
