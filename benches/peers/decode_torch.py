@@ -75,9 +75,7 @@ def main():
     report = json.load(open(a.ours))
     report["torch"] = torch.__version__
     shapes = {s["name"]: s for s in report["shapes"]}
-    args = report["command"].split()
-    steps = int(args[args.index("--steps") + 1]) if "--steps" in args else 16
-    runs = int(args[args.index("--runs") + 1]) if "--runs" in args else 3
+    steps, runs = report["steps"], report["runs"]
     gen = torch.Generator(device="cuda").manual_seed(0)
     model, model_name = None, None
     for row in report["rows"]:
