@@ -2,9 +2,7 @@
 //! with an optional epilogue so a decoder layer needs no separate add or activation launch:
 //! - `Store`: y = x·Wᵀ;
 //! - `Accumulate`: y += x·Wᵀ (the residual add after the attention output and down projections);
-//! - `SwiGlu`: y = silu(x·W_gateᵀ) ⊙ (x·W_upᵀ) (gate and up read by the same plane; on the
-//!   tensor cores, two launches: the gate stored, then `SiluGate` with the up projection);
-//! - `SiluGate`: y = silu(y) ⊙ (x·Wᵀ), y holding the gate projection.
+//! - `SwiGlu`: y = silu(x·W_gateᵀ) ⊙ (x·W_upᵀ) (gate and up read by the same plane).
 //!
 //! At decode the weights dominate the bytes, so the kernel is built to stream W once at full
 //! bandwidth: one plane per output column, 16-byte weight loads, several in flight per lane, a
@@ -88,8 +86,8 @@ impl Kernel {
             && F::as_type_native_unchecked().storage_type() == bf16
             && linear_mma::supported(client)
         {
-            let _ = epilogue;
-            Self::Mma(MmaTiling::for_columns(n, false))
+            let paired = matches!(epilogue, Epilogue::SwiGlu { .. });
+            Self::Mma(MmaTiling::for_columns(n, paired))
         } else {
             Self::Planes(Tiling::for_rows(m))
         }
@@ -108,8 +106,6 @@ pub enum Epilogue<'a> {
     SwiGlu {
         up: &'a Handle,
     },
-    /// y = silu(y)·(x·Wᵀ): y holds the gate projection, W is the up projection.
-    SiluGate,
 }
 
 /// What the kernel does to x first.
@@ -132,7 +128,6 @@ impl<'a> Epilogue<'a> {
             Epilogue::Store => (w, STORE),
             Epilogue::Accumulate => (w, ACCUMULATE),
             Epilogue::SwiGlu { up } => (up, SWIGLU),
-            Epilogue::SiluGate => (w, SILU_GATE),
         }
     }
 }
@@ -150,7 +145,6 @@ impl<'a> Prologue<'a> {
 pub(crate) const STORE: u32 = 0;
 pub(crate) const ACCUMULATE: u32 = 1;
 pub(crate) const SWIGLU: u32 = 2;
-pub(crate) const SILU_GATE: u32 = 3;
 
 /// Everything a launch fixes at compile time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -313,9 +307,6 @@ fn linear_kernel<F: Float, N: Size>(
                             y[at] = total;
                         } else if comptime!(l.epilogue == ACCUMULATE) {
                             y[at] += total;
-                        } else if comptime!(l.epilogue == SILU_GATE) {
-                            let g = y[at];
-                            y[at] = g * total / (1.0 + f32::exp(-g));
                         } else {
                             // silu(g)·u = g·u / (1 + e^(−g))
                             y[at] = total * total_up / (1.0 + f32::exp(-total));
@@ -395,17 +386,9 @@ fn launch<R: Runtime, F: Float + CubeElement>(
     kn: (usize, usize),
     kernel: Kernel,
 ) -> Result<(), KernelError> {
-    match (kernel, ends.1) {
-        (Kernel::Planes(t), _) => launch_planes::<R, F>(client, x, w, ends, y, rows, kn, t),
-        // On the tensor cores gate and up go in two launches, each with the single-matrix
-        // tiling (H200, 8B shape at 4 rows: one paired launch 86 µs per layer).
-        (Kernel::Mma(t), Epilogue::SwiGlu { up }) => {
-            let gate = (ends.0, Epilogue::Store);
-            linear_mma::launch::<R, F>(client, x, w, gate, y, rows, kn, t)?;
-            let up_ends = (ends.0, Epilogue::SiluGate);
-            linear_mma::launch::<R, F>(client, x, up, up_ends, y, rows, kn, t)
-        }
-        (Kernel::Mma(t), _) => linear_mma::launch::<R, F>(client, x, w, ends, y, rows, kn, t),
+    match kernel {
+        Kernel::Planes(t) => launch_planes::<R, F>(client, x, w, ends, y, rows, kn, t),
+        Kernel::Mma(t) => linear_mma::launch::<R, F>(client, x, w, ends, y, rows, kn, t),
     }
 }
 

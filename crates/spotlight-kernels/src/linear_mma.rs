@@ -24,7 +24,7 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 
 use crate::device::arg;
-use crate::linear::{Epilogue, Prologue, ACCUMULATE, SILU_GATE, STORE, SWIGLU};
+use crate::linear::{Epilogue, Prologue, ACCUMULATE, STORE, SWIGLU};
 use crate::KernelError;
 
 /// k elements per chunk: two MMA k-steps, 16 bytes of a W row per lane.
@@ -385,9 +385,6 @@ fn linear_mma_kernel<F: Float, N: Size>(
                                 y[at] = total;
                             } else if comptime!(l.epilogue == ACCUMULATE) {
                                 y[at] += total;
-                            } else if comptime!(l.epilogue == SILU_GATE) {
-                                let g = y[at];
-                                y[at] = g * total / (1.0 + f32::exp(-g));
                             } else {
                                 let ui = ((j * mats + 1usize) * frags + fr) * 2usize + half;
                                 let total_up = acc[ui][e] * scale[fr * 2usize + e];

@@ -169,13 +169,6 @@ fn mma_linear_matches_reference() {
                 check(&read_f32(&client, y, m * n), &want, k, &what);
             }
 
-            // SiluGate: y holds a gate (here y0), the launch multiplies silu(y) by x·Wᵀ.
-            let y = upload_f32(&client, &y0);
-            if run((none, Epilogue::SiluGate), &y) {
-                let want: Vec<f32> = y0.iter().zip(&gate).map(|(&g, &u)| silu(g, u)).collect();
-                check(&read_f32(&client, y, m * n), &want, k, &what);
-            }
-
             let y = filled_f32(&client, m * n, f32::NAN);
             let norm = Prologue::RmsNorm { gamma: &gh, eps };
             assert!(run((norm, Epilogue::Store), &y), "{what}: norm refused");
