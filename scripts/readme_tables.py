@@ -168,7 +168,8 @@ def fast_decode():
             weights = f"SYNTHETIC {r['dtype']}" if r["synthetic"] else f"real, {r['dtype']}"
             ratio = "–" if not t else f"{r['tok_s'] / t:.2f}×"
             floor = "–" if r.get("floor_ratio") is None else f"{r['floor_ratio']:.0%}"
-            launches = "–" if r.get("launches_per_step") is None else r["launches_per_step"]
+            n = r.get("launches_per_step")
+            launches = "–" if n is None else (f"{n:.1f}" if isinstance(n, float) else n)
             lines.append(f"| {r['model']} | {weights} | {r['context']} | {r['batch']} | {r.get('decode_path', 'fused')} | {r['tok_s']:.0f} | "
                          f"{r['ms_per_step']:.2f} | {'–' if not t else f'{t:.0f}'} | {ratio} | {launches} | {floor} |")
         lines.append("")

@@ -80,7 +80,8 @@ struct Row {
     skipped: Option<String>,
     ms_per_step: f64,
     tok_s: f64,
-    launches_per_step: usize,
+    /// Mean over a run's steps (Spotlight hashes keys on one step in 65).
+    launches_per_step: f64,
     /// Each part timed alone over the same steps (ms per step).
     weights_ms: f64,
     attention_ms: f64,
@@ -267,7 +268,7 @@ fn bench_config(
         skipped: None,
         ms_per_step: f64::NAN,
         tok_s: f64::NAN,
-        launches_per_step: 0,
+        launches_per_step: 0.0,
         weights_ms: f64::NAN,
         attention_ms: f64::NAN,
         retrieval_ms: f64::NAN,
@@ -304,14 +305,17 @@ fn bench_config(
         })
         .collect();
     let start = vec![context; batch];
-    // Mean ms per step of `parts` over args.steps steps from `context`, median over runs.
-    let time = |decoder: &mut Decoder<CudaRuntime, bf16>, parts: StepParts| -> Result<f64> {
+    // Mean ms per step of `parts` over args.steps steps from `context`, median over runs, and
+    // the mean launches per step of the last run (a deferred key-hashing step launches more).
+    let time = |decoder: &mut Decoder<CudaRuntime, bf16>, parts: StepParts| -> Result<(f64, f64)> {
         let mut per_run = Vec::new();
+        let mut launches = 0;
         for run in 0..=args.runs {
             // Rewinding hashes the keys still waiting for their codes: done before the clock.
             decoder.rewind(&start).map_err(invalid)?;
             decoder.sync().map_err(invalid)?;
             let t = Instant::now();
+            launches = 0;
             for _ in 0..args.steps {
                 if parts == StepParts::ALL {
                     // sync: the logits to the host, as generation needs them.
@@ -319,13 +323,14 @@ fn bench_config(
                 } else {
                     decoder.launch_parts(&steps, parts).map_err(invalid)?;
                 }
+                launches += spotlight_llama::fast::FastDecode::launches(decoder);
             }
             decoder.sync().map_err(invalid)?;
             if run > 0 {
                 per_run.push(t.elapsed().as_secs_f64() * 1e3 / args.steps as f64);
             }
         }
-        Ok(median(per_run))
+        Ok((median(per_run), launches as f64 / args.steps as f64))
     };
     let only = |weights, attention, retrieval| StepParts {
         weights,
@@ -343,13 +348,12 @@ fn bench_config(
         } else {
             decoder.set_sparse(None).map_err(invalid)?;
         }
-        let ms = time(&mut decoder, StepParts::ALL)?;
-        let launches = spotlight_llama::fast::FastDecode::launches(&decoder);
+        let (ms, launches) = time(&mut decoder, StepParts::ALL)?;
         let share = decoder.read_share();
-        let weights_ms = time(&mut decoder, only(true, false, false))?;
-        let attention_ms = time(&mut decoder, only(false, true, false))?;
+        let weights_ms = time(&mut decoder, only(true, false, false))?.0;
+        let attention_ms = time(&mut decoder, only(false, true, false))?.0;
         let retrieval_ms = if attention == "spotlight" {
-            time(&mut decoder, only(false, false, true))?
+            time(&mut decoder, only(false, false, true))?.0
         } else {
             0.0
         };
@@ -362,7 +366,7 @@ fn bench_config(
         let bytes = weight_bytes as f64 + kv + codes;
         let floor_ms = bytes / (gbps * 1e9) * 1e3;
         eprintln!(
-            "{name} {attention} context {context} batch {batch}: {ms:.2} ms/step ({:.0} tok/s), weights {weights_ms:.2}, attention {attention_ms:.2}, retrieval {retrieval_ms:.2} ms; floor {floor_ms:.2} ms; {launches} launches",
+            "{name} {attention} context {context} batch {batch}: {ms:.2} ms/step ({:.0} tok/s), weights {weights_ms:.2}, attention {attention_ms:.2}, retrieval {retrieval_ms:.2} ms; floor {floor_ms:.2} ms; {launches:.1} launches",
             batch as f64 / ms * 1e3
         );
         out.push(Row {
