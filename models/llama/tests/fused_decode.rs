@@ -238,7 +238,8 @@ fn causal_attention_kernel_matches_the_tensor_path() {
 }
 
 /// Keys are hashed once per `window + 1` steps (a key inside the local window is never scored):
-/// every step's logits and, in the end, every code equal those of hashing after each step.
+/// every step's logits and, once the decoder is dropped, every code equal those of hashing after
+/// each step.
 #[test]
 fn deferred_key_hashing_matches_hashing_every_step() {
     use burn::backend::wgpu::WgpuRuntime;
@@ -260,15 +261,19 @@ fn deferred_key_hashing_matches_hashing_every_step() {
         window: 3,
         ..Budget::default()
     };
-    let decoder = |seed| {
+    let decoder = |codes: &Vec<_>| {
         let d =
             Decoder::<WgpuRuntime, f32>::synthetic(client.clone(), &c, batch, context, steps, 3)
                 .unwrap();
         let s = SparseDecode::synthetic(&client, &c, budget, 9).unwrap();
-        d.with_sparse(s, random_codes(&client, &c, (batch, context + steps), seed))
-            .unwrap()
+        d.with_sparse(s, codes.clone()).unwrap()
     };
-    let (mut deferred, mut each_step) = (decoder(1), decoder(1));
+    // The code buffers outlive the decoders, as a KV cache's do.
+    let deferred_codes = random_codes(&client, &c, (batch, context + steps), 1);
+    let (mut deferred, mut each_step) = (
+        decoder(&deferred_codes),
+        decoder(&random_codes(&client, &c, (batch, context + steps), 1)),
+    );
     for step in 0..steps {
         let rows = [
             StepRow {
@@ -287,18 +292,13 @@ fn deferred_key_hashing_matches_hashing_every_step() {
         each_step.rewind(&lens).unwrap();
         assert_eq!(a, b, "step {step}: logits differ");
     }
-    let lens = deferred.lens().to_vec();
-    deferred.rewind(&lens).unwrap();
+    // Dropping the decoder hashes the keys still waiting (three steps' worth here).
+    drop(deferred);
     let words = batch * (context + steps) * c.num_key_value_heads * c.head_dim / 32;
-    for l in 2..c.num_hidden_layers {
-        let codes = |d: &Decoder<WgpuRuntime, f32>| {
-            read_u32(&client, d.key_codes(l).unwrap().clone(), words)
-        };
-        assert_eq!(
-            codes(&deferred),
-            codes(&each_step),
-            "layer {l}: codes differ"
-        );
+    for (l, codes) in deferred_codes.iter().enumerate().skip(2) {
+        let each = read_u32(&client, each_step.key_codes(l).unwrap().clone(), words);
+        let deferred = read_u32(&client, codes.clone(), words);
+        assert_eq!(deferred, each, "layer {l}: codes differ");
     }
     // The new keys were hashed: their codes differ from the random ones the cache started with.
     let fresh = read_u32(
@@ -306,6 +306,6 @@ fn deferred_key_hashing_matches_hashing_every_step() {
         random_codes(&client, &c, (batch, context + steps), 1)[2].clone(),
         words,
     );
-    let coded = read_u32(&client, deferred.key_codes(2).unwrap().clone(), words);
+    let coded = read_u32(&client, deferred_codes[2].clone(), words);
     assert_ne!(coded, fresh, "no key was hashed");
 }

@@ -220,6 +220,11 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
         &mut self,
         sparse: Option<(SparseDecode, Vec<Handle>)>,
     ) -> Result<(), LlamaError> {
+        // The code cache being let go gets the codes of the keys still waiting.
+        if let Some(sp) = self.sparse.as_mut() {
+            sp.hash_pending(&self.client, (self.lens.len(), self.cap))
+                .map_err(kernel)?;
+        }
         let Some((decode, codes)) = sparse else {
             self.sparse = None;
             return Ok(());
@@ -532,6 +537,17 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
             self.lens[p.seq] += 1;
         }
         Ok(())
+    }
+}
+
+/// The code cache belongs to the KV cache, which outlives the decoder (a next turn prefills more
+/// and decodes on): keys still waiting for their codes are hashed before the decoder goes.
+impl<R: Runtime, E: Float + CubeElement> Drop for Decoder<R, E> {
+    fn drop(&mut self) {
+        if let Some(sp) = self.sparse.as_mut() {
+            // A failure here only leaves those codes stale; a destructor has no one to tell.
+            let _ = sp.hash_pending(&self.client, (self.lens.len(), self.cap));
+        }
     }
 }
 
