@@ -111,6 +111,17 @@ fn fused_decode_rejects_bad_rows() {
     assert!(err.contains("exceeds the context"), "{err}");
 }
 
+/// The synthetic decoder tests' model: 4 layers (2 of them sparse), 4 query and 2 KV heads of 64.
+fn synthetic_decoder_config() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 67,
+        hidden_size: 128,
+        intermediate_size: 72,
+        num_hidden_layers: 4,
+        ..LlamaConfig::attention_shape(4, 4, 2, 64, 256)
+    }
+}
+
 /// The SYNTHETIC decoder the benchmarks build (random weights and cache on the device): a step
 /// repeated after `rewind` gives the same logits, and Spotlight with a budget that keeps every
 /// key gives dense attention's logits while a small budget changes them.
@@ -120,13 +131,7 @@ fn synthetic_decoder_rewinds_and_full_budget_spotlight_is_dense() {
     use burn_cubecl::cubecl::Runtime;
     use spotlight_kernels::Budget;
     use spotlight_llama::fast::{random_codes, Decoder, FastDecode, SparseDecode, StepParts};
-    let c = LlamaConfig {
-        vocab_size: 67,
-        hidden_size: 128,
-        intermediate_size: 72,
-        num_hidden_layers: 4,
-        ..LlamaConfig::attention_shape(4, 4, 2, 64, 256)
-    };
+    let c = synthetic_decoder_config();
     let client = WgpuRuntime::client(&WgpuDevice::DefaultDevice);
     let (batch, context) = (2, 150);
     let mut decoder =
@@ -247,13 +252,7 @@ fn deferred_key_hashing_matches_hashing_every_step() {
     use spotlight_kernels::device::read_u32;
     use spotlight_kernels::Budget;
     use spotlight_llama::fast::{random_codes, Decoder, FastDecode, SparseDecode};
-    let c = LlamaConfig {
-        vocab_size: 67,
-        hidden_size: 128,
-        intermediate_size: 72,
-        num_hidden_layers: 4,
-        ..LlamaConfig::attention_shape(4, 4, 2, 64, 256)
-    };
+    let c = synthetic_decoder_config();
     let client = WgpuRuntime::client(&WgpuDevice::DefaultDevice);
     let (batch, context, steps) = (2, 150, 11);
     let budget = Budget {
