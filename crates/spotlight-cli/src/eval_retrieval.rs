@@ -61,6 +61,10 @@ pub struct RetrievalArgs {
     /// Only redraw the plots of the existing --json report (no model run).
     #[arg(long)]
     pub replot: bool,
+    /// Also evaluate every code method with keys tied at equal code score ordered by their true
+    /// logit ("+logit-ties" rows): a ceiling on what finer scores (more bits) could add.
+    #[arg(long)]
+    pub logit_ties: bool,
 }
 
 /// One averaged row of the result (the schema plus the K/V read factor).
@@ -217,7 +221,14 @@ impl OnBackend for Job {
             .collect();
             positions.sort_unstable();
             for (l, layer) in qk.iter().enumerate().skip(first) {
-                per_layer.extend(evaluate_layer(l, layer, &positions, &methods, &a.budgets));
+                per_layer.extend(evaluate_layer(
+                    l,
+                    layer,
+                    &positions,
+                    &methods,
+                    &a.budgets,
+                    a.logit_ties,
+                ));
                 bar.inc(1);
             }
         }

@@ -189,12 +189,16 @@ enum Prepared {
 }
 
 /// Evaluates `methods` on one layer at the query `positions` (ascending, < N), for each budget.
+/// With `logit_ties`, every code method is also evaluated with the keys tied at equal code score
+/// ordered by their true logit instead of by recency (method name + "+logit-ties"): a ceiling on
+/// what finer scores (more bits) could add to the same codes, not something a decoder can run.
 pub fn evaluate_layer<B: Backend>(
     layer: usize,
     qk: &LayerQk<B>,
     positions: &[usize],
     methods: &[Method],
     budgets: &[f64],
+    logit_ties: bool,
 ) -> Vec<LayerQuality> {
     let [h, n, d] = qk.q.dims();
     let kv = qk.k.dims()[0];
@@ -286,6 +290,19 @@ pub fn evaluate_layer<B: Backend>(
         })
         .collect();
 
+    // (method, ties by logit) pairs evaluated: every method, then the code methods again with
+    // logit tie-breaking when asked.
+    let variants: Vec<(usize, bool)> = (0..methods.len())
+        .map(|mi| (mi, false))
+        .chain(
+            prepared
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| logit_ties && matches!(p, Prepared::Codes { .. }))
+                .map(|(mi, _)| (mi, true)),
+        )
+        .collect();
+
     // Per query row (parallel): each method ranks the visible keys once per head; every budget
     // takes a prefix of that ranking.
     let per_row: Vec<Vec<[f64; 4]>> = (0..t)
@@ -328,8 +345,9 @@ pub fn evaluate_layer<B: Backend>(
                     .top_k
                 })
                 .collect();
-            let mut out = Vec::with_capacity(methods.len() * budgets.len());
-            for (prep, bound) in prepared.iter().zip(&bounds) {
+            let mut out = Vec::with_capacity(variants.len() * budgets.len());
+            for &(mi, by_logit) in &variants {
+                let (prep, bound) = (&prepared[mi], &bounds[mi]);
                 // Ranking of keys (or of pages, for Quest) per head.
                 let order: Vec<Vec<usize>> = (0..h)
                     .map(|hh| match prep {
@@ -359,7 +377,20 @@ pub fn evaluate_layer<B: Backend>(
                                     }
                                 })
                                 .collect();
-                            top_k_by(&scores, len)
+                            if by_logit {
+                                // Equal scores ordered by the true logit (then recency).
+                                let l = &logits[hh];
+                                let mut idx: Vec<usize> = (0..len).collect();
+                                idx.sort_by(|&a, &b| {
+                                    scores[b]
+                                        .cmp(&scores[a])
+                                        .then(l[b].total_cmp(&l[a]))
+                                        .then(b.cmp(&a))
+                                });
+                                idx
+                            } else {
+                                top_k_by(&scores, len)
+                            }
                         }
                         Prepared::Quest { page } => {
                             let (lo, hi) = bound.as_ref().expect("quest bounds");
@@ -437,12 +468,17 @@ pub fn evaluate_layer<B: Backend>(
         .collect();
 
     let mut results = Vec::new();
-    for (mi, m) in methods.iter().enumerate() {
+    for (vi, &(mi, by_logit)) in variants.iter().enumerate() {
+        let m = &methods[mi];
         for (bi, &b) in budgets.iter().enumerate() {
-            let idx = mi * budgets.len() + bi;
+            let idx = vi * budgets.len() + bi;
             let mean = |c: usize| per_row.iter().map(|r| r[idx][c]).sum::<f64>() / t.max(1) as f64;
             results.push(LayerQuality {
-                method: m.name(),
+                method: if by_logit {
+                    format!("{}+logit-ties", m.name())
+                } else {
+                    m.name()
+                },
                 layout: m.layout().into(),
                 bits: m.bits(),
                 layer,

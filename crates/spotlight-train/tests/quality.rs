@@ -46,7 +46,48 @@ fn metrics_behave() {
     ];
     let positions = [0, 5, 19, 20, 150, 299];
     let budgets = [0.05, 1.0];
-    let rows = evaluate_layer(0, &qk, &positions, &methods, &budgets);
+    let rows = evaluate_layer(0, &qk, &positions, &methods, &budgets, true);
+    // Every method, then the three code methods again with ties ordered by the true logit.
+    assert_eq!(rows.len(), (methods.len() + 3) * budgets.len());
+    for r in rows.iter().filter(|r| r.method.ends_with("+logit-ties")) {
+        let base = r.method.trim_end_matches("+logit-ties");
+        assert!(base != "oracle" && base != "quest", "{}", r.method);
+        let plain = rows
+            .iter()
+            .find(|p| p.method == base && p.layout == r.layout && p.budget == r.budget)
+            .unwrap();
+        // Among keys tied at the cut the true logit picks every oracle key recency could, and
+        // more: a ceiling on the same codes.
+        assert!(
+            r.iou >= plain.iou - 1e-12 && r.recall >= plain.recall - 1e-12,
+            "{} {} at {}: {} < {}",
+            r.method,
+            r.layout,
+            r.budget,
+            r.iou,
+            plain.iou
+        );
+    }
+    let strictly_better = rows
+        .iter()
+        .filter(|r| r.method.ends_with("+logit-ties") && r.budget < 1.0)
+        .any(|r| {
+            let plain = rows
+                .iter()
+                .find(|p| {
+                    r.method.starts_with(&p.method)
+                        && p.method != r.method
+                        && p.layout == r.layout
+                        && p.budget == r.budget
+                })
+                .unwrap();
+            r.iou > plain.iou + 1e-9
+        });
+    assert!(
+        strictly_better,
+        "logit tie-breaking never changed a selection"
+    );
+    let rows = evaluate_layer(0, &qk, &positions, &methods, &budgets, false);
     assert_eq!(rows.len(), methods.len() * budgets.len());
     let oracle_mass = |b: f64| {
         rows.iter()
