@@ -267,6 +267,23 @@ fn deferred_key_hashing_matches_hashing_every_step() {
         let s = SparseDecode::synthetic(&client, &c, budget, 9).unwrap();
         d.with_sparse(s, codes.clone()).unwrap()
     };
+    // The ring holds window + 1 steps, but never more than 65 whatever the window.
+    assert_eq!(
+        SparseDecode::synthetic(&client, &c, budget, 9)
+            .unwrap()
+            .ring_steps(),
+        4
+    );
+    let wide = Budget {
+        window: 10_000,
+        ..budget
+    };
+    assert_eq!(
+        SparseDecode::synthetic(&client, &c, wide, 9)
+            .unwrap()
+            .ring_steps(),
+        65
+    );
     // The code buffers outlive the decoders, as a KV cache's do.
     let deferred_codes = random_codes(&client, &c, (batch, context + steps), 1);
     let (mut deferred, mut each_step) = (

@@ -163,6 +163,9 @@ pub(super) fn prunes(state: &SparseState, layer: usize, plans: &[SequencePlan]) 
     layer >= state.decode.dense_layers && plans.iter().any(|p| p.selected() < p.len)
 }
 
+/// Steps a new key's hashing may wait at most (the default window).
+pub const MAX_DEFERRED_STEPS: usize = 64;
+
 /// (sequence, position) of each place, uploaded as two u32 columns.
 pub(super) fn upload_places<R: Runtime>(
     client: &ComputeClient<R>,
@@ -177,9 +180,10 @@ pub(super) fn upload_places<R: Runtime>(
 
 impl SparseDecode {
     /// Steps of new keys the key ring holds: a key inside the local window is never scored, so
-    /// its code may wait until `window` more steps have passed.
+    /// its code may wait until `window` more steps have passed (at most [`MAX_DEFERRED_STEPS`],
+    /// which bounds the ring's memory whatever the window).
     pub fn ring_steps(&self) -> usize {
-        self.budget.window + 1
+        self.budget.window.min(MAX_DEFERRED_STEPS) + 1
     }
 
     /// SYNTHETIC random hash networks of `config`'s shape (codes of `head_dim` bits), for
