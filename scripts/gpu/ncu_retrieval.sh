@@ -13,5 +13,5 @@ ncu="$(command -v ncu || echo /usr/local/cuda/bin/ncu)"
   /tmp/spotlight bench retrieval --backend cuda --tokens "${NCU_TOKENS:-524288}" --shapes "${NCU_SHAPES:-32/8/128}" --batch "${NCU_BATCH:-1}" --runs 1 --copy-mib 64 \
   --out /tmp/ncu_bench.json 2>&1 |
   # ncu's rule texts cite documentation by web address; the repository keeps no web addresses.
-  sed -E 's#\(?https?://[^ )]*\)?#(Nsight Compute docs)#g' > "$OUT/ncu_retrieval.txt" || true
+  sed -E 's#\(?[a-z]+://[^ )]*\)?#(Nsight Compute docs)#g' > "$OUT/ncu_retrieval.txt" || true
 tail -c 300 "$OUT/ncu_retrieval.txt"
