@@ -379,15 +379,12 @@ pub fn evaluate_layer<B: Backend>(
                                 .collect();
                             if by_logit {
                                 // Equal scores ordered by the true logit (then recency).
-                                let l = &logits[hh];
-                                let mut idx: Vec<usize> = (0..len).collect();
-                                idx.sort_by(|&a, &b| {
-                                    scores[b]
-                                        .cmp(&scores[a])
-                                        .then(l[b].total_cmp(&l[a]))
-                                        .then(b.cmp(&a))
-                                });
-                                idx
+                                let keyed: Vec<(u32, f32)> = scores
+                                    .iter()
+                                    .copied()
+                                    .zip(logits[hh].iter().copied())
+                                    .collect();
+                                top_k_by(&keyed, len)
                             } else {
                                 top_k_by(&scores, len)
                             }
