@@ -6,7 +6,7 @@
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
-use crate::device::{arg, check_bytes, cubes, CUBE_THREADS};
+use crate::device::{arg, check_bytes, cubes, upload_u32, CUBE_THREADS};
 use crate::KernelError;
 
 /// Where each row of a step goes: its sequence in the cache and its position there.
@@ -14,6 +14,18 @@ use crate::KernelError;
 pub struct RowPlace {
     pub seq: usize,
     pub pos: usize,
+}
+
+/// `places` on the device as the kernels take them: (sequences, positions), two u32 columns.
+pub fn upload_places<R: Runtime>(
+    client: &ComputeClient<R>,
+    places: &[RowPlace],
+) -> (Handle, Handle) {
+    let column = |f: fn(&RowPlace) -> usize| places.iter().map(|p| f(p) as u32).collect::<Vec<_>>();
+    (
+        upload_u32(client, &column(|p| p.seq)),
+        upload_u32(client, &column(|p| p.pos)),
+    )
 }
 
 /// Shapes of one rope-and-append call.

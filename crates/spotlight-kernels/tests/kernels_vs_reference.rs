@@ -640,7 +640,7 @@ const KEY_ROW0: usize = 3;
 
 #[test]
 fn rope_append_rotates_q_and_writes_k_v_at_each_rows_place() {
-    use spotlight_kernels::rope_append::{rope_append, RopeShape, RowPlace};
+    use spotlight_kernels::rope_append::{rope_append, upload_places, RopeShape, RowPlace};
     let client = client();
     let mut rng = rng("rope_append");
     // Ragged places: two rows of one sequence, a sequence skipped, the last cache row.
@@ -672,18 +672,14 @@ fn rope_append_rotates_q_and_writes_k_v_at_each_rows_place() {
             filled_f32(&client, cache_len, 7.0),
             filled_f32(&client, (KEY_ROW0 + m) * kv_heads * d, f32::NAN),
         );
-        let column =
-            |f: fn(&RowPlace) -> usize| places.iter().map(|p| f(p) as u32).collect::<Vec<_>>();
+        let (seq, pos) = upload_places(&client, &places);
         rope_append::<WgpuRuntime, f32>(
             &client,
             &shape,
             &upload_f32(&client, &qkv),
             (&upload_f32(&client, &cos), &upload_f32(&client, &sin)),
             &places,
-            (
-                &upload_u32(&client, &column(|p| p.seq)),
-                &upload_u32(&client, &column(|p| p.pos)),
-            ),
+            (&seq, &pos),
             &q,
             (&kc, &vc),
             Some((&k_rows, KEY_ROW0)),
@@ -750,7 +746,7 @@ fn rope_append_rotates_q_and_writes_k_v_at_each_rows_place() {
 #[test]
 fn hash_pack_placed_writes_each_rows_codes_at_its_place_only() {
     use spotlight_kernels::hash_pack::hash_pack_placed;
-    use spotlight_kernels::rope_append::RowPlace;
+    use spotlight_kernels::rope_append::{upload_places, RowPlace};
     let client = client();
     let mut rng = rng("hash_pack_placed");
     let (heads, d, batch, cap) = (3, 64, 3, 5);
@@ -773,11 +769,7 @@ fn hash_pack_placed_writes_each_rows_codes_at_its_place_only() {
     let want_rows = reference::hash_pack(&weights, &x);
     let words = heads * d / 32;
     let cache = filled_u32(&client, batch * cap * words, POISON);
-    let column = |f: fn(&RowPlace) -> usize| places.iter().map(|p| f(p) as u32).collect::<Vec<_>>();
-    let (seq, pos) = (
-        upload_u32(&client, &column(|p| p.seq)),
-        upload_u32(&client, &column(|p| p.pos)),
-    );
+    let (seq, pos) = upload_places(&client, &places);
     let dev = DeviceHashWeights::upload(&client, &weights);
     let xh = upload_f32(&client, &x);
     hash_pack_placed(

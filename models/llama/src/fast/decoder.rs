@@ -6,12 +6,12 @@ use spotlight_kernels::attend::{attend, KvLayout, QueryRow, QueryRows};
 use spotlight_kernels::device::{check_bytes, read_f32, upload_f32, upload_u32};
 use spotlight_kernels::embed::embed;
 use spotlight_kernels::fill::random_uniform;
-use spotlight_kernels::hash_pack::{hash_pack, hash_pack_placed};
+use spotlight_kernels::hash_pack::hash_pack;
 use spotlight_kernels::linear::{linear_fused, Epilogue, Prologue, MAX_ROWS};
-use spotlight_kernels::rope_append::{rope_append, RopeShape, RowPlace};
+use spotlight_kernels::rope_append::{rope_append, upload_places, RopeShape, RowPlace};
 use spotlight_kernels::{AttendShape, KernelError, SequencePlan};
 
-use super::sparse::{prunes, upload_places, SparseDecode, SparseState};
+use super::sparse::{prunes, SparseDecode, SparseState};
 use super::weights::DecoderWeights;
 use super::FastDecode;
 use crate::error::LlamaError;
@@ -347,10 +347,7 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
         let (hq, hkv) = (c.num_attention_heads, c.num_key_value_heads);
         let eps = c.rms_norm_eps as f32;
         let tokens: Vec<u32> = rows.iter().map(|r| r.token).collect();
-        let column =
-            |f: fn(&RowPlace) -> usize| places.iter().map(|p| f(p) as u32).collect::<Vec<_>>();
-        let row_seq = upload_u32(client, &column(|p| p.seq));
-        let row_pos = upload_u32(client, &column(|p| p.pos));
+        let (row_seq, row_pos) = upload_places(client, &places);
         let query_rows = QueryRows::upload(
             client,
             &places
@@ -434,16 +431,8 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
             }
             if let Some((c, (all, seq, pos))) = coded.zip(flush.as_ref()) {
                 // The waiting keys' codes, straight into the code cache at their places.
-                hash_pack_placed(
-                    client,
-                    &c.decode.hash.key[l],
-                    &c.key_ring[l],
-                    all,
-                    (seq, pos),
-                    &c.codes[l],
-                    (self.lens.len(), self.cap),
-                )
-                .map_err(kernel)?;
+                c.hash_keys(client, l, all, (seq, pos), (self.lens.len(), self.cap))
+                    .map_err(kernel)?;
                 launches += 1;
             }
             let selection = match pruned {

@@ -6,11 +6,11 @@
 
 use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::cubecl::server::Handle;
-use spotlight_kernels::device::{check_bytes, upload_u32};
+use spotlight_kernels::device::check_bytes;
 use spotlight_kernels::fill::random_bits;
 use spotlight_kernels::hash_pack::{hash_pack_placed, DeviceHashWeights};
 use spotlight_kernels::reference::HashWeights;
-use spotlight_kernels::rope_append::RowPlace;
+use spotlight_kernels::rope_append::{upload_places, RowPlace};
 use spotlight_kernels::select::{Selection as IndexLists, Selector};
 use spotlight_kernels::{Budget, CodeShape, KernelError, SequencePlan};
 
@@ -129,18 +129,31 @@ impl SparseState {
         }
         let (seq, pos) = upload_places(client, &self.pending);
         for l in self.decode.dense_layers..self.codes.len() {
-            hash_pack_placed(
-                client,
-                &self.decode.hash.key[l],
-                &self.key_ring[l],
-                &self.pending,
-                (&seq, &pos),
-                &self.codes[l],
-                (batch, cap),
-            )?;
+            self.hash_keys(client, l, &self.pending, (&seq, &pos), (batch, cap))?;
         }
         self.pending.clear();
         Ok(())
+    }
+
+    /// Layer `l`'s ring rows, the keys at `places` (uploaded as `seq`/`pos`), hashed into its
+    /// code cache.
+    pub fn hash_keys<R: Runtime>(
+        &self,
+        client: &ComputeClient<R>,
+        l: usize,
+        places: &[RowPlace],
+        (seq, pos): (&Handle, &Handle),
+        (batch, cap): (usize, usize),
+    ) -> Result<(), KernelError> {
+        hash_pack_placed(
+            client,
+            &self.decode.hash.key[l],
+            &self.key_ring[l],
+            places,
+            (seq, pos),
+            &self.codes[l],
+            (batch, cap),
+        )
     }
 
     pub fn plans(&self, lens: &[usize]) -> Vec<SequencePlan> {
@@ -165,18 +178,6 @@ pub(super) fn prunes(state: &SparseState, layer: usize, plans: &[SequencePlan]) 
 
 /// Steps a new key's hashing may wait at most (the default window).
 pub const MAX_DEFERRED_STEPS: usize = 64;
-
-/// (sequence, position) of each place, uploaded as two u32 columns.
-pub(super) fn upload_places<R: Runtime>(
-    client: &ComputeClient<R>,
-    places: &[RowPlace],
-) -> (Handle, Handle) {
-    let column = |f: fn(&RowPlace) -> usize| places.iter().map(|p| f(p) as u32).collect::<Vec<_>>();
-    (
-        upload_u32(client, &column(|p| p.seq)),
-        upload_u32(client, &column(|p| p.pos)),
-    )
-}
 
 impl SparseDecode {
     /// Steps of new keys the key ring holds: a key inside the local window is never scored, so
