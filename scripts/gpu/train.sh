@@ -17,6 +17,10 @@ STAGE="${STAGE:-train}"
 RUN="${RUN:-/tmp/spotlight-train-run}"
 # The full recipe, except steps: the time budget decides them (below).
 FLAGS=(--backend cuda --seq-len 4096 --queries 1024 --pairs 1024 --checkpoint-every 20 --seed 0)
+# TRAIN_ARGS adds flags (e.g. "--near-fraction 0.5"); they enter the run's config, so a resume
+# must be given the same ones.
+# shellcheck disable=SC2206
+FLAGS+=(${TRAIN_ARGS:-})
 
 if [ "$STAGE" = setup ]; then
   ls -la .gpu .gpu1

@@ -101,6 +101,7 @@ impl OnBackend for Job {
                 queries: a.queries,
                 pairs: a.pairs,
                 top_fraction: 0.02,
+                near_fraction: 0.0,
             },
             ..TrainConfig::default()
         };

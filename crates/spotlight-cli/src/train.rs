@@ -65,6 +65,10 @@ pub struct TrainArgs {
     /// Share of the ranks that count as "top".
     #[arg(long, default_value_t = 0.02)]
     pub top_fraction: f64,
+    /// Share of the other keys drawn from the near misses, the ranks just below the top (0: the
+    /// authors' uniform sampling).
+    #[arg(long, default_value_t = 0.0)]
+    pub near_fraction: f64,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
     #[arg(long, default_value_t = 0)]
@@ -95,6 +99,7 @@ impl TrainArgs {
                 queries: self.queries,
                 pairs: self.pairs,
                 top_fraction: self.top_fraction,
+                near_fraction: self.near_fraction,
             },
             optimizer: AdamWConfig {
                 lr: self.lr,

@@ -9,7 +9,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use spotlight_llama::{LayerQk, LlamaBackend, LlamaConfig};
 use spotlight_train::bradley_terry::{draft_scores, loss, loss_by_tensor_ops};
 use spotlight_train::hash_mlp::HashMlp;
-use spotlight_train::targets::{top_count, TargetConfig, Targets};
+use spotlight_train::targets::{top_count, TargetConfig, Targets, NEAR_SPAN};
 use spotlight_train::trainer::LayerNets;
 use spotlight_train::{HashFile, Layout, TrainBackend, TrainConfig, TrainError, Trainer};
 
@@ -38,10 +38,13 @@ fn host_int<B: Backend, const D: usize>(t: &Tensor<B, D, burn::tensor::Int>) -> 
 /// Targets obey their definition: valid pairs pair a true top key with a visible non-top key.
 #[test]
 fn targets_follow_the_definition() {
-    for (h, kv, n, d, queries, pairs, seed) in [
-        (6, 2, 50, 32, 20, 17, 1),
-        (4, 4, 301, 32, 64, 40, 2),
-        (3, 1, 7, 32, 9, 5, 3),
+    for (h, kv, n, d, queries, pairs, near_fraction, seed) in [
+        (6, 2, 50, 32, 20, 17, 0.0, 1),
+        (4, 4, 301, 32, 64, 40, 0.0, 2),
+        (3, 1, 7, 32, 9, 5, 0.0, 3),
+        (6, 2, 50, 32, 20, 17, 0.5, 4),
+        (4, 4, 301, 32, 64, 40, 0.7, 5),
+        (3, 1, 7, 32, 9, 5, 1.0, 6),
     ] {
         let mut rng = StdRng::seed_from_u64(seed);
         let q = random::<Cpu, 3>([h, n, d], &mut rng);
@@ -50,9 +53,14 @@ fn targets_follow_the_definition() {
             queries,
             pairs,
             top_fraction: 0.1,
+            near_fraction,
         };
         let t = Targets::sample(&q, &k, &cfg, &mut rng);
         let (qv, kvv) = (host(&q), host(&k));
+        // The first `near` pairs draw their other key from the near misses.
+        let near_pairs = (near_fraction * pairs as f64).round() as usize;
+        let near_k = top_count(n, NEAR_SPAN * 0.1);
+        let mut n_near_valid = 0;
         let pos = host_int(&t.positions);
         let (top, other, valid) = (host_int(&t.top), host_int(&t.other), host(&t.valid));
         let tn = pos.len();
@@ -95,14 +103,26 @@ fn targets_follow_the_definition() {
                         continue;
                     }
                     let expect_valid = ko <= tpos && !in_top(ko) && kt <= tpos && in_top(kt);
+                    if p < near_pairs && valid[i] == 1.0 {
+                        n_near_valid += 1;
+                        let rank = order.iter().position(|&x| x == ko).unwrap();
+                        // f32 against f64 again: a key tied with the last near rank may swap.
+                        let edge = logit(order[near_k.min(tpos + 1) - 1]);
+                        assert!(
+                            rank < near_k || (logit(ko) - edge).abs() <= 1e-4 * edge.abs().max(1.0),
+                            "seed {seed}: near pair h{hh} t{tpos} other {ko} has rank {rank}"
+                        );
+                    }
                     // A valid pair must be (true top key, visible other key); an invalid one
-                    // must break a rule — unless its top slot is beyond this row's top count.
+                    // must break a rule — unless its top slot is beyond this row's top count, or
+                    // its near slot beyond the row's near count (the padding key 0).
+                    let near_padding = p < near_pairs && ko == 0;
                     if valid[i] == 1.0 {
                         assert!(
                             expect_valid,
                             "seed {seed}: pair h{hh} t{tpos} ({kt},{ko}) marked valid"
                         );
-                    } else if ko <= tpos && !in_top(ko) && tpos + 1 > top_k {
+                    } else if ko <= tpos && !in_top(ko) && tpos + 1 > top_k && !near_padding {
                         assert!(
                             !in_top(kt) || kt > tpos,
                             "seed {seed}: pair h{hh} t{tpos} ({kt},{ko}) marked invalid"
@@ -112,6 +132,9 @@ fn targets_follow_the_definition() {
             }
         }
         assert!(n_valid > 0, "seed {seed}: no valid pair at all");
+        if near_pairs > 0 && n > 10 {
+            assert!(n_near_valid > 0, "seed {seed}: no valid near pair");
+        }
     }
 }
 
@@ -127,6 +150,7 @@ fn loss_matches_plain_rust() {
             queries: 16,
             pairs: 12,
             top_fraction: 0.1,
+            near_fraction: 0.0,
         };
         let t = Targets::sample(&q, &k, &cfg, &mut rng);
         let nets = LayerNets::<F64> {
@@ -220,6 +244,7 @@ fn gradients_match_finite_differences() {
             queries: 12,
             pairs: 10,
             top_fraction: 0.1,
+            near_fraction: 0.0,
         };
         let t = Targets::sample(&q, &k, &cfg, &mut rng);
         let device = Default::default();
@@ -297,6 +322,7 @@ where
         queries: 17,
         pairs: 13,
         top_fraction: 0.1,
+        near_fraction: 0.0,
     };
     let t = Targets::sample(&q, &k, &cfg, &mut rng);
     let nets = LayerNets::<Inner<B>> {
@@ -410,6 +436,7 @@ fn small_config(steps: usize) -> TrainConfig {
             queries: 16,
             pairs: 16,
             top_fraction: 0.1,
+            near_fraction: 0.0,
         },
         checkpoint_every: 1,
         ..TrainConfig::default()
