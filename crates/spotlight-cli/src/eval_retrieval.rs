@@ -22,7 +22,8 @@ use crate::plot::{line_chart, Series};
 pub struct RetrievalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Trained hash files to evaluate (each labelled "spotlight", with its layout).
+    /// Trained hash files to evaluate, each labelled "spotlight" with its layout and bits, or
+    /// `LABEL=PATH` to label it LABEL (to tell apart files of the same layout and bits).
     #[arg(long = "hash")]
     pub hashes: Vec<PathBuf>,
     /// Also evaluate the untrained hash (the trainer's init for --seed), both layouts.
@@ -130,11 +131,20 @@ impl OnBackend for Job {
         let hash_files = a
             .hashes
             .iter()
-            .map(|h| HashFile::load(h))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+            .map(|h| {
+                let arg = h.to_string_lossy();
+                let (label, path) = match arg.split_once('=') {
+                    Some((label, path)) if !label.is_empty() && !label.contains('/') => {
+                        (label.to_string(), PathBuf::from(path))
+                    }
+                    _ => ("spotlight".to_string(), h.clone()),
+                };
+                Ok((label, HashFile::load(&path)?))
+            })
+            .collect::<std::result::Result<Vec<_>, spotlight_train::TrainError>>()?;
         let loaded = model_args::load::<B>(&path, Some(a.tokens), &device)?;
         let c = &loaded.config;
-        for file in &hash_files {
+        for (_, file) in &hash_files {
             file.check_model(&model_name, c)?;
         }
         if a.tokens < 64 || a.tokens > loaded.model.rope.max_positions() {
@@ -144,11 +154,8 @@ impl OnBackend for Job {
             )));
         }
         let mut methods = vec![Method::Oracle];
-        for file in hash_files {
-            methods.push(Method::Hash {
-                name: "spotlight".into(),
-                file,
-            });
+        for (name, file) in hash_files {
+            methods.push(Method::Hash { name, file });
         }
         if a.untrained {
             let init = Trainer::<Autodiff<B>>::new(

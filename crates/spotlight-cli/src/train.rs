@@ -10,7 +10,7 @@ use serde::Serialize;
 use spotlight_train::data::Corpus;
 use spotlight_train::run::{self, RunStats, LOG};
 use spotlight_train::targets::TargetConfig;
-use spotlight_train::{AdamWConfig, Layout, TrainConfig, Trainer};
+use spotlight_train::{AdamWConfig, HashInit, Layout, TrainConfig, Trainer};
 
 use crate::backend::{self, BackendKind, OnBackend, SpotlightBackend};
 use crate::error::{CliError, Result};
@@ -23,6 +23,15 @@ pub enum LayoutChoice {
     Both,
     Faithful,
     Group,
+}
+
+/// How the hash networks start (`spotlight_train::HashInit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InitChoice {
+    /// The authors': near identity, the untrained code ≈ sign(x).
+    Identity,
+    /// A random rotation per network: the untrained code is a random linear hash.
+    Rotation,
 }
 
 impl LayoutChoice {
@@ -69,6 +78,13 @@ pub struct TrainArgs {
     /// authors' uniform sampling).
     #[arg(long, default_value_t = 0.0)]
     pub near_fraction: f64,
+    /// Code bits per head: head_dim (the paper's one network) or a multiple of it, made of
+    /// bits / head_dim networks per head side by side [default: head_dim].
+    #[arg(long)]
+    pub bits: Option<usize>,
+    /// How the networks start.
+    #[arg(long, value_enum, default_value_t = InitChoice::Identity)]
+    pub init: InitChoice,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
     #[arg(long, default_value_t = 0)]
@@ -107,6 +123,11 @@ impl TrainArgs {
             },
             seed: self.seed,
             checkpoint_every: self.checkpoint_every.max(1),
+            bits: self.bits.unwrap_or(0),
+            init: match self.init {
+                InitChoice::Identity => HashInit::Identity,
+                InitChoice::Rotation => HashInit::Rotation,
+            },
             ..TrainConfig::default()
         }
     }

@@ -58,6 +58,8 @@ pub(crate) struct Form {
     /// Rows per cube: [`TILE`], or fewer at decode (a step hashes one row per sequence, and a
     /// tile of 16 would do 16× the arithmetic).
     pub tile: usize,
+    /// Networks per input head (network n reads input head n / replicas).
+    pub replicas: usize,
 }
 
 /// Offset of coordinate j of (row, head) in a vector buffer of `form`'s layout.
@@ -92,13 +94,15 @@ pub(crate) fn load_tile(
     #[comptime] d: usize,
     #[comptime] heads_outer: bool,
     #[comptime] tile: usize,
+    #[comptime] replicas: usize,
 ) {
+    let input_heads = comptime!(heads / replicas);
     #[unroll]
     for r in 0..tile {
         let row = row0 + r;
         let mut value = 0.0f32;
         if row < rows {
-            value = x[vector_at(row, head, j, rows, heads, d, heads_outer)];
+            value = x[vector_at(row, head / replicas, j, rows, input_heads, d, heads_outer)];
         }
         xs[r * d + j] = value;
     }
@@ -165,6 +169,7 @@ pub(crate) fn hash_kernel(
         d,
         form.heads_outer,
         tile,
+        form.replicas,
     );
     sync_cube();
 
@@ -224,6 +229,8 @@ pub(crate) fn hash_kernel(
 pub struct DeviceHashWeights {
     pub heads: usize,
     pub dim: usize,
+    /// Networks per input head ([`HashWeights::replicas`]).
+    pub replicas: usize,
     w1: Handle,
     b1: Handle,
     w2: Handle,
@@ -235,6 +242,7 @@ impl DeviceHashWeights {
         Self {
             heads: w.heads,
             dim: w.dim,
+            replicas: w.replicas,
             w1: upload_f32(client, &w.w1),
             b1: upload_f32(client, &w.b1),
             w2: upload_f32(client, &w.w2),
@@ -300,7 +308,8 @@ impl MlpBuffers<'_> {
     }
 }
 
-/// Codes `[rows][heads][d/32]` (u32) into `codes` for vectors `x` `[rows][heads][d]` (f32).
+/// Codes `[rows][heads][d/32]` (u32, heads = networks) into `codes` for vectors `x`
+/// `[rows][heads / replicas][d]` (f32): an input head's replicas' codes side by side.
 pub fn hash_pack<R: Runtime>(
     client: &ComputeClient<R>,
     weights: &DeviceHashWeights,
@@ -360,7 +369,7 @@ fn launch<R: Runtime>(
         return Ok(());
     }
     let (h, d) = (p.nets, p.d);
-    let n = h * d;
+    let n = h / weights.replicas * d;
     let (row_seq, row_pos, out_rows, cap) = match &placed {
         Some(p) => (p.row_seq, p.row_pos, p.cache_rows, p.cap),
         None => (codes, codes, rows, 0),
@@ -370,6 +379,7 @@ fn launch<R: Runtime>(
         soft: false,
         placed: placed.is_some(),
         tile: rows.next_power_of_two().min(TILE),
+        replicas: weights.replicas,
     };
     let (count, dim) = p.grid(rows, form.tile);
     let [w1, b1, w2, b2] = p.args::<R>();

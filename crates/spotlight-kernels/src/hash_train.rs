@@ -65,7 +65,9 @@ fn hash_backward_kernel(
     let mut hs = SharedMemory::<f32>::new(TILE * d);
     let mut gs = SharedMemory::<f32>::new(TILE * d);
 
-    load_tile(x, &mut xs, row0, head, j, rows, heads, d, true, TILE);
+    load_tile(
+        x, &mut xs, row0, head, j, rows, heads, d, true, TILE, 1usize,
+    );
     sync_cube();
     let a1 = first_layer(&xs, &mut hs, w1, b1, head, j, d, TILE);
     sync_cube();
@@ -169,6 +171,7 @@ pub fn hash_soft<R: Runtime>(
         soft: true,
         placed: false,
         tile: TILE,
+        replicas: 1,
     };
     let (count, dim) = p.grid(rows, TILE);
     let [w1, b1, w2, b2] = p.args::<R>();

@@ -25,52 +25,110 @@ fn client() -> ComputeClient<WgpuRuntime> {
     WgpuRuntime::client(&WgpuDevice::default())
 }
 
+/// Networks `heads × replicas` read input head `net / replicas`; a head's code is its replicas'
+/// codes side by side.
 #[test]
 fn hash_pack_matches_reference() {
     let client = client();
     let mut rng = rng("hash_pack");
-    for (heads, d, rows) in [
-        (1, 64, 1),
-        (2, 96, 3),
-        (3, 64, 17),
-        (2, 128, 40),
-        (1, 256, 5),
+    for (heads, replicas, d, rows) in [
+        (1, 1, 64, 1),
+        (2, 1, 96, 3),
+        (3, 1, 64, 17),
+        (2, 1, 128, 40),
+        (1, 1, 256, 5),
+        (3, 2, 64, 17),
+        (2, 4, 64, 3),
+        (1, 3, 32, 1),
     ] {
+        let nets = heads * replicas;
         let w = HashWeights::new(
-            heads,
+            nets,
             d,
-            normal(&mut rng, heads * d * d, 0.1),
-            normal(&mut rng, heads * d, 0.1),
-            normal(&mut rng, heads * d * d, 0.1),
-            normal(&mut rng, heads * d, 0.1),
+            normal(&mut rng, nets * d * d, 0.1),
+            normal(&mut rng, nets * d, 0.1),
+            normal(&mut rng, nets * d * d, 0.1),
+            normal(&mut rng, nets * d, 0.1),
         )
+        .unwrap()
+        .with_replicas(replicas)
         .unwrap();
         let x = normal(&mut rng, rows * heads * d, 1.0);
         let words = d / 32;
-        let out = filled_u32(&client, rows * heads * words, POISON);
+        let head_words = replicas * words;
+        let out = filled_u32(&client, rows * nets * words, POISON);
         let dev = DeviceHashWeights::upload(&client, &w);
         hash_pack(&client, &dev, &upload_f32(&client, &x), rows, &out).unwrap();
-        let got = read_u32(&client, out, rows * heads * words);
+        let got = read_u32(&client, out, rows * nets * words);
         let want = reference::hash_pack(&w, &x);
+        assert_eq!(want.len(), got.len());
         for (i, (g, e)) in got.iter().zip(&want).enumerate() {
             let diff = g ^ e;
             if diff == 0 {
                 continue;
             }
             // A bit may only differ where h2 is so close to zero that summation order decides it.
-            let (row, head, word) = (i / (heads * words), (i / words) % heads, i % words);
-            let h2 = w.forward(head, &x[(row * heads + head) * d..][..d]);
+            let (row, head, hw) = (
+                i / (heads * head_words),
+                (i / head_words) % heads,
+                i % head_words,
+            );
+            let (net, word) = (head * replicas + hw / words, hw % words);
+            let h2 = w.forward(net, &x[(row * heads + head) * d..][..d]);
             for b in 0..32 {
                 if diff >> b & 1 == 1 {
                     let v = h2[word * 32 + b];
                     assert!(
                         v.abs() < 1e-4,
-                        "heads {heads} d {d} rows {rows}: bit {b} of word {i} differs, h2 = {v}"
+                        "heads {heads}×{replicas} d {d} rows {rows}: bit {b} of word {i} differs, h2 = {v}"
                     );
                 }
             }
         }
     }
+}
+
+/// The reference's replica layout: code words of (row, head) are network (head·R + k)'s signs
+/// for k = 0..R, each network reading the head's vector.
+#[test]
+fn replicated_codes_are_the_networks_side_by_side() {
+    let mut rng = rng("replicas");
+    let (heads, replicas, d, rows) = (2, 3, 32, 2);
+    let nets = heads * replicas;
+    let w = HashWeights::new(
+        nets,
+        d,
+        normal(&mut rng, nets * d * d, 0.3),
+        normal(&mut rng, nets * d, 0.3),
+        normal(&mut rng, nets * d * d, 0.3),
+        normal(&mut rng, nets * d, 0.3),
+    )
+    .unwrap()
+    .with_replicas(replicas)
+    .unwrap();
+    let x = normal(&mut rng, rows * heads * d, 1.0);
+    let codes = reference::hash_pack(&w, &x);
+    assert_eq!(codes.len(), rows * heads * replicas);
+    for row in 0..rows {
+        for head in 0..heads {
+            for k in 0..replicas {
+                let v = &x[(row * heads + head) * d..][..d];
+                let want = reference::pack_signs(&w.forward(head * replicas + k, v));
+                assert_eq!(codes[(row * heads + head) * replicas + k], want[0]);
+            }
+        }
+    }
+    assert!(HashWeights::new(
+        5,
+        d,
+        vec![0.0; 5 * d * d],
+        vec![0.0; 5 * d],
+        vec![0.0; 5 * d * d],
+        vec![0.0; 5 * d]
+    )
+    .unwrap()
+    .with_replicas(2)
+    .is_err());
 }
 
 /// Random key codes, or, with `ties`, codes drawn from only two patterns so scores tie everywhere.

@@ -25,7 +25,8 @@ pub struct HashHeader {
     pub q_heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
-    /// Code length per network (= head_dim: one sign per output coordinate).
+    /// Code length per head: head_dim (one network, the paper's) or a multiple, R = bits /
+    /// head_dim networks per head whose codes sit side by side.
     pub bits: usize,
     pub layout: Layout,
     /// How it was trained (the trainer's config and the step count), for the record.
@@ -37,6 +38,7 @@ impl HashHeader {
         model: &str,
         config: &LlamaConfig,
         layout: Layout,
+        bits: usize,
         training: serde_json::Value,
     ) -> Self {
         Self {
@@ -46,7 +48,7 @@ impl HashHeader {
             q_heads: config.num_attention_heads,
             kv_heads: config.num_key_value_heads,
             head_dim: config.head_dim,
-            bits: config.head_dim,
+            bits,
             layout,
             training,
         }
@@ -54,6 +56,11 @@ impl HashHeader {
 
     pub fn key_nets(&self) -> usize {
         self.layout.key_nets(self.q_heads, self.kv_heads)
+    }
+
+    /// Networks per head (bits / head_dim).
+    pub fn replicas(&self) -> usize {
+        self.bits / self.head_dim.max(1)
     }
 }
 
@@ -96,10 +103,11 @@ fn put(tensors: &mut Tensors, prefix: &str, w: &HashWeights) {
 fn take(
     tensors: &mut Tensors,
     prefix: &str,
-    nets: usize,
+    (heads, replicas): (usize, usize),
     d: usize,
     path: &Path,
 ) -> Result<HashWeights, TrainError> {
+    let nets = heads * replicas;
     let bad = |why: String| TrainError::HashFile {
         path: path.display().to_string(),
         why,
@@ -123,7 +131,9 @@ fn take(
         parts.push(v);
     }
     let [w1, b1, w2, b2]: [Vec<f32>; 4] = parts.try_into().expect("four parts");
-    HashWeights::new(nets, d, w1, b1, w2, b2).map_err(|e| bad(e.to_string()))
+    HashWeights::new(nets, d, w1, b1, w2, b2)
+        .and_then(|w| w.with_replicas(replicas))
+        .map_err(|e| bad(e.to_string()))
 }
 
 impl HashFile {
@@ -172,7 +182,10 @@ impl HashFile {
                 header.format
             )));
         }
-        if header.bits != header.head_dim
+        if header.head_dim == 0
+            || header.bits == 0
+            || !header.bits.is_multiple_of(header.head_dim)
+            || header.bits > 256
             || header.kv_heads == 0
             || !header.q_heads.is_multiple_of(header.kv_heads)
         {
@@ -181,13 +194,13 @@ impl HashFile {
                 header.q_heads, header.kv_heads, header.head_dim, header.bits
             )));
         }
-        let d = header.head_dim;
+        let (d, r) = (header.head_dim, header.replicas());
         let mut layers = Vec::with_capacity(header.layers);
         for l in 0..header.layers {
             let query = take(
                 &mut tensors,
                 &format!("layers.{l}.query"),
-                header.q_heads,
+                (header.q_heads, r),
                 d,
                 path,
             )?;
@@ -196,7 +209,7 @@ impl HashFile {
                 Layout::Group => Some(take(
                     &mut tensors,
                     &format!("layers.{l}.key"),
-                    header.kv_heads,
+                    (header.kv_heads, r),
                     d,
                     path,
                 )?),

@@ -18,9 +18,13 @@ use crate::{TrainBackend, TrainError};
 /// Standard deviation of the initial weights: the untrained hash is ≈ sign(x).
 pub const INIT_STD: f64 = 1e-3;
 
-/// `nets` independent networks of width `dim`, `x·W` convention (`w1[net][in][out]`).
+/// `nets` independent networks of width `dim`, `x·W` convention (`w1[net][in][out]`). With
+/// `replicas` R > 1, R networks hash each input head and its code is their R codes side by side
+/// (R·d bits; see [`HashWeights`]).
 #[derive(Debug, Clone)]
 pub struct HashMlp<B: Backend> {
+    /// Networks per input head.
+    pub replicas: usize,
     /// [nets, d, d]
     pub w1: Tensor<B, 3>,
     /// [nets, 1, d]
@@ -47,6 +51,36 @@ impl<B: Backend> HashMlp<B> {
         Self::from_vecs(nets, dim, w1, zeros.clone(), w2, zeros, device)
     }
 
+    /// Rotation init for `heads` input heads × `replicas` networks: W1 as in [`Self::init`],
+    /// W2 = Rₙ − I + N(0, 1e-3²) with Rₙ a random orthogonal matrix per network, so
+    /// h2 ≈ x·Rₙ and the untrained code is a random linear hash of R·d bits (the strongest
+    /// untrained start; with replicas the near-identity init would give R equal codes).
+    pub fn init_rotated(
+        heads: usize,
+        replicas: usize,
+        dim: usize,
+        seed: u64,
+        device: &B::Device,
+    ) -> Self {
+        let nets = heads * replicas;
+        let mut init = Self::init(nets, dim, seed, device);
+        let rotations = crate::quality::random_rotation(dim, nets, seed ^ 0x0707_0707);
+        // random_rotation is [d][nets·d]: network n's matrix is columns n·d .. (n+1)·d.
+        let mut w2 = init.w2.to_data().convert::<f32>().to_vec::<f32>().unwrap();
+        for n in 0..nets {
+            for i in 0..dim {
+                for j in 0..dim {
+                    let identity = if i == j { 1.0 } else { 0.0 };
+                    w2[(n * dim + i) * dim + j] +=
+                        rotations[i * nets * dim + n * dim + j] - identity;
+                }
+            }
+        }
+        init.w2 = Tensor::from_data(TensorData::new(w2, [nets, dim, dim]), device);
+        init.replicas = replicas;
+        init
+    }
+
     fn from_vecs(
         nets: usize,
         d: usize,
@@ -59,6 +93,7 @@ impl<B: Backend> HashMlp<B> {
         let t =
             |v: Vec<f32>, shape: [usize; 3]| Tensor::from_data(TensorData::new(v, shape), device);
         Self {
+            replicas: 1,
             w1: t(w1, [nets, d, d]),
             b1: t(b1, [nets, 1, d]),
             w2: t(w2, [nets, d, d]),
@@ -70,6 +105,7 @@ impl<B: Backend> HashMlp<B> {
     pub fn random(nets: usize, dim: usize, scale: f64, device: &B::Device) -> Self {
         let dist = Distribution::Normal(0.0, scale);
         Self {
+            replicas: 1,
             w1: Tensor::random([nets, dim, dim], dist, device),
             b1: Tensor::random([nets, 1, dim], dist, device),
             w2: Tensor::random([nets, dim, dim], dist, device),
@@ -85,10 +121,40 @@ impl<B: Backend> HashMlp<B> {
         self.w1.dims()[1]
     }
 
-    /// h2 for x: [nets, rows, d] (row block r of net n is hashed by net n).
+    /// Heads of the vectors hashed (networks / replicas).
+    pub fn input_heads(&self) -> usize {
+        self.nets() / self.replicas
+    }
+
+    /// Applies `per_net` (x [nets, rows, d] → [nets, rows, d]) to x [input heads, rows, d] and
+    /// returns [input heads, rows, replicas·d]: each head's replicas side by side.
+    fn replicated(
+        &self,
+        x: Tensor<B, 3>,
+        per_net: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let r = self.replicas;
+        if r == 1 {
+            return per_net(x);
+        }
+        let [h, n, d] = x.dims();
+        let y = per_net(
+            x.reshape([h, 1, n, d])
+                .expand([h, r, n, d])
+                .reshape([h * r, n, d]),
+        );
+        y.reshape([h, r, n, d])
+            .swap_dims(1, 2)
+            .reshape([h, n, r * d])
+    }
+
+    /// h2 for x: [input heads, rows, d] → [input heads, rows, replicas·d] (row block r of net n
+    /// is hashed by net n).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h1 = x.clone() + silu(x.matmul(self.w1.clone()) + self.b1.clone());
-        h1.clone() + h1.matmul(self.w2.clone()) + self.b2.clone()
+        self.replicated(x, |x| {
+            let h1 = x.clone() + silu(x.matmul(self.w1.clone()) + self.b1.clone());
+            h1.clone() + h1.matmul(self.w2.clone()) + self.b2.clone()
+        })
     }
 
     /// softsign(γ·h2) written with Burn tensor ops, differentiated by Burn's autodiff: the
@@ -108,8 +174,15 @@ impl<B: Backend> HashMlp<B> {
         ]
     }
 
-    pub fn from_params([w1, b1, w2, b2]: [Tensor<B, 3>; 4]) -> Self {
-        Self { w1, b1, w2, b2 }
+    /// Networks from their four parameter tensors, `replicas` per input head.
+    pub fn from_params(replicas: usize, [w1, b1, w2, b2]: [Tensor<B, 3>; 4]) -> Self {
+        Self {
+            replicas,
+            w1,
+            b1,
+            w2,
+            b2,
+        }
     }
 
     /// The weights in the decode kernels' format.
@@ -122,11 +195,12 @@ impl<B: Backend> HashMlp<B> {
             v(&self.b1),
             v(&self.w2),
             v(&self.b2),
-        )?)
+        )?
+        .with_replicas(self.replicas)?)
     }
 
     pub fn from_weights(w: &HashWeights, device: &B::Device) -> Self {
-        Self::from_vecs(
+        let mut mlp = Self::from_vecs(
             w.heads,
             w.dim,
             w.w1.clone(),
@@ -134,7 +208,9 @@ impl<B: Backend> HashMlp<B> {
             w.w2.clone(),
             w.b2.clone(),
             device,
-        )
+        );
+        mlp.replicas = w.replicas;
+        mlp
     }
 }
 
@@ -142,7 +218,7 @@ impl<B: TrainBackend> HashMlp<B> {
     /// The differentiable code softsign(γ·h2) ∈ (−1, 1)^d of x [nets, rows, d]: the hash kernel
     /// with its softsign epilogue, one autodiff node.
     pub fn soft_codes(&self, x: Tensor<B, 3>, gamma: f64) -> Tensor<B, 3> {
-        crate::train_ops::hash_soft(x, self.params(), gamma)
+        self.replicated(x, |x| crate::train_ops::hash_soft(x, self.params(), gamma))
     }
 }
 

@@ -27,4 +27,4 @@ pub use hash_file::{HashFile, HashHeader, LayerHash};
 pub use hash_mlp::HashMlp;
 pub use layout::Layout;
 pub use train_ops::TrainBackend;
-pub use trainer::{TrainConfig, TrainOps, Trainer};
+pub use trainer::{HashInit, TrainConfig, TrainOps, Trainer};

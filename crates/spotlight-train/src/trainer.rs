@@ -40,6 +40,25 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Steps between checkpoints.
     pub checkpoint_every: usize,
+    /// Code bits per head: a multiple of head_dim, R = bits / head_dim networks per head
+    /// (0: head_dim, the paper's one network).
+    #[serde(default)]
+    pub bits: usize,
+    /// How the networks start.
+    #[serde(default)]
+    pub init: HashInit,
+}
+
+/// The networks' starting point.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HashInit {
+    /// The authors': W ~ N(0, 1e-3²), so the untrained code ≈ sign(x).
+    #[default]
+    Identity,
+    /// h2 ≈ x·R with R random orthogonal per network: the untrained code is a random linear
+    /// hash (see [`HashMlp::init_rotated`]).
+    Rotation,
 }
 
 impl Default for TrainConfig {
@@ -57,6 +76,8 @@ impl Default for TrainConfig {
             optimizer: AdamWConfig::default(),
             seed: 0,
             checkpoint_every: 50,
+            bits: 0,
+            init: HashInit::Identity,
         }
     }
 }
@@ -85,6 +106,18 @@ impl TrainConfig {
         }
         Ok(())
     }
+
+    /// Code bits per head for head size `d`, and the networks per head; a one-line error when
+    /// `bits` is not a multiple of d or too long for the score kernels (256 bits).
+    pub fn code_bits(&self, d: usize) -> Result<(usize, usize), TrainError> {
+        let bits = if self.bits == 0 { d } else { self.bits };
+        if d == 0 || !bits.is_multiple_of(d) || bits > 256 {
+            return Err(TrainError::Config(format!(
+                "{bits} code bits: must be a multiple of head_dim {d}, at most 256"
+            )));
+        }
+        Ok((bits, bits / d))
+    }
 }
 
 /// One layer's networks for one layout.
@@ -104,13 +137,14 @@ impl<B: Backend> LayerNets<B> {
         p
     }
 
-    fn from_params(p: Vec<Tensor<B, 3>>) -> Self {
+    /// The networks from their parameters (query, then key), `r` networks per input head.
+    fn from_params(r: usize, p: Vec<Tensor<B, 3>>) -> Self {
         let mut it = p.into_iter();
         let mut four = || -> Option<[Tensor<B, 3>; 4]> {
             Some([it.next()?, it.next()?, it.next()?, it.next()?])
         };
-        let query = HashMlp::from_params(four().expect("query params"));
-        let key = four().map(HashMlp::from_params);
+        let query = HashMlp::from_params(r, four().expect("query params"));
+        let key = four().map(|p| HashMlp::from_params(r, p));
         Self { query, key }
     }
 
@@ -151,7 +185,7 @@ impl<B: Backend> LayerNets<B> {
             None => {
                 // Faithful: each query head's network codes its KV head's keys.
                 let [kv, n, d] = keys.dims();
-                let g = self.query.nets() / kv;
+                let g = self.query.input_heads() / kv;
                 let repeated =
                     keys.reshape([kv, 1, n, d])
                         .expand([kv, g, n, d])
@@ -249,7 +283,16 @@ impl<B: AutodiffBackend> Trainer<B> {
             llama.num_key_value_heads,
             llama.head_dim,
         );
-        spotlight_kernels::CodeShape::new(h, kv, d).map_err(TrainError::from)?;
+        let (bits, replicas) = config.code_bits(d)?;
+        spotlight_kernels::CodeShape::new(h, kv, bits).map_err(TrainError::from)?;
+        let init = |heads: usize, seed: u64| match config.init {
+            HashInit::Identity => {
+                let mut mlp = HashMlp::init(heads * replicas, d, seed, device);
+                mlp.replicas = replicas;
+                mlp
+            }
+            HashInit::Rotation => HashMlp::init_rotated(heads, replicas, d, seed, device),
+        };
         let state = config
             .layouts
             .iter()
@@ -259,9 +302,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                     .map(|l| {
                         let seed = |role: u64| mix_seed(config.seed, &[li as u64, l as u64, role]);
                         let nets = LayerNets {
-                            query: HashMlp::init(h, d, seed(0), device),
-                            key: (layout == Layout::Group)
-                                .then(|| HashMlp::init(kv, d, seed(1), device)),
+                            query: init(h, seed(0)),
+                            key: (layout == Layout::Group).then(|| init(kv, seed(1))),
                         };
                         let moments = nets.params().iter().map(Moments::zeros_like).collect();
                         NetState { nets, moments }
@@ -337,7 +379,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     .into_iter()
                     .map(|p| Tensor::from_inner(p).require_grad())
                     .collect();
-                let nets = LayerNets::from_params(params.clone());
+                let nets = LayerNets::from_params(st.nets.query.replicas, params.clone());
                 let queries = targets.queries.clone();
                 let (cq, ck) = match ops {
                     TrainOps::Custom => nets.soft_codes(queries, keys.clone(), c.gamma),
@@ -365,7 +407,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 let mut inner: Vec<_> = params.into_iter().map(|p| p.inner()).collect();
                 let grad_norm =
                     optimizer.step(&mut inner, &grads, &mut st.moments, lr, self.step + 1);
-                st.nets = LayerNets::from_params(inner);
+                st.nets = LayerNets::from_params(st.nets.query.replicas, inner);
                 phases.mark("adamw");
                 // Statistics stay on the device until the step ends (one sync per step).
                 stats.push(Tensor::cat(
@@ -419,8 +461,9 @@ impl<B: AutodiffBackend> Trainer<B> {
                 TrainError::Config(format!("layout {} was not trained", layout.name()))
             })?;
         let training = serde_json::json!({ "config": self.config, "steps_done": self.step });
+        let (bits, _) = self.config.code_bits(self.dims.head_dim)?;
         Ok(HashFile {
-            header: HashHeader::new(&self.dims.model, &self.llama, layout, training),
+            header: HashHeader::new(&self.dims.model, &self.llama, layout, bits, training),
             layers: self.state[li]
                 .iter()
                 .map(|s| s.nets.to_layer_hash())
@@ -504,7 +547,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                         v: get("v")?,
                     };
                 }
-                st.nets = LayerNets::from_params(params);
+                st.nets = LayerNets::from_params(st.nets.query.replicas, params);
             }
         }
         self.step = step;

@@ -28,8 +28,9 @@ fn host<const D: usize>(t: Tensor<Cpu, D>) -> Vec<f32> {
     t.into_data().to_vec::<f32>().unwrap()
 }
 
-/// A hash far from the identity (random weights of scale 0.3), so signs actually change.
-fn random_hash(config: &LlamaConfig, layout: Layout) -> HashFile {
+/// A hash far from the identity (random weights of scale 0.3), so signs actually change;
+/// `replicas` networks per head (codes of replicas·d bits).
+fn random_hash(config: &LlamaConfig, layout: Layout, replicas: usize) -> HashFile {
     let device = Default::default();
     let (h, kv, d) = (
         config.num_attention_heads,
@@ -37,12 +38,18 @@ fn random_hash(config: &LlamaConfig, layout: Layout) -> HashFile {
         config.head_dim,
     );
     let nets = |n| {
-        HashMlp::<Cpu>::random(n, d, 0.3, &device)
-            .to_weights()
-            .unwrap()
+        let mut mlp = HashMlp::<Cpu>::random(n * replicas, d, 0.3, &device);
+        mlp.replicas = replicas;
+        mlp.to_weights().unwrap()
     };
     HashFile {
-        header: HashHeader::new("synthetic", config, layout, serde_json::Value::Null),
+        header: HashHeader::new(
+            "synthetic",
+            config,
+            layout,
+            replicas * config.head_dim,
+            serde_json::Value::Null,
+        ),
         layers: (0..config.num_hidden_layers)
             .map(|_| LayerHash {
                 query: nets(h),
@@ -50,6 +57,13 @@ fn random_hash(config: &LlamaConfig, layout: Layout) -> HashFile {
             })
             .collect(),
     }
+}
+
+/// The reference code of `head` (its replicas' packed signs side by side).
+fn code_of(w: &spotlight_kernels::reference::HashWeights, head: usize, x: &[f32]) -> Vec<u32> {
+    (0..w.replicas)
+        .flat_map(|r| pack_signs(&w.forward(head * w.replicas + r, x)))
+        .collect()
 }
 
 fn heads(c: &LlamaConfig) -> Heads {
@@ -66,8 +80,13 @@ fn hash_scores_are_popcounts_of_the_packed_codes() {
     let g = h / kv;
     let config = LlamaConfig::attention_shape(1, h, kv, d, 64);
     let mut rng = StdRng::seed_from_u64(11);
-    for layout in [Layout::Group, Layout::Faithful] {
-        let file = random_hash(&config, layout);
+    for (layout, replicas) in [
+        (Layout::Group, 1),
+        (Layout::Faithful, 1),
+        (Layout::Group, 3),
+        (Layout::Faithful, 2),
+    ] {
+        let file = random_hash(&config, layout, replicas);
         let sel = Hash::<Cpu>::new("h", &file, heads(&config), &Default::default());
         let q = random([batch, kv, t * g, d], &mut rng);
         let k = random([batch, kv, n, d], &mut rng);
@@ -76,7 +95,7 @@ fn hash_scores_are_popcounts_of_the_packed_codes() {
         let (qh, kh) = (host(q), host(k));
         let lh = &file.layers[0];
         let sets = layout.key_nets(h, kv);
-        let shape = CodeShape::new(h, sets, d).unwrap();
+        let shape = CodeShape::new(h, sets, replicas * d).unwrap();
         for b in 0..batch {
             // Key codes [n][sets][words] from the reference MLP; set s reads KV head s·kv/sets.
             let k_codes: Vec<u32> = (0..n)
@@ -84,7 +103,7 @@ fn hash_scores_are_popcounts_of_the_packed_codes() {
                 .flat_map(|(j, s)| {
                     let head = s * kv / sets;
                     let x = &kh[((b * kv + head) * n + j) * d..][..d];
-                    pack_signs(&lh.key_weights().forward(s, x))
+                    code_of(lh.key_weights(), s, x)
                 })
                 .collect();
             for ti in 0..t {
@@ -93,7 +112,7 @@ fn hash_scores_are_popcounts_of_the_packed_codes() {
                     .flat_map(|hh| {
                         let row = ti * g + hh % g;
                         let x = &qh[((b * kv + hh / g) * t * g + row) * d..][..d];
-                        pack_signs(&lh.query.forward(hh, x))
+                        code_of(&lh.query, hh, x)
                     })
                     .collect();
                 for hh in 0..h {
@@ -102,7 +121,10 @@ fn hash_scores_are_popcounts_of_the_packed_codes() {
                     let row = ti * g + hh % g;
                     let at = ((b * kv + hh / g) * t * g + row) * n;
                     let have: Vec<u32> = got[at..at + n].iter().map(|&x| x as u32).collect();
-                    assert_eq!(have, want, "{layout:?} seq {b} position {ti} head {hh}");
+                    assert_eq!(
+                        have, want,
+                        "{layout:?}×{replicas} seq {b} position {ti} head {hh}"
+                    );
                 }
             }
         }
@@ -197,11 +219,11 @@ fn sparse_decode_equals_teacher_forced_selection() {
     for method in [
         Method::Hash {
             name: "group".into(),
-            file: random_hash(&c, Layout::Group),
+            file: random_hash(&c, Layout::Group, 2),
         },
         Method::Hash {
             name: "faithful".into(),
-            file: random_hash(&c, Layout::Faithful),
+            file: random_hash(&c, Layout::Faithful, 1),
         },
         Method::Linear { bits: 64, seed: 1 },
         Method::Oracle,
@@ -258,7 +280,7 @@ fn full_budget_is_dense() {
     let sel = selector_for::<Cpu>(
         &Method::Hash {
             name: "group".into(),
-            file: random_hash(&c, Layout::Group),
+            file: random_hash(&c, Layout::Group, 1),
         },
         heads(&c),
         c.num_hidden_layers,
@@ -332,8 +354,12 @@ fn kernel_decode_matches_the_mask_path() {
         out
     };
     let dense = run(None);
-    for layout in [Layout::Group, Layout::Faithful] {
-        let file = random_hash(&c, layout);
+    for (layout, replicas) in [
+        (Layout::Group, 1),
+        (Layout::Faithful, 1),
+        (Layout::Group, 2),
+    ] {
+        let file = random_hash(&c, layout, replicas);
         let kernel: Arc<dyn KeySelector<Gpu>> =
             Arc::new(KernelHash::new("kernel", &file, heads(&c), &device).unwrap());
         let mask: Arc<dyn KeySelector<Gpu>> =
@@ -345,7 +371,7 @@ fn kernel_decode_matches_the_mask_path() {
         let diff = max_abs_diff(&k, &m);
         assert!(
             diff < 1e-3,
-            "{layout:?}: kernel vs mask path differ by {diff}"
+            "{layout:?}×{replicas}: kernel vs mask path differ by {diff}"
         );
         let sparse = max_abs_diff(&k[prefill..], &dense[prefill..]);
         assert!(
@@ -401,7 +427,7 @@ fn generate_decodes_sparse_on_the_fused_path_with_ragged_stops() {
     use spotlight_train::kernel_selector::KernelHash;
     let (model, device) = gpu_model();
     let c = model.config.clone();
-    let file = random_hash(&c, Layout::Group);
+    let file = random_hash(&c, Layout::Group, 1);
     let kernel: Arc<dyn KeySelector<Gpu>> =
         Arc::new(KernelHash::new("kernel", &file, heads(&c), &device).unwrap());
     let budget = Budget {

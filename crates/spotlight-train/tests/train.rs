@@ -11,7 +11,7 @@ use spotlight_train::bradley_terry::{draft_scores, loss, loss_by_tensor_ops};
 use spotlight_train::hash_mlp::HashMlp;
 use spotlight_train::targets::{top_count, TargetConfig, Targets, NEAR_SPAN};
 use spotlight_train::trainer::LayerNets;
-use spotlight_train::{HashFile, Layout, TrainBackend, TrainConfig, TrainError, Trainer};
+use spotlight_train::{HashFile, HashInit, Layout, TrainBackend, TrainConfig, TrainError, Trainer};
 
 type F64 = NdArray<f64>;
 type Ad64 = Autodiff<F64>;
@@ -141,7 +141,7 @@ fn targets_follow_the_definition() {
 /// The loss equals the same math written pair by pair in plain Rust (f64).
 #[test]
 fn loss_matches_plain_rust() {
-    for layout in Layout::ALL {
+    for (layout, r) in NET_CASES {
         let (h, kv, n, d) = (6, 2, 40, 32);
         let mut rng = StdRng::seed_from_u64(11);
         let q = random::<F64, 3>([h, n, d], &mut rng);
@@ -154,9 +154,8 @@ fn loss_matches_plain_rust() {
         };
         let t = Targets::sample(&q, &k, &cfg, &mut rng);
         let nets = LayerNets::<F64> {
-            query: HashMlp::random(h, d, 0.2, &Default::default()),
-            key: (layout == Layout::Group)
-                .then(|| HashMlp::random(kv, d, 0.2, &Default::default())),
+            query: random_nets(h, r, d, 0.2),
+            key: (layout == Layout::Group).then(|| random_nets(kv, r, d, 0.2)),
         };
         let gamma = 3.0;
         let (cq, ck) = nets.soft_codes(t.queries.clone(), k.clone(), gamma);
@@ -166,13 +165,15 @@ fn loss_matches_plain_rust() {
         // Reference: the kernels' reference hash forward, softsign, per-pair sums.
         let wq = nets.query.to_weights().unwrap();
         let wk = nets.key.as_ref().map(|k| k.to_weights().unwrap());
-        let soft = |v: Vec<f32>| -> Vec<f64> {
-            v.iter()
-                .map(|&x| {
-                    let g = gamma * x as f64;
+        // A head's code: its r networks' soft codes side by side.
+        let soft_of = |w: &spotlight_kernels::reference::HashWeights, head: usize, x: &[f32]| {
+            (0..r)
+                .flat_map(|i| w.forward(head * r + i, x))
+                .map(|v| {
+                    let g = gamma * v as f64;
                     g / (1.0 + g.abs())
                 })
-                .collect()
+                .collect::<Vec<f64>>()
         };
         let (qs, kv_) = (host(&t.queries), host(&k));
         let tn = host_int(&t.positions).len();
@@ -184,8 +185,8 @@ fn loss_matches_plain_rust() {
                 .map(|&v| v as f32)
                 .collect();
             match &wk {
-                Some(w) => soft(w.forward(hh / g, &x)),
-                None => soft(wq.forward(hh, &x)),
+                Some(w) => soft_of(w, hh / g, &x),
+                None => soft_of(&wq, hh, &x),
             }
         };
         let mut total = 0.0;
@@ -197,7 +198,7 @@ fn loss_matches_plain_rust() {
                     .iter()
                     .map(|&v| v as f32)
                     .collect();
-                let cq = soft(wq.forward(hh, &x));
+                let cq = soft_of(&wq, hh, &x);
                 for p in 0..12 {
                     let i = (hh * tn + ti) * 12 + p;
                     if valid[i] == 0.0 {
@@ -221,7 +222,7 @@ fn loss_matches_plain_rust() {
         // The reference forward runs in f32: relative 1e-4.
         assert!(
             (got_loss - total).abs() <= 1e-4 * total.abs().max(1.0),
-            "{layout:?}: {got_loss} vs {total}"
+            "{layout:?}×{r}: {got_loss} vs {total}"
         );
         let (mis, valid_pairs) = got.misordered();
         assert!(
@@ -235,7 +236,7 @@ fn loss_matches_plain_rust() {
 /// Autodiff gradients of the loss equal central finite differences (f64).
 #[test]
 fn gradients_match_finite_differences() {
-    for layout in Layout::ALL {
+    for (layout, r) in NET_CASES {
         let (h, kv, n, d) = (4, 2, 30, 32);
         let mut rng = StdRng::seed_from_u64(21);
         let q = random::<F64, 3>([h, n, d], &mut rng);
@@ -249,8 +250,8 @@ fn gradients_match_finite_differences() {
         let t = Targets::sample(&q, &k, &cfg, &mut rng);
         let device = Default::default();
         let base = LayerNets::<F64> {
-            query: HashMlp::random(h, d, 0.1, &device),
-            key: (layout == Layout::Group).then(|| HashMlp::random(kv, d, 0.1, &device)),
+            query: random_nets(h, r, d, 0.1),
+            key: (layout == Layout::Group).then(|| random_nets(kv, r, d, 0.1)),
         };
         let gamma = 2.0;
         let loss_of = |nets: &LayerNets<F64>| -> f64 {
@@ -262,7 +263,7 @@ fn gradients_match_finite_differences() {
             .into_iter()
             .map(|p| Tensor::from_inner(p).require_grad())
             .collect();
-        let nets_ad = nets_from(params.clone());
+        let nets_ad = nets_from(r, params.clone());
         let t_ad = Targets::<Ad64> {
             positions: Tensor::from_inner(t.positions.clone()),
             queries: Tensor::from_inner(t.queries.clone()),
@@ -290,12 +291,12 @@ fn gradients_match_finite_differences() {
                     let mut v = values.clone();
                     v[idx] += delta;
                     ps[pi] = Tensor::from_data(TensorData::new(v, shape), &device);
-                    loss_of(&nets_from(ps))
+                    loss_of(&nets_from(r, ps))
                 };
                 let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
                 assert!(
                     (fd - g[idx]).abs() <= 1e-9 + 1e-6 * fd.abs().max(g[idx].abs()),
-                    "{layout:?} param {pi} #{idx}: autodiff {} vs finite difference {fd}",
+                    "{layout:?}×{r} param {pi} #{idx}: autodiff {} vs finite difference {fd}",
                     g[idx]
                 );
                 checked += 1;
@@ -307,7 +308,7 @@ fn gradients_match_finite_differences() {
 
 /// Loss and parameter gradients through the custom ops (kernels on cube backends, references on
 /// cpu) and through the same math in plain Burn tensor ops, on one backend.
-fn loss_and_grads_both_ways<B>(layout: Layout, seed: u64) -> [(f64, Vec<Vec<f64>>); 2]
+fn loss_and_grads_both_ways<B>((layout, r): (Layout, usize), seed: u64) -> [(f64, Vec<Vec<f64>>); 2]
 where
     B: AutodiffBackend + TrainBackend,
     B::InnerBackend: LlamaBackend + TrainBackend,
@@ -315,7 +316,6 @@ where
     type Inner<B> = <B as AutodiffBackend>::InnerBackend;
     let (h, kv, n, d) = (6, 2, 45, 32);
     let mut rng = StdRng::seed_from_u64(seed);
-    let device = Default::default();
     let q = random::<Inner<B>, 3>([h, n, d], &mut rng);
     let k = random::<Inner<B>, 3>([kv, n, d], &mut rng);
     let cfg = TargetConfig {
@@ -326,8 +326,8 @@ where
     };
     let t = Targets::sample(&q, &k, &cfg, &mut rng);
     let nets = LayerNets::<Inner<B>> {
-        query: HashMlp::random(h, d, 0.2, &device),
-        key: (layout == Layout::Group).then(|| HashMlp::random(kv, d, 0.2, &device)),
+        query: random_nets(h, r, d, 0.2),
+        key: (layout == Layout::Group).then(|| random_nets(kv, r, d, 0.2)),
     };
     let t_ad = Targets::<B> {
         positions: Tensor::from_inner(t.positions.clone()),
@@ -342,7 +342,7 @@ where
             .into_iter()
             .map(|p| Tensor::from_inner(p).require_grad())
             .collect();
-        let nets_ad = nets_from(params.clone());
+        let nets_ad = nets_from(r, params.clone());
         let keys = Tensor::from_inner(k.clone());
         let out = if custom {
             let (cq, ck) = nets_ad.soft_codes(t_ad.queries.clone(), keys, gamma);
@@ -382,9 +382,9 @@ fn assert_paths_agree(what: &str, [(l1, g1), (l2, g2)]: [(f64, Vec<Vec<f64>>); 2
 /// The custom ops (f64 references on cpu) equal the plain-tensor-op math, loss and gradients.
 #[test]
 fn custom_ops_match_tensor_ops_on_cpu() {
-    for layout in Layout::ALL {
-        let got = loss_and_grads_both_ways::<Ad64>(layout, 31);
-        assert_paths_agree(&format!("cpu f64 {layout:?}"), got, 1e-9);
+    for case in NET_CASES {
+        let got = loss_and_grads_both_ways::<Ad64>(case, 31);
+        assert_paths_agree(&format!("cpu f64 {case:?}"), got, 1e-9);
     }
 }
 
@@ -392,9 +392,9 @@ fn custom_ops_match_tensor_ops_on_cpu() {
 /// epilogue, its backward, the loss and its pair weights. f32 against f32 tensor ops.
 #[test]
 fn custom_ops_match_tensor_ops_on_the_kernels() {
-    for layout in Layout::ALL {
-        let got = loss_and_grads_both_ways::<Autodiff<Wgpu>>(layout, 32);
-        assert_paths_agree(&format!("wgpu kernels {layout:?}"), got, 1e-4);
+    for case in NET_CASES {
+        let got = loss_and_grads_both_ways::<Autodiff<Wgpu>>(case, 32);
+        assert_paths_agree(&format!("wgpu kernels {case:?}"), got, 1e-4);
     }
 }
 
@@ -406,12 +406,27 @@ fn params_of<B: Backend>(n: &LayerNets<B>) -> Vec<Tensor<B, 3>> {
     p
 }
 
-fn nets_from<B: Backend>(p: Vec<Tensor<B, 3>>) -> LayerNets<B> {
-    let query = HashMlp::from_params([p[0].clone(), p[1].clone(), p[2].clone(), p[3].clone()]);
+fn nets_from<B: Backend>(r: usize, p: Vec<Tensor<B, 3>>) -> LayerNets<B> {
+    let query = HashMlp::from_params(r, [p[0].clone(), p[1].clone(), p[2].clone(), p[3].clone()]);
     let key = (p.len() == 8)
-        .then(|| HashMlp::from_params([p[4].clone(), p[5].clone(), p[6].clone(), p[7].clone()]));
+        .then(|| HashMlp::from_params(r, [p[4].clone(), p[5].clone(), p[6].clone(), p[7].clone()]));
     LayerNets { query, key }
 }
+
+/// Random networks (scale `scale`) for `heads` input heads, `r` networks each.
+fn random_nets<B: Backend>(heads: usize, r: usize, d: usize, scale: f64) -> HashMlp<B> {
+    let mut mlp = HashMlp::random(heads * r, d, scale, &Default::default());
+    mlp.replicas = r;
+    mlp
+}
+
+/// The (layout, networks per head) cases the training math is checked on.
+const NET_CASES: [(Layout, usize); 4] = [
+    (Layout::Faithful, 1),
+    (Layout::Group, 1),
+    (Layout::Faithful, 2),
+    (Layout::Group, 3),
+];
 
 fn tiny_llama() -> LlamaConfig {
     LlamaConfig::attention_shape(2, 6, 2, 32, 64)
@@ -561,5 +576,90 @@ fn hash_files_are_validated() {
         std::fs::write(&corrupt, &bad).unwrap();
         one_line(HashFile::load(&corrupt).unwrap_err());
         one_line(HashFile::load(&dir.path().join("missing.safetensors")).unwrap_err());
+    }
+}
+
+/// Codes of several networks per head (`--bits` a multiple of head_dim) train, save and load
+/// with their replicas; a header whose bits are not a multiple of head_dim, or whose tensors
+/// do not hold bits / head_dim networks per head, is refused in one line.
+#[test]
+fn wider_codes_train_save_and_load() {
+    let c = tiny_llama();
+    let device = Default::default();
+    let d = c.head_dim;
+    for init in [HashInit::Identity, HashInit::Rotation] {
+        let config = TrainConfig {
+            bits: 2 * d,
+            init,
+            ..small_config(2)
+        };
+        let mut trainer = Trainer::<AdCpu>::new(config, "tiny.gguf", &c, &device).unwrap();
+        let records = trainer.train_step(&synthetic_qk(&c, 48, 0)).unwrap();
+        assert!(records
+            .iter()
+            .all(|r| r.loss.is_finite() && r.valid_pairs > 0.0));
+        let dir = tempfile::tempdir().unwrap();
+        for layout in Layout::ALL {
+            let path = dir.path().join("wide.safetensors");
+            let file = trainer.hash_file(layout).unwrap();
+            assert_eq!(file.header.bits, 2 * d);
+            assert!(file
+                .layers
+                .iter()
+                .all(|l| l.query.replicas == 2 && l.query.heads == 2 * c.num_attention_heads));
+            file.save(&path).unwrap();
+            let back = HashFile::load(&path).unwrap();
+            assert_eq!(back, file);
+
+            // The same tensors under a header claiming other code lengths.
+            for bits in [d + d / 2, 3 * d, 0] {
+                let mut wrong = file.clone();
+                wrong.header.bits = bits;
+                let p = dir.path().join("wrong.safetensors");
+                wrong.save(&p).unwrap();
+                let e = HashFile::load(&p).unwrap_err().to_string();
+                assert!(!e.contains('\n') && !e.is_empty(), "{e}");
+            }
+        }
+    }
+    // Not a multiple of head_dim, or past the score kernels' 256 bits: a config error.
+    for bits in [d + 1, 512] {
+        let config = TrainConfig {
+            bits,
+            ..small_config(2)
+        };
+        let Err(e) = Trainer::<AdCpu>::new(config, "tiny.gguf", &c, &device) else {
+            panic!("{bits} bits accepted");
+        };
+        assert!(e.to_string().contains("bits"), "{e}");
+    }
+}
+
+/// The rotation init hashes like a random linear hash: distinct networks per replica, and
+/// h2 ≈ x·R with R orthogonal (norms kept).
+#[test]
+fn rotation_init_is_a_rotation() {
+    let (heads, r, d) = (2, 3, 32);
+    let mlp = HashMlp::<Cpu>::init_rotated(heads, r, d, 5, &Default::default());
+    assert_eq!(
+        (mlp.nets(), mlp.replicas, mlp.input_heads()),
+        (heads * r, r, heads)
+    );
+    let mut rng = StdRng::seed_from_u64(3);
+    let x = random::<Cpu, 3>([heads, 7, d], &mut rng);
+    let h2 = host(&mlp.forward(x.clone()));
+    let xs = host(&x);
+    assert_eq!(h2.len(), heads * 7 * r * d);
+    for head in 0..heads {
+        for row in 0..7 {
+            let xn: f64 = xs[(head * 7 + row) * d..][..d].iter().map(|v| v * v).sum();
+            let out = &h2[(head * 7 + row) * r * d..][..r * d];
+            for k in 0..r {
+                // x + SiLU(x·W1) with W1 ~ 1e-3 differs from x by about SiLU(0) = 0 and 1e-3·|x|.
+                let n: f64 = out[k * d..][..d].iter().map(|v| v * v).sum();
+                assert!((n / xn - 1.0).abs() < 0.05, "norm ratio {}", n / xn);
+            }
+            assert!(out[..d] != out[d..2 * d], "replicas must differ");
+        }
     }
 }

@@ -3,10 +3,15 @@
 use crate::KernelError;
 
 /// Per-head hash MLP weights, `x · W` convention: `w1[head][in][out]`.
+///
+/// `heads` counts networks. With `replicas` R > 1, R networks hash each input head (networks
+/// `h·R .. h·R + R` read input head h) and the head's code is their R codes side by side:
+/// R·dim bits (a wider code than one d×d network can give; R = 1 is the paper's network).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HashWeights {
     pub heads: usize,
     pub dim: usize,
+    pub replicas: usize,
     pub w1: Vec<f32>,
     pub b1: Vec<f32>,
     pub w2: Vec<f32>,
@@ -42,11 +47,34 @@ impl HashWeights {
         Ok(Self {
             heads,
             dim,
+            replicas: 1,
             w1,
             b1,
             w2,
             b2,
         })
+    }
+
+    /// The same networks with `replicas` networks per input head.
+    pub fn with_replicas(mut self, replicas: usize) -> Result<Self, KernelError> {
+        if replicas == 0 || !self.heads.is_multiple_of(replicas) {
+            return Err(KernelError::Groups {
+                q_heads: self.heads,
+                sets: replicas,
+            });
+        }
+        self.replicas = replicas;
+        Ok(self)
+    }
+
+    /// Heads of the input vectors (networks / replicas).
+    pub fn input_heads(&self) -> usize {
+        self.heads / self.replicas
+    }
+
+    /// Bits of one input head's code.
+    pub fn code_bits(&self) -> usize {
+        self.replicas * self.dim
     }
 
     /// Both layers of one head applied to one vector: `h2`, before the sign.
@@ -84,11 +112,14 @@ pub fn pack_signs(h: &[f32]) -> Vec<u32> {
         .collect()
 }
 
-/// Codes `[rows][heads][words]` for vectors `x` `[rows][heads][d]`.
+/// Codes `[rows][input heads][code words]` for vectors `x` `[rows][input heads][d]`: each input
+/// head's replicas' codes side by side.
 pub fn hash_pack(weights: &HashWeights, x: &[f32]) -> Vec<u32> {
-    let (h, d) = (weights.heads, weights.dim);
+    let (h, d, r) = (weights.input_heads(), weights.dim, weights.replicas);
     x.chunks(d)
         .enumerate()
-        .flat_map(|(i, v)| pack_signs(&weights.forward(i % h, v)))
+        .flat_map(|(i, v)| {
+            (0..r).flat_map(move |k| pack_signs(&weights.forward((i % h) * r + k, v)))
+        })
         .collect()
 }

@@ -72,8 +72,12 @@ impl SparseState {
         let heads_ok = h.query.len() == layers
             && h.key.len() == layers
             && codes.len() == layers
-            && h.query.iter().all(|w| w.heads == hq && w.dim == d)
-            && h.key.iter().all(|w| w.heads == hkv && w.dim == d);
+            && h.query
+                .iter()
+                .all(|w| w.heads == hq * w.replicas && w.dim == d && w.replicas * d == h.bits)
+            && h.key
+                .iter()
+                .all(|w| w.heads == hkv * w.replicas && w.dim == d && w.replicas * d == h.bits);
         if !heads_ok {
             return Err(KernelError::Length {
                 what: "hash networks per layer (query heads, KV heads) and code buffers",

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Trains several hash variants side by side on the GPU machine (one process each: the SmolLM2
+# training kernels are small, so they share the H200), then evaluates them all in one
+# `eval retrieval` on held-out text. After prepare.sh and `STAGE=setup bash scripts/gpu/train.sh`
+# (calls 1 and 2: carry .gpu, then .gpu1), in call 3 (carry .gpu2):
+#   VARIANTS="rot128:--bits 128 --init rotation;rot64:--init rotation" bash scripts/gpu/train_variants.sh
+# Each variant is LABEL:FLAGS, added to the common recipe below (FLAGS); its hash files are
+# evaluated as "LABEL" rows. Results (JSON, CSV, plots, curves, f16 hash files) come back in $OUT.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+: "${OUT:?run this through the device tool}"
+: "${VARIANTS:?LABEL:FLAGS;LABEL:FLAGS...}"
+source scripts/gpu/home.sh
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+STEPS="${STEPS:-700}"
+LAYOUT="${LAYOUT:-group}"
+FLAGS=(--backend cuda --seq-len 4096 --queries 1024 --pairs 1024 --checkpoint-every 50 --seed 0
+  --steps "$STEPS" --layout "$LAYOUT")
+mkdir -p /tmp/results
+pids=()
+labels=()
+IFS=';' read -ra specs <<< "$VARIANTS"
+for spec in "${specs[@]}"; do
+  label="${spec%%:*}"
+  extra="${spec#*:}"
+  labels+=("$label")
+  # shellcheck disable=SC2086
+  timeout -s KILL "${TRAIN_SECONDS:-470}" /tmp/spotlight train "${FLAGS[@]}" $extra \
+    --out "/tmp/variants/$label" --bench "/tmp/results/train_throughput_$label.json" \
+    > "/tmp/results/train_$label.log" 2>&1 &
+  pids+=($!)
+done
+for i in "${!pids[@]}"; do
+  set +e
+  wait "${pids[$i]}"
+  echo "${labels[$i]}: train exited with $? ($(tail -n 1 "/tmp/variants/${labels[$i]}/train_log.csv" | cut -d, -f1) last step)"
+  set -e
+done
+hashes=()
+for label in "${labels[@]}"; do
+  for f in /tmp/variants/"$label"/hash-*.f16.safetensors; do
+    [ -f "$f" ] || continue
+    cp "$f" "$OUT/${label}.$(basename "$f")"
+    hashes+=(--hash "$label=$f")
+  done
+  cp "/tmp/variants/$label/train_curves.csv" "/tmp/results/train_curves_$label.csv" 2>/dev/null || true
+done
+# shellcheck disable=SC2086
+/tmp/spotlight eval retrieval --backend cuda "${hashes[@]}" --tokens 8192 --windows 2 --queries 64 \
+  ${QUALITY_ARGS:-} --json /tmp/results/retrieval_quality.json 2>&1 | tail -n 45
+tar czf "$OUT/results.tgz" -C /tmp/results .
