@@ -201,8 +201,20 @@ def e2e():
 
 def quality():
     lines = []
-    for name, d in load("retrieval_quality.json") + load("retrieval_quality_*.json") + load("train_austen_h200/retrieval_quality_*.json"):
-        if "1500_steps" in name:
+    for name, d in (load("retrieval_quality.json") + load("retrieval_quality_*.json")
+                    + load("train_austen_h200/retrieval_quality_*.json")
+                    + load("train_near_h200/retrieval_quality.json") + load("train_variants_h200/retrieval_quality.json")):
+        if name.startswith("train_near_h200"):
+            lines += ["The same recipe with **half of the other keys drawn from the near misses** (`--near-fraction 0.5`: ranks "
+                      "just below the top 2%, down to the top 10%; `train_near_h200/`, 700 steps, SOTU + Austen): IoU +0.01–0.02 "
+                      "and attention mass +0.02–0.04 at every budget, both layouts — still far below the 640-bit linear hash.", ""]
+        elif name.startswith("train_variants_h200"):
+            lines += ["**Wider codes and the rotation init** (`train_variants_h200/`, group layout, 700 steps, near misses 0.5, "
+                      "the three trained side by side on one H200 by `scripts/gpu/train_variants.sh`): `rotNNN` = NNN-bit codes of "
+                      "NNN/64 networks per head (`--bits`), each starting as a random rotation (`--init rotation`). More bits help "
+                      "(64 → 256 bits: IoU 0.25 → 0.33 at 2%), but the rotation start ends below the authors' near-identity start "
+                      "at 64 bits (0.25 against 0.30), and even 256 bits stay far below the 640-bit linear hash.", ""]
+        elif "1500_steps" in name:
             lines += ["The same text and recipe trained **for 1,500 steps instead of 700** (`train_austen_h200/`; the run was killed "
                       "by the call's time limit at step 1,331 and resumed from its checkpoint at 1,320): IoU rises by 0.01–0.03 and "
                       "mass by up to 0.02 — still far below the 640-bit linear hash.", ""]
