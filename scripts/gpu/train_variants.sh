@@ -6,6 +6,7 @@
 #   VARIANTS="rot128:--bits 128 --init rotation;rot64:--init rotation" bash scripts/gpu/train_variants.sh
 # Each variant is LABEL:FLAGS, added to the common recipe below (FLAGS); its hash files are
 # evaluated as "LABEL" rows. Results (JSON, CSV, plots, curves, f16 hash files) come back in $OUT.
+# GENERATE=1 adds a CUDA-against-CPU greedy decode with each group hash (below).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${OUT:?run this through the device tool}"
@@ -48,4 +49,22 @@ done
 # shellcheck disable=SC2086
 /tmp/spotlight eval retrieval --backend cuda "${hashes[@]}" --tokens 8192 --windows 2 --queries 64 \
   ${QUALITY_ARGS:-} --json /tmp/results/retrieval_quality.json 2>&1 | tail -n 45
+# With GENERATE=1: each variant's group hash decodes a 3K-token Moby-Dick prompt greedily on CUDA
+# (the fused decoder: hash_pack, score, select, sparse attend) and on the CPU (the mask path, the
+# references), and dense on both, so the two backends' tokens can be compared.
+if [ "${GENERATE:-0}" = 1 ]; then
+  head -c 12000 .gpu/moby-dick.txt > /tmp/prompt.txt
+  for label in "${labels[@]}"; do
+    f="/tmp/variants/$label/hash-group.safetensors"
+    [ -f "$f" ] || continue
+    for backend in cuda cpu; do
+      for attention in spotlight dense; do
+        /tmp/spotlight generate --backend "$backend" --prompt-file /tmp/prompt.txt --max-tokens 48 \
+          --temperature 0 --attention "$attention" --hash "$f" --dense-below 0 \
+          > "/tmp/results/generate_${label}_${backend}_${attention}.txt" 2>&1 || true
+        tail -n 4 "/tmp/results/generate_${label}_${backend}_${attention}.txt"
+      done
+    done
+  done
+fi
 tar czf "$OUT/results.tgz" -C /tmp/results .

@@ -32,6 +32,8 @@ pub enum InitChoice {
     Identity,
     /// A random rotation per network: the untrained code is a random linear hash.
     Rotation,
+    /// Each head's first network near identity, the others rotated.
+    Mixed,
 }
 
 impl LayoutChoice {
@@ -127,6 +129,7 @@ impl TrainArgs {
             init: match self.init {
                 InitChoice::Identity => HashInit::Identity,
                 InitChoice::Rotation => HashInit::Rotation,
+                InitChoice::Mixed => HashInit::Mixed,
             },
             ..TrainConfig::default()
         }

@@ -53,13 +53,15 @@ impl<B: Backend> HashMlp<B> {
 
     /// Rotation init for `heads` input heads × `replicas` networks: W1 as in [`Self::init`],
     /// W2 = Rₙ − I + N(0, 1e-3²) with Rₙ a random orthogonal matrix per network, so
-    /// h2 ≈ x·Rₙ and the untrained code is a random linear hash of R·d bits (the strongest
-    /// untrained start; with replicas the near-identity init would give R equal codes).
+    /// h2 ≈ x·Rₙ and the untrained code is a random linear hash of R·d bits (with replicas the
+    /// near-identity init would give R equal codes). With `keep_first`, each head's first
+    /// network keeps the near-identity start (sign(x), the authors') and only the others rotate.
     pub fn init_rotated(
         heads: usize,
         replicas: usize,
         dim: usize,
         seed: u64,
+        keep_first: bool,
         device: &B::Device,
     ) -> Self {
         let nets = heads * replicas;
@@ -67,7 +69,7 @@ impl<B: Backend> HashMlp<B> {
         let rotations = crate::quality::random_rotation(dim, nets, seed ^ 0x0707_0707);
         // random_rotation is [d][nets·d]: network n's matrix is columns n·d .. (n+1)·d.
         let mut w2 = init.w2.to_data().convert::<f32>().to_vec::<f32>().unwrap();
-        for n in 0..nets {
+        for n in (0..nets).filter(|n| !(keep_first && n % replicas == 0)) {
             for i in 0..dim {
                 for j in 0..dim {
                     let identity = if i == j { 1.0 } else { 0.0 };

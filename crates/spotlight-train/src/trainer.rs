@@ -59,6 +59,9 @@ pub enum HashInit {
     /// h2 ≈ x·R with R random orthogonal per network: the untrained code is a random linear
     /// hash (see [`HashMlp::init_rotated`]).
     Rotation,
+    /// Each head's first network near identity, the others rotated: the authors' start plus
+    /// random linear bits.
+    Mixed,
 }
 
 impl Default for TrainConfig {
@@ -291,7 +294,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 mlp.replicas = replicas;
                 mlp
             }
-            HashInit::Rotation => HashMlp::init_rotated(heads, replicas, d, seed, device),
+            HashInit::Rotation => HashMlp::init_rotated(heads, replicas, d, seed, false, device),
+            HashInit::Mixed => HashMlp::init_rotated(heads, replicas, d, seed, true, device),
         };
         let state = config
             .layouts

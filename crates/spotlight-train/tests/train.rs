@@ -587,7 +587,7 @@ fn wider_codes_train_save_and_load() {
     let c = tiny_llama();
     let device = Default::default();
     let d = c.head_dim;
-    for init in [HashInit::Identity, HashInit::Rotation] {
+    for init in [HashInit::Identity, HashInit::Rotation, HashInit::Mixed] {
         let config = TrainConfig {
             bits: 2 * d,
             init,
@@ -640,7 +640,7 @@ fn wider_codes_train_save_and_load() {
 #[test]
 fn rotation_init_is_a_rotation() {
     let (heads, r, d) = (2, 3, 32);
-    let mlp = HashMlp::<Cpu>::init_rotated(heads, r, d, 5, &Default::default());
+    let mlp = HashMlp::<Cpu>::init_rotated(heads, r, d, 5, false, &Default::default());
     assert_eq!(
         (mlp.nets(), mlp.replicas, mlp.input_heads()),
         (heads * r, r, heads)
@@ -661,5 +661,21 @@ fn rotation_init_is_a_rotation() {
             }
             assert!(out[..d] != out[d..2 * d], "replicas must differ");
         }
+    }
+    // Mixed: the first network of each head stays near identity (h2 ≈ x), the others rotate.
+    let mixed = HashMlp::<Cpu>::init_rotated(heads, r, d, 5, true, &Default::default());
+    let h2 = host(&mixed.forward(x));
+    for head in 0..heads {
+        let row = (head * 7) * d;
+        let out = &h2[head * 7 * r * d..];
+        let near = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(p, q)| (p - q).abs() < 0.05);
+        assert!(
+            near(&out[..d], &xs[row..row + d]),
+            "first network ≈ identity"
+        );
+        assert!(
+            !near(&out[d..2 * d], &xs[row..row + d]),
+            "second network rotated"
+        );
     }
 }
