@@ -101,6 +101,12 @@ impl TrainConfig {
                 self.steps, self.seq_len, self.targets.queries, self.targets.pairs
             ));
         }
+        if !(0.0..=1.0).contains(&self.targets.near_fraction) {
+            return bad(format!(
+                "near-miss fraction {} is not in [0, 1]",
+                self.targets.near_fraction
+            ));
+        }
         if !(self.targets.top_fraction > 0.0 && self.targets.top_fraction < 1.0) {
             return bad(format!(
                 "top fraction {} is not in (0, 1)",

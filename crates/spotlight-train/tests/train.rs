@@ -635,6 +635,21 @@ fn wider_codes_train_save_and_load() {
     }
 }
 
+/// A near-miss share outside [0, 1] is a one-line config error.
+#[test]
+fn near_fraction_is_validated() {
+    let c = tiny_llama();
+    let device = Default::default();
+    for near_fraction in [-0.1, 1.5, f64::NAN] {
+        let mut config = small_config(2);
+        config.targets.near_fraction = near_fraction;
+        let Err(e) = Trainer::<AdCpu>::new(config, "tiny.gguf", &c, &device) else {
+            panic!("near fraction {near_fraction} accepted");
+        };
+        assert!(e.to_string().contains("near-miss"), "{e}");
+    }
+}
+
 /// The rotation init hashes like a random linear hash: distinct networks per replica, and
 /// h2 ≈ x·R with R orthogonal (norms kept).
 #[test]
