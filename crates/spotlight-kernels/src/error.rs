@@ -6,6 +6,8 @@ pub enum KernelError {
     HeadDim(usize),
     #[error("{q_heads} query heads cannot be split into {sets} code sets of equal size")]
     Groups { q_heads: usize, sets: usize },
+    #[error("{nets} hash networks cannot be split into {replicas} per head")]
+    Replicas { nets: usize, replicas: usize },
     #[error("{sets} code sets cannot map onto {kv_heads} KV heads")]
     SetsVsKvHeads { sets: usize, kv_heads: usize },
     #[error("group of {0} query heads per code set is too large (at most 8 for attention)")]

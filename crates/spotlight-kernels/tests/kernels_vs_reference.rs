@@ -25,6 +25,28 @@ fn client() -> ComputeClient<WgpuRuntime> {
     WgpuRuntime::client(&WgpuDevice::default())
 }
 
+/// Random hash weights (scale `scale`) of `replicas` networks for each of `heads` input heads.
+fn random_weights(
+    rng: &mut StdRng,
+    heads: usize,
+    replicas: usize,
+    d: usize,
+    scale: f32,
+) -> HashWeights {
+    let nets = heads * replicas;
+    HashWeights::new(
+        nets,
+        d,
+        normal(rng, nets * d * d, scale),
+        normal(rng, nets * d, scale),
+        normal(rng, nets * d * d, scale),
+        normal(rng, nets * d, scale),
+    )
+    .unwrap()
+    .with_replicas(replicas)
+    .unwrap()
+}
+
 /// Networks `heads × replicas` read input head `net / replicas`; a head's code is its replicas'
 /// codes side by side.
 #[test]
@@ -42,17 +64,7 @@ fn hash_pack_matches_reference() {
         (1, 3, 32, 1),
     ] {
         let nets = heads * replicas;
-        let w = HashWeights::new(
-            nets,
-            d,
-            normal(&mut rng, nets * d * d, 0.1),
-            normal(&mut rng, nets * d, 0.1),
-            normal(&mut rng, nets * d * d, 0.1),
-            normal(&mut rng, nets * d, 0.1),
-        )
-        .unwrap()
-        .with_replicas(replicas)
-        .unwrap();
+        let w = random_weights(&mut rng, heads, replicas, d, 0.1);
         let x = normal(&mut rng, rows * heads * d, 1.0);
         let words = d / 32;
         let head_words = replicas * words;
@@ -94,18 +106,7 @@ fn hash_pack_matches_reference() {
 fn replicated_codes_are_the_networks_side_by_side() {
     let mut rng = rng("replicas");
     let (heads, replicas, d, rows) = (2, 3, 32, 2);
-    let nets = heads * replicas;
-    let w = HashWeights::new(
-        nets,
-        d,
-        normal(&mut rng, nets * d * d, 0.3),
-        normal(&mut rng, nets * d, 0.3),
-        normal(&mut rng, nets * d * d, 0.3),
-        normal(&mut rng, nets * d, 0.3),
-    )
-    .unwrap()
-    .with_replicas(replicas)
-    .unwrap();
+    let w = random_weights(&mut rng, heads, replicas, d, 0.3);
     let x = normal(&mut rng, rows * heads * d, 1.0);
     let codes = reference::hash_pack(&w, &x);
     assert_eq!(codes.len(), rows * heads * replicas);
@@ -118,17 +119,10 @@ fn replicated_codes_are_the_networks_side_by_side() {
             }
         }
     }
-    assert!(HashWeights::new(
-        5,
-        d,
-        vec![0.0; 5 * d * d],
-        vec![0.0; 5 * d],
-        vec![0.0; 5 * d * d],
-        vec![0.0; 5 * d]
-    )
-    .unwrap()
-    .with_replicas(2)
-    .is_err());
+    // 5 networks do not split into 2 per head.
+    assert!(random_weights(&mut rng, 5, 1, d, 0.3)
+        .with_replicas(2)
+        .is_err());
 }
 
 /// Random key codes, or, with `ties`, codes drawn from only two patterns so scores tie everywhere.

@@ -79,8 +79,7 @@ impl<B: Backend> HashMlp<B> {
             }
         }
         init.w2 = Tensor::from_data(TensorData::new(w2, [nets, dim, dim]), device);
-        init.replicas = replicas;
-        init
+        init.with_replicas(replicas)
     }
 
     fn from_vecs(
@@ -121,6 +120,13 @@ impl<B: Backend> HashMlp<B> {
 
     pub fn dim(&self) -> usize {
         self.w1.dims()[1]
+    }
+
+    /// The same networks, `replicas` per input head (the network count must divide).
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        debug_assert!(replicas > 0 && self.nets().is_multiple_of(replicas));
+        self.replicas = replicas;
+        self
     }
 
     /// Heads of the vectors hashed (networks / replicas).
@@ -202,7 +208,7 @@ impl<B: Backend> HashMlp<B> {
     }
 
     pub fn from_weights(w: &HashWeights, device: &B::Device) -> Self {
-        let mut mlp = Self::from_vecs(
+        Self::from_vecs(
             w.heads,
             w.dim,
             w.w1.clone(),
@@ -210,9 +216,8 @@ impl<B: Backend> HashMlp<B> {
             w.w2.clone(),
             w.b2.clone(),
             device,
-        );
-        mlp.replicas = w.replicas;
-        mlp
+        )
+        .with_replicas(w.replicas)
     }
 }
 

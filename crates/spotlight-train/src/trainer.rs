@@ -296,9 +296,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         spotlight_kernels::CodeShape::new(h, kv, bits).map_err(TrainError::from)?;
         let init = |heads: usize, seed: u64| match config.init {
             HashInit::Identity => {
-                let mut mlp = HashMlp::init(heads * replicas, d, seed, device);
-                mlp.replicas = replicas;
-                mlp
+                HashMlp::init(heads * replicas, d, seed, device).with_replicas(replicas)
             }
             HashInit::Rotation => HashMlp::init_rotated(heads, replicas, d, seed, false, device),
             HashInit::Mixed => HashMlp::init_rotated(heads, replicas, d, seed, true, device),

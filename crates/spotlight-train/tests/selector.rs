@@ -38,9 +38,10 @@ fn random_hash(config: &LlamaConfig, layout: Layout, replicas: usize) -> HashFil
         config.head_dim,
     );
     let nets = |n| {
-        let mut mlp = HashMlp::<Cpu>::random(n * replicas, d, 0.3, &device);
-        mlp.replicas = replicas;
-        mlp.to_weights().unwrap()
+        HashMlp::<Cpu>::random(n * replicas, d, 0.3, &device)
+            .with_replicas(replicas)
+            .to_weights()
+            .unwrap()
     };
     HashFile {
         header: HashHeader::new(

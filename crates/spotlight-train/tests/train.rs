@@ -415,9 +415,7 @@ fn nets_from<B: Backend>(r: usize, p: Vec<Tensor<B, 3>>) -> LayerNets<B> {
 
 /// Random networks (scale `scale`) for `heads` input heads, `r` networks each.
 fn random_nets<B: Backend>(heads: usize, r: usize, d: usize, scale: f64) -> HashMlp<B> {
-    let mut mlp = HashMlp::random(heads * r, d, scale, &Default::default());
-    mlp.replicas = r;
-    mlp
+    HashMlp::random(heads * r, d, scale, &Default::default()).with_replicas(r)
 }
 
 /// The (layout, networks per head) cases the training math is checked on.

@@ -58,9 +58,9 @@ impl HashWeights {
     /// The same networks with `replicas` networks per input head.
     pub fn with_replicas(mut self, replicas: usize) -> Result<Self, KernelError> {
         if replicas == 0 || !self.heads.is_multiple_of(replicas) {
-            return Err(KernelError::Groups {
-                q_heads: self.heads,
-                sets: replicas,
+            return Err(KernelError::Replicas {
+                nets: self.heads,
+                replicas,
             });
         }
         self.replicas = replicas;
@@ -70,11 +70,6 @@ impl HashWeights {
     /// Heads of the input vectors (networks / replicas).
     pub fn input_heads(&self) -> usize {
         self.heads / self.replicas
-    }
-
-    /// Bits of one input head's code.
-    pub fn code_bits(&self) -> usize {
-        self.replicas * self.dim
     }
 
     /// Both layers of one head applied to one vector: `h2`, before the sign.

@@ -69,15 +69,14 @@ impl SparseState {
             config.head_dim,
         );
         let h = &decode.hash;
-        let heads_ok = h.query.len() == layers
-            && h.key.len() == layers
-            && codes.len() == layers
-            && h.query
-                .iter()
-                .all(|w| w.heads == hq * w.replicas && w.dim == d && w.replicas * d == h.bits)
-            && h.key
-                .iter()
-                .all(|w| w.heads == hkv * w.replicas && w.dim == d && w.replicas * d == h.bits);
+        // Every network set hashes `heads` vectors of size d into codes of h.bits bits.
+        let fits = |nets: &[DeviceHashWeights], heads: usize| {
+            nets.len() == layers
+                && nets.iter().all(|w| {
+                    w.heads == heads * w.replicas && w.dim == d && w.replicas * d == h.bits
+                })
+        };
+        let heads_ok = fits(&h.query, hq) && fits(&h.key, hkv) && codes.len() == layers;
         if !heads_ok {
             return Err(KernelError::Length {
                 what: "hash networks per layer (query heads, KV heads) and code buffers",
