@@ -5,7 +5,8 @@
 # (calls 1 and 2: carry .gpu, then .gpu1), in call 3 (carry .gpu2):
 #   VARIANTS="rot128:--bits 128 --init rotation;rot64:--init rotation" bash scripts/gpu/train_variants.sh
 # Each variant is LABEL:FLAGS, added to the common recipe below (FLAGS); its hash files are
-# evaluated as "LABEL" rows. Results (JSON, CSV, plots, curves, f16 hash files) come back in $OUT.
+# evaluated as "LABEL" rows. Results (JSON, CSV, plots, curves) come back in $OUT as results.tgz,
+# the f16 hash files as hashes.tar.part* (below).
 # GENERATE=1 adds a CUDA-against-CPU greedy decode with each group hash (below).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,6 +19,7 @@ LAYOUT="${LAYOUT:-group}"
 FLAGS=(--backend cuda --seq-len 4096 --queries 1024 --pairs 1024 --checkpoint-every 50 --seed 0
   --steps "$STEPS" --layout "$LAYOUT")
 mkdir -p /tmp/results
+rm -rf /tmp/hashes  # a warm machine keeps /tmp: send back only this call's hashes
 pids=()
 labels=()
 IFS=';' read -ra specs <<< "$VARIANTS"
@@ -41,7 +43,7 @@ hashes=()
 for label in "${labels[@]}"; do
   for f in /tmp/variants/"$label"/hash-*.f16.safetensors; do
     [ -f "$f" ] || continue
-    cp "$f" "$OUT/${label}.$(basename "$f")"
+    mkdir -p /tmp/hashes && cp "$f" "/tmp/hashes/${label}.$(basename "$f")"
     hashes+=(--hash "$label=$f")
   done
   cp "/tmp/variants/$label/train_curves.csv" "/tmp/results/train_curves_$label.csv" 2>/dev/null || true
@@ -68,3 +70,8 @@ if [ "${GENERATE:-0}" = 1 ]; then
   done
 fi
 tar czf "$OUT/results.tgz" -C /tmp/results .
+# The hash files come back as one tar in 16 MB parts: the device tool returns at most 8 files of
+# under ~20 MB each, and one 256-bit hash is 24 MB. Rejoin: cat hashes.tar.part* | tar x
+if [ -d /tmp/hashes ]; then
+  tar cf - -C /tmp/hashes . | split -b 16M -d - "$OUT/hashes.tar.part"
+fi
