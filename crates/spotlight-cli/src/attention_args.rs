@@ -20,12 +20,19 @@ pub enum AttentionKind {
     Dense,
     /// The trained hash (Spotlight Attention).
     Spotlight,
-    /// Random linear hashing (sign of random orthogonal projections), --linear-bits long.
+    /// Random linear hashing (sign of random orthogonal projections), --linear-bits long, one
+    /// selection per query head.
     Linear,
+    /// The same codes, scores summed over each KV head's group: one selection per KV head (as the
+    /// group-layout hash selects).
+    LinearGroup,
     /// Quest: pages of --quest-page keys ranked by their per-channel min/max bound.
     Quest,
-    /// Exact top-k of q·k: the ceiling, not a practical method (it reads every key).
+    /// Exact top-k of q·k per query head: the ceiling, not a practical method (it reads every key).
     Oracle,
+    /// Exact top-k of each group's summed attention probability, one selection per KV head: the
+    /// ceiling of group selections.
+    OracleGroup,
 }
 
 impl AttentionKind {
@@ -34,8 +41,10 @@ impl AttentionKind {
             Self::Dense => "dense",
             Self::Spotlight => "spotlight",
             Self::Linear => "linear",
+            Self::LinearGroup => "linear-group",
             Self::Quest => "quest",
             Self::Oracle => "oracle",
+            Self::OracleGroup => "oracle-group",
         }
     }
 }
@@ -141,7 +150,7 @@ impl SelectorArgs {
                 "spotlight attention: no hash weights for {model_id}; train them with `spotlight train` and pass --hash FILE"
             )));
         }
-        if kind == AttentionKind::Linear
+        if matches!(kind, AttentionKind::Linear | AttentionKind::LinearGroup)
             && (self.linear_bits == 0 || !self.linear_bits.is_multiple_of(32))
         {
             return Err(CliError::Usage(format!(
@@ -166,13 +175,15 @@ impl SelectorArgs {
     ) -> Result<Option<Method>> {
         Ok(match kind {
             AttentionKind::Dense => None,
-            AttentionKind::Oracle => Some(Method::Oracle),
+            AttentionKind::Oracle => Some(Method::Oracle { group: false }),
+            AttentionKind::OracleGroup => Some(Method::Oracle { group: true }),
             AttentionKind::Quest => Some(Method::Quest {
                 page: self.quest_page,
             }),
-            AttentionKind::Linear => Some(Method::Linear {
+            AttentionKind::Linear | AttentionKind::LinearGroup => Some(Method::Linear {
                 bits: self.linear_bits,
                 seed: self.hash_seed,
+                group: kind == AttentionKind::LinearGroup,
             }),
             AttentionKind::Spotlight => {
                 let file = hash.expect("resolved with a hash file");

@@ -100,8 +100,7 @@ impl OnBackend for Job {
             targets: TargetConfig {
                 queries: a.queries,
                 pairs: a.pairs,
-                top_fraction: 0.02,
-                near_fraction: 0.0,
+                ..TargetConfig::default()
             },
             ..TrainConfig::default()
         };

@@ -10,7 +10,7 @@ use burn::backend::Autodiff;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{rngs::StdRng, seq::index::sample, SeedableRng};
 use serde::Serialize;
-use spotlight_train::quality::{evaluate_layer, LayerQuality, Method};
+use spotlight_train::quality::{evaluate_layer, LayerQuality, Method, PositionQuality};
 use spotlight_train::{HashFile, Layout, TrainConfig, Trainer};
 
 use crate::backend::{self, BackendKind, OnBackend, SpotlightBackend};
@@ -26,13 +26,14 @@ pub struct RetrievalArgs {
     /// `LABEL=PATH` to label it LABEL (to tell apart files of the same layout and bits).
     #[arg(long = "hash")]
     pub hashes: Vec<PathBuf>,
-    /// Also evaluate the untrained hash (the trainer's init for --seed), both layouts.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    /// Leave out the untrained hash (the trainer's default start for --seed, both layouts).
+    #[arg(long = "no-untrained", action = clap::ArgAction::SetFalse)]
     pub untrained: bool,
     /// Seed of the untrained hash and of the sampled query rows.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Code lengths of the random linear hash baseline (0 to skip).
+    /// Code lengths of the random linear hash baselines, each evaluated per query head (`linear`)
+    /// and per KV head (`linear-group`) (0 to skip).
     #[arg(long, value_delimiter = ',', default_value = "128,640")]
     pub linear_bits: Vec<usize>,
     /// Quest page size in tokens (0 to skip Quest).
@@ -53,6 +54,9 @@ pub struct RetrievalArgs {
     /// First layer averaged (layers 0 and 1 stay dense at decode).
     #[arg(long, default_value_t = 2)]
     pub first_layer: usize,
+    /// Query positions where the by-position metrics split (rows before and after each).
+    #[arg(long, value_delimiter = ',', default_value = "4096")]
+    pub position_split: Vec<usize>,
     /// Held-out text [default: Moby-Dick].
     #[arg(long)]
     pub text: Option<PathBuf>,
@@ -68,11 +72,15 @@ pub struct RetrievalArgs {
     pub logit_ties: bool,
 }
 
-/// One averaged row of the result (the schema plus the K/V read factor).
+/// One averaged row of the result. IoU and recall are against the oracle of the row's
+/// `selection` ("per-head": each query head's top-k; "group": the group oracle); attention mass
+/// is per query head for both.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct QualityRow {
     pub method: String,
     pub layout: String,
+    #[serde(default)]
+    pub selection: String,
     pub bits: usize,
     pub budget: f64,
     pub iou: f64,
@@ -80,6 +88,9 @@ pub struct QualityRow {
     pub mass_recall: f64,
     pub bytes_per_token: f64,
     pub kv_read: f64,
+    /// The metrics of the query rows in each position range.
+    #[serde(default)]
+    pub by_position: Vec<PositionQuality>,
 }
 
 #[derive(Debug, Serialize)]
@@ -153,7 +164,10 @@ impl OnBackend for Job {
                 a.tokens, c.max_position_embeddings
             )));
         }
-        let mut methods = vec![Method::Oracle];
+        let mut methods = vec![
+            Method::Oracle { group: false },
+            Method::Oracle { group: true },
+        ];
         for (name, file) in hash_files {
             methods.push(Method::Hash { name, file });
         }
@@ -180,7 +194,13 @@ impl OnBackend for Job {
                     "--linear-bits {bits}: must be a multiple of 32"
                 )));
             }
-            methods.push(Method::Linear { bits, seed: a.seed });
+            for group in [false, true] {
+                methods.push(Method::Linear {
+                    bits,
+                    seed: a.seed,
+                    group,
+                });
+            }
         }
         if a.quest_page > 0 {
             methods.push(Method::Quest { page: a.quest_page });
@@ -235,6 +255,7 @@ impl OnBackend for Job {
                     &methods,
                     &a.budgets,
                     a.logit_ties,
+                    &a.position_split,
                 ));
                 bar.inc(1);
             }
@@ -242,11 +263,12 @@ impl OnBackend for Job {
         bar.finish();
 
         // Mean over windows per layer (CSV), then over layers (JSON rows).
-        type Key = (String, String, usize, u64);
+        type Key = (String, String, String, usize, u64);
         let key = |q: &LayerQuality| -> Key {
             (
                 q.method.clone(),
                 q.layout.clone(),
+                q.selection.clone(),
                 q.bits,
                 q.budget.to_bits(),
             )
@@ -259,16 +281,17 @@ impl OnBackend for Job {
             qs.iter().map(|q| f(q)).sum::<f64>() / qs.len() as f64
         };
         let mut csv = String::from(
-            "method,layout,bits,layer,budget,iou,recall,mass_recall,kv_read,bytes_per_token\n",
+            "method,layout,selection,bits,layer,budget,iou,recall,mass_recall,kv_read,bytes_per_token\n",
         );
         let mut overall: BTreeMap<Key, Vec<&LayerQuality>> = BTreeMap::new();
         for ((k, layer), qs) in &by_layer {
             csv.push_str(&format!(
-                "{},{},{},{layer},{},{:.5},{:.5},{:.5},{:.4},{}\n",
+                "{},{},{},{},{layer},{},{:.5},{:.5},{:.5},{:.4},{}\n",
                 k.0,
                 k.1,
                 k.2,
-                f64::from_bits(k.3),
+                k.3,
+                f64::from_bits(k.4),
                 mean(qs, |q| q.iou),
                 mean(qs, |q| q.recall),
                 mean(qs, |q| q.mass_recall),
@@ -285,13 +308,15 @@ impl OnBackend for Job {
             .map(|(k, qs)| QualityRow {
                 method: k.0.clone(),
                 layout: k.1.clone(),
-                bits: k.2,
-                budget: f64::from_bits(k.3),
+                selection: k.2.clone(),
+                bits: k.3,
+                budget: f64::from_bits(k.4),
                 iou: mean(qs, |q| q.iou),
                 recall: mean(qs, |q| q.recall),
                 mass_recall: mean(qs, |q| q.mass_recall),
                 bytes_per_token: qs[0].bytes_per_token,
                 kv_read: mean(qs, |q| q.kv_read),
+                by_position: pooled_positions(qs),
             })
             .collect();
         rows.sort_by(|x, y| {
@@ -300,9 +325,10 @@ impl OnBackend for Job {
                 .then(y.mass_recall.total_cmp(&x.mass_recall))
         });
         println!(
-            "{:<10} {:<9} {:>5} {:>6} {:>6} {:>7} {:>11} {:>8} {:>9}",
+            "{:<14} {:<9} {:<9} {:>5} {:>6} {:>6} {:>7} {:>11} {:>8} {:>9}  iou by position",
             "method",
             "layout",
+            "selection",
             "bits",
             "budget",
             "iou",
@@ -312,17 +338,27 @@ impl OnBackend for Job {
             "B/token"
         );
         for r in &rows {
+            let by_position: Vec<String> = r
+                .by_position
+                .iter()
+                .map(|p| match p.to {
+                    Some(to) => format!("<{to}: {:.3}", p.iou),
+                    None => format!("≥{}: {:.3}", p.from, p.iou),
+                })
+                .collect();
             println!(
-                "{:<10} {:<9} {:>5} {:>6.3} {:>6.3} {:>7.3} {:>11.3} {:>8.2} {:>9.1}",
+                "{:<14} {:<9} {:<9} {:>5} {:>6.3} {:>6.3} {:>7.3} {:>11.3} {:>8.2} {:>9.1}  {}",
                 r.method,
                 r.layout,
+                r.selection,
                 r.bits,
                 r.budget,
                 r.iou,
                 r.recall,
                 r.mass_recall,
                 r.kv_read,
-                r.bytes_per_token
+                r.bytes_per_token,
+                by_position.join("  ")
             );
         }
         let stem = a.json.with_extension("");
@@ -357,6 +393,38 @@ impl OnBackend for Job {
     }
 }
 
+/// By-position metrics pooled over layers and windows, each bin weighted by its rows; bins
+/// without rows are left out.
+fn pooled_positions(qs: &[&LayerQuality]) -> Vec<PositionQuality> {
+    let Some(first) = qs.first() else {
+        return Vec::new();
+    };
+    (0..first.by_position.len())
+        .filter_map(|b| {
+            let bins: Vec<&PositionQuality> = qs.iter().map(|q| &q.by_position[b]).collect();
+            let rows: usize = bins.iter().map(|p| p.rows).sum();
+            let mut layers: Vec<usize> = qs.iter().map(|q| q.layer).collect();
+            layers.sort_unstable();
+            layers.dedup();
+            if rows == 0 {
+                return None;
+            }
+            let pooled = |f: fn(&PositionQuality) -> f64| {
+                bins.iter().map(|p| f(p) * p.rows as f64).sum::<f64>() / rows as f64
+            };
+            Some(PositionQuality {
+                from: bins[0].from,
+                to: bins[0].to,
+                iou: pooled(|p| p.iou),
+                recall: pooled(|p| p.recall),
+                mass_recall: pooled(|p| p.mass_recall),
+                // Rows per layer (every layer sees the same rows).
+                rows: rows / layers.len(),
+            })
+        })
+        .collect()
+}
+
 /// Recall-vs-budget plots `<stem>.mass_recall.png` and `<stem>.iou.png` of the averaged rows.
 fn plot_quality(stem: &Path, rows: &[QualityRow], model: &str, first: usize) -> Result<()> {
     for (metric, label, f) in [
@@ -369,7 +437,7 @@ fn plot_quality(stem: &Path, rows: &[QualityRow], model: &str, first: usize) -> 
     ] {
         let mut lines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         for r in rows {
-            let name = format!("{} {} {}b", r.method, r.layout, r.bits);
+            let name = format!("{} {} {}b", r.method, r.selection, r.bits);
             lines
                 .entry(name)
                 .or_default()

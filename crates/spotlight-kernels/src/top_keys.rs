@@ -88,30 +88,42 @@ fn radix_pass(
 fn top_keys_kernel(
     logits: &Array<f32>,
     positions: &Array<u32>,
+    row_k: &Array<u32>,
     top: &mut Array<u32>,
     count: &mut Array<u32>,
     threshold: &mut Array<f32>,
     n: u32,
     positions_len: u32,
-    k: u32,
+    stride: u32,
 ) {
     let row = CUBE_POS_X as usize;
     let unit = UNIT_POS as usize;
-    let (n, k) = (n as usize, k as usize);
+    let (n, stride) = (n as usize, stride as usize);
     let mut visible = positions[row % positions_len as usize] as usize + 1;
     if visible > n {
         visible = n;
     }
-    let out = row * k;
+    let mut k = row_k[row % positions_len as usize] as usize;
+    if k > stride {
+        k = stride;
+    }
+    if k == 0 {
+        k = 1;
+    }
+    let out = row * stride;
+    // Slots past the row's count are padded with 0.
+    let mut j = unit;
+    while j < stride {
+        if j >= k || j >= visible {
+            top[out + j] = 0u32;
+        }
+        j += UNITS;
+    }
     if visible <= k {
         // Every visible key is a top key.
         let mut j = unit;
-        while j < k {
-            let mut v = 0u32;
-            if j < visible {
-                v = j as u32;
-            }
-            top[out + j] = v;
+        while j < visible {
+            top[out + j] = j as u32;
             j += UNITS;
         }
         if unit == 0 {
@@ -203,10 +215,12 @@ fn top_keys_kernel(
 }
 
 /// Top keys of `rows` rows of `logits` ([rows][n] f32). Row r sees its first
-/// `positions[r % positions_len] + 1` values (the causal prefix of query position t).
-/// Writes `top` [rows][k] (ascending indices; rows with fewer visible keys are padded with 0),
-/// `count` [rows] (= min(k, visible)) and `threshold` [rows] (the k-th largest value; −3.4e38
-/// when every visible key is taken).
+/// `positions[r % positions_len] + 1` values (the causal prefix of query position t) and takes
+/// k_r = min(`row_k[r % positions_len]`, k) of them (`row_k`: the per-position top count, e.g.
+/// the decode budget of the row's own length; all k when every entry is ≥ k).
+/// Writes `top` [rows][k] (ascending indices; slots past the row's count are padded with 0),
+/// `count` [rows] (= min(k_r, visible)) and `threshold` [rows] (the k_r-th largest value;
+/// −3.4e38 when every visible key is taken).
 #[allow(clippy::too_many_arguments)]
 pub fn top_keys<R: Runtime>(
     client: &ComputeClient<R>,
@@ -214,6 +228,7 @@ pub fn top_keys<R: Runtime>(
     rows: usize,
     n: usize,
     positions: &Handle,
+    row_k: &Handle,
     positions_len: usize,
     k: usize,
     top: &Handle,
@@ -226,7 +241,7 @@ pub fn top_keys<R: Runtime>(
     if rows == 0 {
         return Ok(());
     }
-    // Safety: every index is below the lengths passed (visible ≤ n, positions < k per row).
+    // Safety: every index is below the lengths passed (visible ≤ n, slots < k per row).
     unsafe {
         top_keys_kernel::launch_unchecked::<R>(
             client,
@@ -234,6 +249,7 @@ pub fn top_keys<R: Runtime>(
             CubeDim::new_1d(UNITS as u32),
             arg(logits, rows * n),
             arg(positions, positions_len),
+            arg(row_k, positions_len),
             arg(top, rows * k),
             arg(count, rows),
             arg(threshold, rows),

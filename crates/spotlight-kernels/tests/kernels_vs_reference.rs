@@ -497,13 +497,16 @@ fn linear_matches_reference() {
 fn top_keys_match_reference() {
     let client = client();
     let mut rng = rng("top_keys");
-    // (rows per position set, n, positions, k): k > visible, k = n, ties, one row, non-multiples.
-    for (heads, n, t, k, tied) in [
-        (1, 1, 1, 1, false),
-        (3, 300, 7, 6, false),
-        (2, 4097, 5, 81, false),
-        (4, 1000, 9, 20, true),
-        (1, 50, 3, 50, false),
+    // (rows per position set, n, positions, k, ties, per-row counts): k > visible, k = n, ties,
+    // one row, non-multiples; per-row counts below, at and above k (and 0, taken as 1).
+    for (heads, n, t, k, tied, per_row) in [
+        (1, 1, 1, 1, false, false),
+        (3, 300, 7, 6, false, false),
+        (2, 4097, 5, 81, false, false),
+        (4, 1000, 9, 20, true, false),
+        (1, 50, 3, 50, false, false),
+        (3, 777, 11, 40, false, true),
+        (2, 513, 6, 17, true, true),
     ] {
         let rows = heads * t;
         let logits: Vec<f32> = if tied {
@@ -519,28 +522,42 @@ fn top_keys_match_reference() {
         if t > 1 {
             positions[t - 1] = (n - 1) as u32;
         }
-        let (top_ref, count_ref, thr_ref) = reference::top_keys(&logits, n, &positions, k);
-        let (lh, ph) = (
+        let row_k: Option<Vec<u32>> = per_row.then(|| {
+            let mut ks: Vec<u32> = (0..t)
+                .map(|_| rng.random_range(1..=(k + k / 2) as u32))
+                .collect();
+            ks[1] = 0;
+            ks[t - 1] = k as u32 / 3;
+            ks
+        });
+        let (top_ref, count_ref, thr_ref) =
+            reference::top_keys(&logits, n, &positions, row_k.as_deref(), k);
+        let ks = row_k.clone().unwrap_or_else(|| vec![k as u32; t]);
+        let (lh, ph, kh) = (
             upload_f32(&client, &logits),
             upload_u32(&client, &positions),
+            upload_u32(&client, &ks),
         );
         let top = filled_u32(&client, rows * k, POISON);
         let count = filled_u32(&client, rows, POISON);
         let thr = filled_f32(&client, rows, f32::NAN);
-        spotlight_kernels::top_keys::top_keys(&client, &lh, rows, n, &ph, t, k, &top, &count, &thr)
-            .unwrap();
-        let case = format!("heads {heads} n {n} t {t} k {k} tied {tied}");
+        spotlight_kernels::top_keys::top_keys(
+            &client, &lh, rows, n, &ph, &kh, t, k, &top, &count, &thr,
+        )
+        .unwrap();
+        let case = format!("heads {heads} n {n} t {t} k {k} tied {tied} per-row {per_row}");
         assert_eq!(read_u32(&client, count, rows), count_ref, "{case}: counts");
-        let got = read_u32(&client, top, rows * k);
-        for r in 0..rows {
-            let c = count_ref[r] as usize;
-            assert_eq!(
-                got[r * k..r * k + c],
-                top_ref[r * k..r * k + c],
-                "{case}: row {r}"
-            );
-        }
+        // Every slot is written: the chosen indices, then 0 padding.
+        assert_eq!(read_u32(&client, top, rows * k), top_ref, "{case}: top keys");
         assert_eq!(read_f32(&client, thr, rows), thr_ref, "{case}: thresholds");
+        if let Some(ks) = &row_k {
+            // The reference itself: a row takes min(k_r, visible) keys, at least one.
+            for r in 0..rows {
+                let visible = positions[r % t] as usize + 1;
+                let want = (ks[r % t] as usize).clamp(1, k).min(visible);
+                assert_eq!(count_ref[r] as usize, want, "{case}: row {r} count");
+            }
+        }
     }
     assert!(spotlight_kernels::top_keys::top_keys(
         &client,
@@ -548,6 +565,7 @@ fn top_keys_match_reference() {
         1,
         1,
         &upload_u32(&client, &[0]),
+        &upload_u32(&client, &[2]),
         1,
         2,
         &filled_u32(&client, 2, 0),

@@ -15,6 +15,10 @@ pub struct AdamWConfig {
     pub clip: f64,
     /// Share of the steps spent in linear warm-up.
     pub warmup_fraction: f64,
+    /// Decay towards the starting weights, p −= lr·wd·(p − p₀), instead of towards 0 (a rotation
+    /// start decayed towards 0 would drift back to the identity).
+    #[serde(default)]
+    pub decay_to_init: bool,
 }
 
 impl Default for AdamWConfig {
@@ -28,6 +32,7 @@ impl Default for AdamWConfig {
             weight_decay: 0.1,
             clip: 1.0,
             warmup_fraction: 0.01,
+            decay_to_init: false,
         }
     }
 }
@@ -77,13 +82,15 @@ impl AdamW {
         Tensor::cat(parts, 0).sum().sqrt()
     }
 
-    /// One update of `params` (1-based `t` for bias correction) after clipping `grads` together.
+    /// One update of `params` (1-based `t` for bias correction) after clipping `grads` together;
+    /// weight decay pulls towards `anchors` (the starting weights) when given, else towards 0.
     /// Returns the norm before clipping ([1], on the device: no sync).
     pub fn step<B: Backend, const D: usize>(
         &self,
         params: &mut [Tensor<B, D>],
         grads: &[Tensor<B, D>],
         moments: &mut [Moments<B, D>],
+        anchors: Option<&[Tensor<B, D>]>,
         lr: f64,
         t: usize,
     ) -> Tensor<B, 1> {
@@ -95,12 +102,16 @@ impl AdamW {
             .mask_where(over, (norm.clone() + 1e-6).recip() * c.clip)
             .reshape([1; D]);
         let (bc1, bc2) = (1.0 - c.beta1.powi(t as i32), 1.0 - c.beta2.powi(t as i32));
-        for ((p, g), mom) in params.iter_mut().zip(grads).zip(moments.iter_mut()) {
+        for (i, ((p, g), mom)) in params.iter_mut().zip(grads).zip(moments.iter_mut()).enumerate() {
             let g = g.clone() * scale.clone();
             mom.m = mom.m.clone() * c.beta1 + g.clone() * (1.0 - c.beta1);
             mom.v = mom.v.clone() * c.beta2 + g.powi_scalar(2) * (1.0 - c.beta2);
             let update = (mom.m.clone() / bc1) / ((mom.v.clone() / bc2).sqrt() + c.eps);
-            *p = p.clone() * (1.0 - lr * c.weight_decay) - update * lr;
+            let decayed = match anchors {
+                Some(a) => p.clone() - (p.clone() - a[i].clone()) * (lr * c.weight_decay),
+                None => p.clone() * (1.0 - lr * c.weight_decay),
+            };
+            *p = decayed - update * lr;
         }
         norm
     }

@@ -31,6 +31,10 @@ pub struct HashHeader {
     pub layout: Layout,
     /// How it was trained (the trainer's config and the step count), for the record.
     pub training: serde_json::Value,
+    /// The layers that were trained, when not all were (the others hold their start):
+    /// `spotlight hash merge` joins such files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained_layers: Option<Vec<usize>>,
 }
 
 impl HashHeader {
@@ -51,7 +55,13 @@ impl HashHeader {
             bits,
             layout,
             training,
+            trained_layers: None,
         }
+    }
+
+    /// Whether layer `l` was trained.
+    pub fn trained(&self, l: usize) -> bool {
+        self.trained_layers.as_ref().is_none_or(|t| t.contains(&l))
     }
 
     pub fn key_nets(&self) -> usize {
@@ -193,6 +203,14 @@ impl HashFile {
                 "inconsistent header: {} q heads, {} kv heads, d {}, {} bits",
                 header.q_heads, header.kv_heads, header.head_dim, header.bits
             )));
+        }
+        if let Some(t) = &header.trained_layers {
+            if !t.windows(2).all(|w| w[0] < w[1]) || t.iter().any(|&l| l >= header.layers) {
+                return Err(bad(format!(
+                    "trained layers {t:?} are not ascending layers below {}",
+                    header.layers
+                )));
+            }
         }
         let (d, r) = (header.head_dim, header.replicas());
         let mut layers = Vec::with_capacity(header.layers);

@@ -51,35 +51,44 @@ impl<B: Backend> HashMlp<B> {
         Self::from_vecs(nets, dim, w1, zeros.clone(), w2, zeros, device)
     }
 
-    /// Rotation init for `heads` input heads × `replicas` networks: W1 as in [`Self::init`],
-    /// W2 = Rₙ − I + N(0, 1e-3²) with Rₙ a random orthogonal matrix per network, so
-    /// h2 ≈ x·Rₙ and the untrained code is a random linear hash of R·d bits (with replicas the
-    /// near-identity init would give R equal codes). With `keep_first`, each head's first
-    /// network keeps the near-identity start (sign(x), the authors') and only the others rotate.
+    /// Rotation start: W1 = 0, b = 0 and W2 = Rₙ − I, so h1 = x and h2 = x·Rₙ (up to rounding):
+    /// the untrained code is the random linear hash sign(x·Rₙ). `rotations` holds one d×d matrix
+    /// per network, [nets][d][d] in the x·R convention (network n = input head n / `replicas`,
+    /// replica n % `replicas`). A query network and its key network given the same Rₙ start as
+    /// one SimHash ([`crate::linear_hash`]). With `keep_first`, each head's first network keeps the
+    /// authors' near-identity start instead ([`Self::init`] from `seed`, the untrained code ≈
+    /// sign(x)).
     pub fn init_rotated(
-        heads: usize,
+        rotations: &[f32],
         replicas: usize,
         dim: usize,
-        seed: u64,
         keep_first: bool,
+        seed: u64,
         device: &B::Device,
     ) -> Self {
-        let nets = heads * replicas;
-        let mut init = Self::init(nets, dim, seed, device);
-        let rotations = crate::quality::random_rotation(dim, nets, seed ^ 0x0707_0707);
-        // random_rotation is [d][nets·d]: network n's matrix is columns n·d .. (n+1)·d.
-        let mut w2 = init.w2.to_data().convert::<f32>().to_vec::<f32>().unwrap();
-        for n in (0..nets).filter(|n| !(keep_first && n % replicas == 0)) {
+        let dd = dim * dim;
+        let nets = rotations.len() / dd;
+        let near = Self::init(nets, dim, seed, device);
+        let host = |t: &Tensor<B, 3>| t.to_data().convert::<f32>().to_vec::<f32>().unwrap();
+        let (near_w1, near_w2) = (host(&near.w1), host(&near.w2));
+        let mut w1 = vec![0f32; nets * dd];
+        let mut w2 = vec![0f32; nets * dd];
+        for n in 0..nets {
+            let at = n * dd..(n + 1) * dd;
+            if keep_first && n % replicas == 0 {
+                w1[at.clone()].copy_from_slice(&near_w1[at.clone()]);
+                w2[at.clone()].copy_from_slice(&near_w2[at]);
+                continue;
+            }
             for i in 0..dim {
                 for j in 0..dim {
                     let identity = if i == j { 1.0 } else { 0.0 };
-                    w2[(n * dim + i) * dim + j] +=
-                        rotations[i * nets * dim + n * dim + j] - identity;
+                    w2[n * dd + i * dim + j] = rotations[n * dd + i * dim + j] - identity;
                 }
             }
         }
-        init.w2 = Tensor::from_data(TensorData::new(w2, [nets, dim, dim]), device);
-        init.with_replicas(replicas)
+        let zeros = vec![0f32; nets * dim];
+        Self::from_vecs(nets, dim, w1, zeros.clone(), w2, zeros, device).with_replicas(replicas)
     }
 
     fn from_vecs(
@@ -126,6 +135,14 @@ impl<B: Backend> HashMlp<B> {
     pub fn with_replicas(mut self, replicas: usize) -> Self {
         debug_assert!(replicas > 0 && self.nets().is_multiple_of(replicas));
         self.replicas = replicas;
+        self
+    }
+
+    /// The same networks with W1 = b1 = 0: h1 = x, so h2 = x·(I + W2) + b2 is linear (the
+    /// learned-linear ablation keeps them there).
+    pub fn without_first_layer(mut self) -> Self {
+        self.w1 = self.w1.zeros_like();
+        self.b1 = self.b1.zeros_like();
         self
     }
 

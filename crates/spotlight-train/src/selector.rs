@@ -8,13 +8,13 @@
 
 use std::sync::Arc;
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use spotlight_llama::KeySelector;
 
 use crate::hash_file::HashFile;
 use crate::hash_mlp::HashMlp;
-use crate::quality::{random_rotation, Heads, Method};
-use crate::trainer::mix_seed;
+use crate::linear_hash::{head_projection, layer_rotations};
+use crate::quality::{Heads, Method};
 use crate::Layout;
 
 /// ±1 signs of x (a positive value is a set bit, as in `pack_signs`).
@@ -30,10 +30,13 @@ pub fn selector_for<B: Backend>(
     device: &B::Device,
 ) -> Arc<dyn KeySelector<B>> {
     match method {
-        Method::Oracle => Arc::new(Oracle),
+        Method::Oracle { group: false } => Arc::new(Oracle),
+        Method::Oracle { group: true } => Arc::new(OracleGroup { heads }),
         Method::Quest { page } => Arc::new(Quest { page: *page }),
         Method::Hash { name, file } => Arc::new(Hash::new(name, file, heads, device)),
-        Method::Linear { bits, seed } => Arc::new(Linear::new(*bits, *seed, heads, layers, device)),
+        Method::Linear { bits, seed, group } => Arc::new(Linear::new(
+            *bits, *seed, *group, heads, layers, device,
+        )),
     }
 }
 
@@ -53,6 +56,50 @@ impl<B: Backend> KeySelector<B> for Oracle {
         _: Option<Tensor<B, 4>>,
     ) -> Tensor<B, 4> {
         q.matmul(keys.swap_dims(2, 3))
+    }
+}
+
+/// The group oracle: one ranking per KV head by the group's summed attention probability
+/// softmax(q·k/√d), the ceiling of every one-list-per-KV-head selector. Every row of a group gets
+/// the group's score, so the group selects one shared set.
+#[derive(Debug)]
+pub struct OracleGroup {
+    heads: Heads,
+}
+
+impl<B: Backend> KeySelector<B> for OracleGroup {
+    fn name(&self) -> String {
+        "oracle-group".into()
+    }
+    fn scores(
+        &self,
+        _: usize,
+        q: Tensor<B, 4>,
+        keys: Tensor<B, 4>,
+        _: Option<Tensor<B, 4>>,
+    ) -> Tensor<B, 4> {
+        let [batch, kv, rows, d] = q.dims();
+        let n = keys.dims()[2];
+        let g = self.heads.q_heads / self.heads.kv_heads;
+        let t = rows / g;
+        // The call's T positions are the last T of the n keys (row ti at n − T + ti): the
+        // softmax runs over each row's visible keys only, so the group's sum weighs its heads
+        // as attention does.
+        let device = q.device();
+        let key = Tensor::<B, 1, Int>::arange(0..n as i64, &device).reshape([1, n]);
+        let row = Tensor::<B, 1, Int>::arange((n - t) as i64..n as i64, &device).reshape([t, 1]);
+        let future = key
+            .expand([t, n])
+            .greater(row.expand([t, n]))
+            .reshape([1, 1, t, 1, n])
+            .expand([batch, kv, t, g, n]);
+        let logits = (q.matmul(keys.swap_dims(2, 3)) / (d as f64).sqrt())
+            .reshape([batch, kv, t, g, n])
+            .mask_fill(future, f32::NEG_INFINITY);
+        burn::tensor::activation::softmax(logits, 4)
+            .sum_dim(3)
+            .expand([batch, kv, t, g, n])
+            .reshape([batch, kv, rows, n])
     }
 }
 
@@ -161,40 +208,61 @@ impl<B: Backend> KeySelector<B> for Hash<B> {
     }
 }
 
-/// Random linear hashing: sign(x·R) with R `bits` columns of stacked random orthogonal d×d
-/// matrices (one R per layer, the same as `quality.rs`), one key code per KV head.
+/// Random linear hashing: sign(x·P) with P the `bits` columns of stacked random orthogonal d×d
+/// matrices of the query's or key's KV head (one set per KV head and layer, the same as
+/// `quality.rs` and the trained hash's rotation start), one key code per KV head. With `group`
+/// the group's scores are summed and every row of a group gets them (one shared selection).
 #[derive(Debug)]
 pub struct Linear<B: Backend> {
     bits: usize,
-    rotations: Vec<Tensor<B, 2>>,
+    group: Option<usize>,
+    /// Per layer [kv, d, bits].
+    projections: Vec<Tensor<B, 3>>,
 }
 
 impl<B: Backend> Linear<B> {
-    pub fn new(bits: usize, seed: u64, heads: Heads, layers: usize, device: &B::Device) -> Self {
-        let d = heads.head_dim;
-        let rotations = (0..layers)
+    pub fn new(
+        bits: usize,
+        seed: u64,
+        group: bool,
+        heads: Heads,
+        layers: usize,
+        device: &B::Device,
+    ) -> Self {
+        let (d, kv) = (heads.head_dim, heads.kv_heads);
+        let projections = (0..layers)
             .map(|layer| {
-                let blocks = bits.div_ceil(d);
-                let r = random_rotation(d, blocks, mix_seed(seed, &[layer as u64]));
-                Tensor::<B, 2>::from_data(TensorData::new(r, [d, blocks * d]), device)
-                    .slice([0..d, 0..bits])
+                let r = layer_rotations(d, kv, bits, seed, layer);
+                let p: Vec<f32> = (0..kv)
+                    .flat_map(|s| head_projection(&r, d, bits, s))
+                    .collect();
+                Tensor::<B, 3>::from_data(TensorData::new(p, [kv, d, bits]), device)
             })
             .collect();
-        Self { bits, rotations }
+        Self {
+            bits,
+            group: group.then_some(heads.q_heads / kv),
+            projections,
+        }
     }
 
+    /// ±1 codes of x [batch, kv, rows, d] (rows of KV head s projected by its P_s).
     fn codes(&self, layer: usize, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [a, b, c, d] = x.dims();
-        let proj = x
-            .reshape([a * b * c, d])
-            .matmul(self.rotations[layer].clone());
-        signs(proj).reshape([a, b, c, self.bits])
+        let [batch, kv, rows, d] = x.dims();
+        let p = self.projections[layer]
+            .clone()
+            .reshape([1, kv, d, self.bits])
+            .expand([batch, kv, d, self.bits]);
+        signs(x.matmul(p)).reshape([batch, kv, rows, self.bits])
     }
 }
 
 impl<B: Backend> KeySelector<B> for Linear<B> {
     fn name(&self) -> String {
-        format!("linear-{}", self.bits)
+        match self.group {
+            Some(_) => format!("linear-group-{}", self.bits),
+            None => format!("linear-{}", self.bits),
+        }
     }
     fn encode_keys(&self, layer: usize, k: Tensor<B, 4>) -> Option<Tensor<B, 4>> {
         Some(self.codes(layer, k))
@@ -208,10 +276,21 @@ impl<B: Backend> KeySelector<B> for Linear<B> {
     ) -> Tensor<B, 4> {
         let codes = codes.expect("linear selector keys are encoded at insert");
         let qc = self.codes(layer, q);
-        (qc.matmul(codes.swap_dims(2, 3)) + self.bits as f64) / 2.0
+        let s = (qc.matmul(codes.swap_dims(2, 3)) + self.bits as f64) / 2.0;
+        match self.group {
+            None => s,
+            Some(g) => {
+                // Rows of a KV head are [T][G]: the group's scores summed, shared by its rows.
+                let [batch, kv, rows, n] = s.dims();
+                s.reshape([batch, kv, rows / g, g, n])
+                    .sum_dim(3)
+                    .expand([batch, kv, rows / g, g, n])
+                    .reshape([batch, kv, rows, n])
+            }
+        }
     }
     fn score_levels(&self) -> Option<usize> {
-        Some(self.bits + 1)
+        Some(self.bits * self.group.unwrap_or(1) + 1)
     }
 }
 

@@ -19,6 +19,7 @@ use crate::adamw::{AdamW, AdamWConfig, Moments};
 use crate::bradley_terry::{draft_scores, loss, loss_by_tensor_ops};
 use crate::hash_file::{HashFile, HashHeader, LayerHash};
 use crate::hash_mlp::HashMlp;
+use crate::linear_hash::layer_rotations;
 use crate::targets::{TargetConfig, Targets};
 use crate::tensor_file::{self, Tensors};
 use crate::TrainBackend;
@@ -47,6 +48,20 @@ pub struct TrainConfig {
     /// How the networks start.
     #[serde(default)]
     pub init: HashInit,
+    /// Window lengths used in turn (step s reads a window of `seq_lens[s % len]` tokens); empty:
+    /// `seq_len` every step. Mixed lengths train the positions a long context reaches.
+    #[serde(default)]
+    pub seq_lens: Vec<usize>,
+    /// Layers trained (ascending); empty: all. The others keep their start.
+    #[serde(default)]
+    pub layers: Vec<usize>,
+    /// γ of the first step, annealed geometrically to `gamma` at the last (0: `gamma` throughout).
+    #[serde(default)]
+    pub gamma_start: f64,
+    /// The learned-linear ablation: W1 = b1 = 0 held fixed, so h2 = x·(I + W2) + b2 — one
+    /// learned projection, no non-linearity.
+    #[serde(default)]
+    pub linear: bool,
 }
 
 /// The networks' starting point.
@@ -81,6 +96,10 @@ impl Default for TrainConfig {
             checkpoint_every: 50,
             bits: 0,
             init: HashInit::Identity,
+            seq_lens: Vec::new(),
+            layers: Vec::new(),
+            gamma_start: 0.0,
+            linear: false,
         }
     }
 }
@@ -107,13 +126,61 @@ impl TrainConfig {
                 self.targets.near_fraction
             ));
         }
+        if !(0.0..=1.0).contains(&self.targets.hard_fraction)
+            || self.targets.near_fraction + self.targets.hard_fraction > 1.0
+        {
+            return bad(format!(
+                "hard-negative fraction {} is not in [0, 1 − near fraction {}]",
+                self.targets.hard_fraction, self.targets.near_fraction
+            ));
+        }
         if !(self.targets.top_fraction > 0.0 && self.targets.top_fraction < 1.0) {
             return bad(format!(
                 "top fraction {} is not in (0, 1)",
                 self.targets.top_fraction
             ));
         }
+        if self.targets.group && !self.layouts.contains(&Layout::Group) {
+            return bad("group targets train the group layout, which is not trained".into());
+        }
+        if let Some(&l) = self.seq_lens.iter().find(|&&l| l < 2 || l > self.seq_len) {
+            return bad(format!(
+                "window length {l} must be between 2 and --seq-len {}",
+                self.seq_len
+            ));
+        }
+        if !self.layers.windows(2).all(|w| w[0] < w[1]) {
+            return bad(format!("layers {:?} must be ascending, each once", self.layers));
+        }
+        if self.gamma_start < 0.0 || !(self.gamma > 0.0) {
+            return bad(format!(
+                "γ {} must be positive and its start {} not negative",
+                self.gamma, self.gamma_start
+            ));
+        }
         Ok(())
+    }
+
+    /// Tokens of the window of step `step`.
+    pub fn window_len(&self, step: usize) -> usize {
+        match self.seq_lens.len() {
+            0 => self.seq_len,
+            n => self.seq_lens[step % n],
+        }
+    }
+
+    /// γ at 0-based `step`: geometric from `gamma_start` to `gamma`.
+    pub fn gamma_at(&self, step: usize) -> f64 {
+        if self.gamma_start <= 0.0 || self.steps < 2 {
+            return self.gamma;
+        }
+        let progress = (step.min(self.steps - 1)) as f64 / (self.steps - 1) as f64;
+        self.gamma_start * (self.gamma / self.gamma_start).powf(progress)
+    }
+
+    /// Whether layer `l` of a model of `layers` is trained.
+    pub fn trains_layer(&self, l: usize) -> bool {
+        self.layers.is_empty() || self.layers.contains(&l)
     }
 
     /// Code bits per head for head size `d`, and the networks per head; a one-line error when
@@ -216,6 +283,8 @@ impl<B: Backend> LayerNets<B> {
 struct NetState<B: Backend> {
     nets: LayerNets<B>,
     moments: Vec<Moments<B, 3>>,
+    /// The starting weights, when weight decay pulls towards them.
+    anchors: Option<Vec<Tensor<B, 3>>>,
 }
 
 /// What one layer of one layout did in one step.
@@ -251,6 +320,16 @@ pub fn mix_seed(seed: u64, parts: &[u64]) -> u64 {
         z ^= z >> 31;
     }
     z
+}
+
+/// Draft scores per selection unit: [q_heads, T, N] as they are, or with group targets summed
+/// over each KV head's group → [kv_heads, T, N] (the score a group selection ranks by).
+fn unit_scores<B: Backend>(scores: Tensor<B, 3>, group: bool, kv: usize) -> Tensor<B, 3> {
+    if !group {
+        return scores;
+    }
+    let [h, t, n] = scores.dims();
+    scores.reshape([kv, h / kv, t, n]).sum_dim(1).reshape([kv, t, n])
 }
 
 /// How a training step computes codes and loss: the custom ops (CubeCL kernels on cube backends,
@@ -294,12 +373,39 @@ impl<B: AutodiffBackend> Trainer<B> {
         );
         let (bits, replicas) = config.code_bits(d)?;
         spotlight_kernels::CodeShape::new(h, kv, bits).map_err(TrainError::from)?;
-        let init = |heads: usize, seed: u64| match config.init {
-            HashInit::Identity => {
-                HashMlp::init(heads * replicas, d, seed, device).with_replicas(replicas)
+        if let Some(&l) = config.layers.iter().find(|&&l| l >= llama.num_hidden_layers) {
+            return Err(TrainError::Config(format!(
+                "layer {l} does not exist: the model has {} layers",
+                llama.num_hidden_layers
+            )));
+        }
+        let g = h / kv;
+        // `heads` networks' start; `per_kv` heads share a KV head (g for query networks, 1 for
+        // key networks), and a head's networks take its KV head's rotations, so a query and its
+        // key start as one linear hash (the baseline's rotations for the same seed and layer).
+        let init = |heads: usize, per_kv: usize, seed: u64, layer: usize| {
+            let mlp = match config.init {
+                HashInit::Identity => {
+                    HashMlp::init(heads * replicas, d, seed, device).with_replicas(replicas)
+                }
+                HashInit::Rotation | HashInit::Mixed => {
+                    let r = layer_rotations(d, kv, bits, config.seed, layer);
+                    let dd = d * d;
+                    let per_net: Vec<f32> = (0..heads * replicas)
+                        .flat_map(|n| {
+                            let block = (n / replicas / per_kv) * replicas + n % replicas;
+                            r[block * dd..(block + 1) * dd].to_vec()
+                        })
+                        .collect();
+                    let mixed = config.init == HashInit::Mixed;
+                    HashMlp::init_rotated(&per_net, replicas, d, mixed, seed, device)
+                }
+            };
+            if config.linear {
+                mlp.without_first_layer()
+            } else {
+                mlp
             }
-            HashInit::Rotation => HashMlp::init_rotated(heads, replicas, d, seed, false, device),
-            HashInit::Mixed => HashMlp::init_rotated(heads, replicas, d, seed, true, device),
         };
         let state = config
             .layouts
@@ -310,11 +416,16 @@ impl<B: AutodiffBackend> Trainer<B> {
                     .map(|l| {
                         let seed = |role: u64| mix_seed(config.seed, &[li as u64, l as u64, role]);
                         let nets = LayerNets {
-                            query: init(h, seed(0)),
-                            key: (layout == Layout::Group).then(|| init(kv, seed(1))),
+                            query: init(h, g, seed(0), l),
+                            key: (layout == Layout::Group).then(|| init(kv, 1, seed(1), l)),
                         };
                         let moments = nets.params().iter().map(Moments::zeros_like).collect();
-                        NetState { nets, moments }
+                        let anchors = config.optimizer.decay_to_init.then(|| nets.params());
+                        NetState {
+                            nets,
+                            moments,
+                            anchors,
+                        }
                     })
                     .collect()
             })
@@ -358,6 +469,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             config: c.optimizer,
         };
         let lr = c.optimizer.lr_at(self.step, c.steps);
+        let gamma = c.gamma_at(self.step);
         let mut records = Vec::new();
         let mut stats: Vec<Tensor<B::InnerBackend, 1>> = Vec::new();
         // SPOTLIGHT_PROFILE=N: time the phases of the first N layers (device-synchronised) and
@@ -366,21 +478,60 @@ impl<B: AutodiffBackend> Trainer<B> {
             .ok()
             .and_then(|v| v.parse().ok());
         let mut phases = Phases::<B>::new(profile.is_some(), &self.device);
-        for (l, layer) in qk.iter().enumerate().take(profile.unwrap_or(usize::MAX)) {
-            let mut rng =
-                StdRng::seed_from_u64(mix_seed(c.seed, &[0x7a, self.step as u64, l as u64]));
-            let targets = Targets::sample(&layer.q, &layer.k, &c.targets, &mut rng);
-            phases.mark("targets");
-            let targets = Targets::<B> {
-                positions: Tensor::from_inner(targets.positions),
-                queries: Tensor::from_inner(targets.queries),
-                top: Tensor::from_inner(targets.top),
-                other: Tensor::from_inner(targets.other),
-                valid: Tensor::from_inner(targets.valid),
+        let layers = qk
+            .iter()
+            .enumerate()
+            .filter(|(l, _)| c.trains_layer(*l))
+            .take(profile.unwrap_or(usize::MAX));
+        let lift = |t: Targets<B::InnerBackend>| Targets::<B> {
+            positions: Tensor::from_inner(t.positions),
+            queries: Tensor::from_inner(t.queries),
+            top: Tensor::from_inner(t.top),
+            other: Tensor::from_inner(t.other),
+            valid: Tensor::from_inner(t.valid),
+        };
+        for (l, layer) in layers {
+            // Targets shared by the layouts unless they depend on the layout (hard negatives
+            // from its own code, group targets for the group layout).
+            let own_targets = |layout: Layout| {
+                c.targets.hard_fraction > 0.0 || (c.targets.group && layout == Layout::Group)
             };
+            let shared = c.layouts.iter().any(|&x| !own_targets(x)).then(|| {
+                let mut rng =
+                    StdRng::seed_from_u64(mix_seed(c.seed, &[0x7a, self.step as u64, l as u64]));
+                let cfg = TargetConfig {
+                    group: false,
+                    ..c.targets
+                };
+                lift(Targets::sample(&layer.q, &layer.k, &cfg, &mut rng, None))
+            });
+            phases.mark("targets");
             let keys = Tensor::<B, 3>::from_inner(layer.k.clone());
             for (li, &layout) in c.layouts.iter().enumerate() {
                 let st = &mut self.state[li][l];
+                let group_targets = c.targets.group && layout == Layout::Group;
+                let targets = match (&shared, own_targets(layout)) {
+                    (Some(t), false) => t.clone(),
+                    _ => {
+                        let mut rng = StdRng::seed_from_u64(mix_seed(
+                            c.seed,
+                            &[0x7b, self.step as u64, l as u64, layout as u64],
+                        ));
+                        let cfg = TargetConfig {
+                            group: group_targets,
+                            ..c.targets
+                        };
+                        // The current code's scores, for hard negatives (no gradient).
+                        let nets = &st.nets;
+                        let current = |queries: &Tensor<B::InnerBackend, 3>| {
+                            let (cq, ck) = nets.soft_codes(queries.clone(), layer.k.clone(), gamma);
+                            unit_scores(draft_scores(cq, ck), group_targets, layer.k.dims()[0])
+                        };
+                        let t = Targets::sample(&layer.q, &layer.k, &cfg, &mut rng, Some(&current));
+                        phases.mark("targets");
+                        lift(t)
+                    }
+                };
                 let params: Vec<Tensor<B, 3>> = st
                     .nets
                     .params()
@@ -390,13 +541,13 @@ impl<B: AutodiffBackend> Trainer<B> {
                 let nets = LayerNets::from_params(st.nets.query.replicas, params.clone());
                 let queries = targets.queries.clone();
                 let (cq, ck) = match ops {
-                    TrainOps::Custom => nets.soft_codes(queries, keys.clone(), c.gamma),
+                    TrainOps::Custom => nets.soft_codes(queries, keys.clone(), gamma),
                     TrainOps::TensorOps => {
-                        nets.soft_codes_by_tensor_ops(queries, keys.clone(), c.gamma)
+                        nets.soft_codes_by_tensor_ops(queries, keys.clone(), gamma)
                     }
                 };
                 phases.mark("codes");
-                let scores = draft_scores(cq, ck);
+                let scores = unit_scores(draft_scores(cq, ck), group_targets, layer.k.dims()[0]);
                 phases.mark("scores");
                 let out = match ops {
                     TrainOps::Custom => loss(scores, &targets, c.beta, c.margin),
@@ -407,14 +558,22 @@ impl<B: AutodiffBackend> Trainer<B> {
                 phases.mark("backward");
                 let grads: Vec<_> = params
                     .iter()
-                    .map(|p| {
-                        p.grad(&grads)
-                            .unwrap_or_else(|| p.clone().inner().zeros_like())
+                    .enumerate()
+                    .map(|(i, p)| match p.grad(&grads) {
+                        // The learned-linear ablation holds W1 and b1 (parts 0, 1 of each net).
+                        Some(g) if !(c.linear && i % 4 < 2) => g,
+                        _ => p.clone().inner().zeros_like(),
                     })
                     .collect();
                 let mut inner: Vec<_> = params.into_iter().map(|p| p.inner()).collect();
-                let grad_norm =
-                    optimizer.step(&mut inner, &grads, &mut st.moments, lr, self.step + 1);
+                let grad_norm = optimizer.step(
+                    &mut inner,
+                    &grads,
+                    &mut st.moments,
+                    st.anchors.as_deref(),
+                    lr,
+                    self.step + 1,
+                );
                 st.nets = LayerNets::from_params(st.nets.query.replicas, inner);
                 phases.mark("adamw");
                 // Statistics stay on the device until the step ends (one sync per step).
@@ -470,8 +629,12 @@ impl<B: AutodiffBackend> Trainer<B> {
             })?;
         let training = serde_json::json!({ "config": self.config, "steps_done": self.step });
         let (bits, _) = self.config.code_bits(self.dims.head_dim)?;
+        let mut header = HashHeader::new(&self.dims.model, &self.llama, layout, bits, training);
+        if !self.config.layers.is_empty() {
+            header.trained_layers = Some(self.config.layers.clone());
+        }
         Ok(HashFile {
-            header: HashHeader::new(&self.dims.model, &self.llama, layout, bits, training),
+            header,
             layers: self.state[li]
                 .iter()
                 .map(|s| s.nets.to_layer_hash())

@@ -32,7 +32,8 @@ fn metrics_behave() {
     )
     .unwrap();
     let methods = vec![
-        Method::Oracle,
+        Method::Oracle { group: false },
+        Method::Oracle { group: true },
         Method::Hash {
             name: "untrained".into(),
             file: init.hash_file(Layout::Group).unwrap(),
@@ -41,17 +42,26 @@ fn metrics_behave() {
             name: "untrained".into(),
             file: init.hash_file(Layout::Faithful).unwrap(),
         },
-        Method::Linear { bits: 96, seed: 1 },
+        Method::Linear {
+            bits: 96,
+            seed: 1,
+            group: false,
+        },
+        Method::Linear {
+            bits: 96,
+            seed: 1,
+            group: true,
+        },
         Method::Quest { page: 16 },
     ];
     let positions = [0, 5, 19, 20, 150, 299];
     let budgets = [0.05, 1.0];
-    let rows = evaluate_layer(0, &qk, &positions, &methods, &budgets, true);
-    // Every method, then the three code methods again with ties ordered by the true logit.
-    assert_eq!(rows.len(), (methods.len() + 3) * budgets.len());
+    let rows = evaluate_layer(0, &qk, &positions, &methods, &budgets, true, &[]);
+    // Every method, then the four code methods again with ties ordered by the true relevance.
+    assert_eq!(rows.len(), (methods.len() + 4) * budgets.len());
     for r in rows.iter().filter(|r| r.method.ends_with("+logit-ties")) {
         let base = r.method.trim_end_matches("+logit-ties");
-        assert!(base != "oracle" && base != "quest", "{}", r.method);
+        assert!(!base.starts_with("oracle") && base != "quest", "{}", r.method);
         let plain = rows
             .iter()
             .find(|p| p.method == base && p.layout == r.layout && p.budget == r.budget)
@@ -87,11 +97,12 @@ fn metrics_behave() {
         strictly_better,
         "logit tie-breaking never changed a selection"
     );
-    let rows = evaluate_layer(0, &qk, &positions, &methods, &budgets, false);
+    let rows = evaluate_layer(0, &qk, &positions, &methods, &budgets, false, &[100]);
     assert_eq!(rows.len(), methods.len() * budgets.len());
-    let oracle_mass = |b: f64| {
+    let oracle_mass = |b: f64, group: bool| {
+        let name = if group { "oracle-group" } else { "oracle" };
         rows.iter()
-            .find(|r| r.method == "oracle" && r.budget == b)
+            .find(|r| r.method == name && r.budget == b)
             .unwrap()
             .mass_recall
     };
@@ -101,7 +112,7 @@ fn metrics_behave() {
             (0.0..=1.0 + 1e-9).contains(&r.iou) && (0.0..=1.0 + 1e-9).contains(&r.recall),
             "{what}"
         );
-        if r.method == "oracle" {
+        if r.method.starts_with("oracle") {
             assert!(
                 (r.iou - 1.0).abs() < 1e-12 && (r.recall - 1.0).abs() < 1e-12,
                 "{what}"
@@ -120,10 +131,21 @@ fn metrics_behave() {
                 r.mass_recall
             );
         } else if r.method != "quest" {
-            // The oracle's k keys carry the most mass any k keys can (Quest takes whole pages).
-            assert!(r.mass_recall <= oracle_mass(r.budget) + 1e-9, "{what}");
+            // The oracle's k keys carry the most mass any k keys can (Quest takes whole pages);
+            // the group oracle's k keys the most any one shared list per KV head can.
+            let group = r.selection == "group";
+            assert!(r.mass_recall <= oracle_mass(r.budget, group) + 1e-9, "{what}");
+            if group {
+                assert!(oracle_mass(r.budget, true) <= oracle_mass(r.budget, false) + 1e-9);
+            }
         }
-        if r.layout == "group" {
+        // Rows split at position 100: [0, 100) holds 4 rows, [100, end) 2; the overall mean
+        // is their row-weighted mean.
+        assert_eq!(r.by_position.len(), 2, "{what}");
+        assert_eq!((r.by_position[0].rows, r.by_position[1].rows), (4, 2));
+        let pooled = (4.0 * r.by_position[0].iou + 2.0 * r.by_position[1].iou) / 6.0;
+        assert!((pooled - r.iou).abs() < 1e-12, "{what}: {pooled} vs {}", r.iou);
+        if r.selection == "group" {
             assert_eq!(r.kv_read, 1.0, "{what}");
         } else {
             assert!(
@@ -143,5 +165,62 @@ fn metrics_behave() {
     assert_eq!(bytes("untrained", "group"), 8.0);
     assert_eq!(bytes("untrained", "faithful"), 24.0);
     assert_eq!(bytes("linear", "per-head"), 24.0);
+    assert_eq!(bytes("linear-group", "group"), 24.0);
     assert_eq!(bytes("quest", "per-head"), 16.0);
+}
+
+/// At step 0 the rotation start is the random linear hash with the same rotations: in the group
+/// layout it selects exactly what `linear-group` selects, in the faithful layout exactly what the
+/// per-head `linear` selects — at several budgets, code lengths and seeds. (A query network and
+/// its group's key network share R; were their rotations drawn apart, the untrained code would
+/// be noise.)
+#[test]
+fn rotation_start_is_the_linear_hash() {
+    let (h, kv, n, d) = (6, 2, 400, 32);
+    let mut rng = StdRng::seed_from_u64(11);
+    let qk = LayerQk {
+        q: random([h, n, d], &mut rng),
+        k: random([kv, n, d], &mut rng),
+    };
+    let positions = [7, 40, 123, 250, 399];
+    let budgets = [0.05, 0.1, 0.3];
+    for (bits, seed, layer) in [(32, 3, 0), (64, 9, 2)] {
+        let llama = LlamaConfig::attention_shape(layer + 1, h, kv, d, n);
+        let config = TrainConfig {
+            bits,
+            seed,
+            init: spotlight_train::HashInit::Rotation,
+            ..TrainConfig::default()
+        };
+        let start =
+            Trainer::<Autodiff<Cpu>>::new(config, "synthetic", &llama, &Default::default())
+                .unwrap();
+        for (layout, group) in [(Layout::Group, true), (Layout::Faithful, false)] {
+            let methods = [
+                Method::Hash {
+                    name: "start".into(),
+                    file: start.hash_file(layout).unwrap(),
+                },
+                Method::Linear { bits, seed, group },
+            ];
+            let rows = evaluate_layer(layer, &qk, &positions, &methods, &budgets, false, &[]);
+            for b in budgets {
+                let at = |name: &str| {
+                    rows.iter()
+                        .find(|r| r.method == name && r.budget == b)
+                        .unwrap()
+                };
+                let (hash, linear) = (at("start"), at(methods[1].name().as_str()));
+                let what = format!("{layout:?} {bits} bits seed {seed} at {b}");
+                assert_eq!(hash.selection, linear.selection, "{what}");
+                assert_eq!(
+                    (hash.iou, hash.recall, hash.mass_recall, hash.kv_read),
+                    (linear.iou, linear.recall, linear.mass_recall, linear.kv_read),
+                    "{what}"
+                );
+                // Not a trivial agreement: the selection is not the oracle's.
+                assert!(hash.iou < 1.0, "{what}");
+            }
+        }
+    }
 }

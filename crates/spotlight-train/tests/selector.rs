@@ -231,8 +231,18 @@ fn sparse_decode_equals_teacher_forced_selection() {
             name: "faithful".into(),
             file: random_hash(&c, Layout::Faithful, 1, 3),
         },
-        Method::Linear { bits: 64, seed: 1 },
-        Method::Oracle,
+        Method::Linear {
+            bits: 64,
+            seed: 1,
+            group: false,
+        },
+        Method::Linear {
+            bits: 64,
+            seed: 1,
+            group: true,
+        },
+        Method::Oracle { group: false },
+        Method::Oracle { group: true },
         Method::Quest { page: 4 },
     ] {
         let sel: Arc<dyn KeySelector<Cpu>> =
@@ -263,7 +273,7 @@ fn sparse_decode_equals_teacher_forced_selection() {
             let codes = cache.layers[2].codes.is_some();
             assert_eq!(
                 codes,
-                !matches!(method, Method::Oracle),
+                !matches!(method, Method::Oracle { .. }),
                 "{name}: key codes kept at insert"
             );
             assert!(cache.layers[0].codes.is_none(), "dense layers code nothing");

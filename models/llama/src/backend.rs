@@ -28,12 +28,15 @@ pub trait LlamaBackend: Backend {
     /// y = x·Wᵀ with x: [rows, in] and W stored as HF does, [out, in]; returns [rows, out].
     fn projection(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
 
-    /// logits: [rows, n] f32; positions: [T] (row r sees its first positions[r % T] + 1 values).
-    /// Returns (top [rows, k] ascending, padded with 0; count [rows] = min(k, visible);
-    /// threshold [rows] = the k-th largest visible value, −3.4e38 when every visible one is taken).
+    /// logits: [rows, n] f32; positions: [T] (row r sees its first positions[r % T] + 1 values);
+    /// row_k: [T] the top count of each position (None: k for every row; each is capped at k).
+    /// Returns (top [rows, k] ascending, padded with 0; count [rows] = min(k_r, visible);
+    /// threshold [rows] = the k_r-th largest visible value, −3.4e38 when every visible one is
+    /// taken).
     fn top_keys(
         logits: FloatTensor<Self>,
         positions: IntTensor<Self>,
+        row_k: Option<IntTensor<Self>>,
         k: usize,
     ) -> (IntTensor<Self>, IntTensor<Self>, FloatTensor<Self>);
 
@@ -100,9 +103,20 @@ pub fn top_keys<B: LlamaBackend>(
     positions: Tensor<B, 1, Int>,
     k: usize,
 ) -> (Tensor<B, 2, Int>, Tensor<B, 1, Int>, Tensor<B, 1>) {
+    top_keys_per_row(logits, positions, None, k)
+}
+
+/// [`top_keys`] with a top count per position (`row_k` [T], each capped at k).
+pub fn top_keys_per_row<B: LlamaBackend>(
+    logits: Tensor<B, 2>,
+    positions: Tensor<B, 1, Int>,
+    row_k: Option<Tensor<B, 1, Int>>,
+    k: usize,
+) -> (Tensor<B, 2, Int>, Tensor<B, 1, Int>, Tensor<B, 1>) {
     let (top, count, thr) = B::top_keys(
         logits.into_primitive().tensor(),
         positions.into_primitive(),
+        row_k.map(|r| r.into_primitive()),
         k,
     );
     (
@@ -116,22 +130,26 @@ pub fn top_keys<B: LlamaBackend>(
 fn top_keys_on_host<B: Backend>(
     logits: FloatTensor<B>,
     positions: IntTensor<B>,
+    row_k: Option<IntTensor<B>>,
     k: usize,
 ) -> (IntTensor<B>, IntTensor<B>, FloatTensor<B>) {
     let logits = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(logits));
-    let positions = Tensor::<B, 1, Int>::from_primitive(positions);
     let device = logits.device();
     let [rows, n] = logits.dims();
     let values = logits.into_data().convert::<f32>().to_vec::<f32>().unwrap();
-    let pos: Vec<u32> = positions
-        .into_data()
-        .convert::<i64>()
-        .to_vec::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|p| p as u32)
-        .collect();
-    let (top, count, thr) = reference::top_keys(&values, n, &pos, k);
+    let host = |t: IntTensor<B>| -> Vec<u32> {
+        Tensor::<B, 1, Int>::from_primitive(t)
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|p| p as u32)
+            .collect()
+    };
+    let pos = host(positions);
+    let row_k = row_k.map(host);
+    let (top, count, thr) = reference::top_keys(&values, n, &pos, row_k.as_deref(), k);
     let int = |v: Vec<u32>| v.into_iter().map(|x| x as i64).collect::<Vec<_>>();
     (
         Tensor::<B, 2, Int>::from_data(TensorData::new(int(top), [rows, k]), &device)
@@ -154,17 +172,36 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LlamaBacke
     fn top_keys(
         logits: FloatTensor<Self>,
         positions: IntTensor<Self>,
+        row_k: Option<IntTensor<Self>>,
         k: usize,
     ) -> (IntTensor<Self>, IntTensor<Self>, FloatTensor<Self>) {
-        // The kernel reads f32 logits and 32-bit positions.
-        if logits.dtype != DType::F32 || !matches!(positions.dtype, DType::I32 | DType::U32) {
-            return top_keys_on_host::<Self>(logits, positions, k);
+        // The kernel reads f32 logits and 32-bit positions and counts.
+        let int32 = |d: DType| matches!(d, DType::I32 | DType::U32);
+        if logits.dtype != DType::F32
+            || !int32(positions.dtype)
+            || row_k.as_ref().is_some_and(|r| r.dtype != positions.dtype)
+        {
+            return top_keys_on_host::<Self>(logits, positions, row_k, k);
         }
         let logits = into_contiguous(logits);
         let positions = into_contiguous(positions);
         let (rows, n) = (logits.meta.shape()[0], logits.meta.shape()[1]);
         let t = positions.meta.shape()[0];
         let client = logits.client.clone();
+        // Without per-row counts every row takes k: a [T] column of k.
+        let row_k = match row_k {
+            Some(r) => into_contiguous(r),
+            None => {
+                let ks = vec![k as u32; t];
+                CubeTensor::new_contiguous(
+                    client.clone(),
+                    logits.device.clone(),
+                    Shape::from(vec![t]),
+                    spotlight_kernels::device::upload_u32(&client, &ks),
+                    positions.dtype,
+                )
+            }
+        };
         let new = |shape: Vec<usize>, dtype: DType| {
             let handle = client.empty(shape.iter().product::<usize>() * 4);
             CubeTensor::new_contiguous(
@@ -184,6 +221,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LlamaBacke
             rows,
             n,
             &positions.handle,
+            &row_k.handle,
             t,
             k,
             &top.handle,
@@ -348,9 +386,10 @@ where
     fn top_keys(
         logits: FloatTensor<Self>,
         positions: IntTensor<Self>,
+        row_k: Option<IntTensor<Self>>,
         k: usize,
     ) -> (IntTensor<Self>, IntTensor<Self>, FloatTensor<Self>) {
-        top_keys_on_host::<Self>(logits, positions, k)
+        top_keys_on_host::<Self>(logits, positions, row_k, k)
     }
 }
 
