@@ -8,9 +8,9 @@ use burn::backend::Autodiff;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use spotlight_train::data::Corpus;
+use spotlight_train::heldout::HeldOut;
 use spotlight_train::run::{self, RunStats, LOG};
 use spotlight_train::targets::TargetConfig;
-use spotlight_train::heldout::HeldOut;
 use spotlight_train::{AdamWConfig, HashInit, Layout, TrainConfig, Trainer};
 
 use crate::backend::{self, BackendKind, OnBackend, SpotlightBackend};
@@ -225,7 +225,11 @@ impl TrainArgs {
             layouts: self.layout.unwrap_or(LayoutChoice::Both).layouts(),
             steps: self.steps.unwrap_or(steps),
             seq_len: longest,
-            seq_lens: if seq_lens.len() > 1 { seq_lens } else { Vec::new() },
+            seq_lens: if seq_lens.len() > 1 {
+                seq_lens
+            } else {
+                Vec::new()
+            },
             layers: self.layers.clone().map(|l| l.0).unwrap_or_default(),
             targets: TargetConfig {
                 queries: self.queries.unwrap_or(queries),
@@ -403,7 +407,8 @@ impl OnBackend for Job {
         let model_name = model_id(&path);
         let mut trainers = Vec::with_capacity(runs.len());
         for ((_, a), c) in runs.iter().zip(&configs) {
-            let mut t = Trainer::<Autodiff<B>>::new(c.clone(), &model_name, &loaded.config, &device)?;
+            let mut t =
+                Trainer::<Autodiff<B>>::new(c.clone(), &model_name, &loaded.config, &device)?;
             t.ops = a.ops;
             trainers.push(t);
         }

@@ -548,7 +548,11 @@ fn top_keys_match_reference() {
         let case = format!("heads {heads} n {n} t {t} k {k} tied {tied} per-row {per_row}");
         assert_eq!(read_u32(&client, count, rows), count_ref, "{case}: counts");
         // Every slot is written: the chosen indices, then 0 padding.
-        assert_eq!(read_u32(&client, top, rows * k), top_ref, "{case}: top keys");
+        assert_eq!(
+            read_u32(&client, top, rows * k),
+            top_ref,
+            "{case}: top keys"
+        );
         assert_eq!(read_f32(&client, thr, rows), thr_ref, "{case}: thresholds");
         if let Some(ks) = &row_k {
             // The reference itself: a row takes min(k_r, visible) keys, at least one.

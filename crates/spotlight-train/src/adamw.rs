@@ -102,7 +102,12 @@ impl AdamW {
             .mask_where(over, (norm.clone() + 1e-6).recip() * c.clip)
             .reshape([1; D]);
         let (bc1, bc2) = (1.0 - c.beta1.powi(t as i32), 1.0 - c.beta2.powi(t as i32));
-        for (i, ((p, g), mom)) in params.iter_mut().zip(grads).zip(moments.iter_mut()).enumerate() {
+        for (i, ((p, g), mom)) in params
+            .iter_mut()
+            .zip(grads)
+            .zip(moments.iter_mut())
+            .enumerate()
+        {
             let g = g.clone() * scale.clone();
             mom.m = mom.m.clone() * c.beta1 + g.clone() * (1.0 - c.beta1);
             mom.v = mom.v.clone() * c.beta2 + g.powi_scalar(2) * (1.0 - c.beta2);

@@ -92,7 +92,8 @@ impl<B: Backend> HeldOut<B> {
             mass_recall: rows.iter().map(|r| r.mass_recall).sum::<f64>() / n,
             by_position: (0..bins)
                 .map(|b| {
-                    let bin: Vec<&PositionQuality> = rows.iter().map(|r| &r.by_position[b]).collect();
+                    let bin: Vec<&PositionQuality> =
+                        rows.iter().map(|r| &r.by_position[b]).collect();
                     let total: usize = bin.iter().map(|p| p.rows).sum();
                     let pooled = |f: fn(&PositionQuality) -> f64| {
                         bin.iter().map(|p| f(p) * p.rows as f64).sum::<f64>() / total.max(1) as f64

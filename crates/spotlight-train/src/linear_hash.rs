@@ -39,8 +39,18 @@ pub fn random_rotation(d: usize, blocks: usize, seed: u64) -> Vec<f32> {
 
 /// The rotations of one layer: for each of `kv_heads` KV heads, ⌈bits / d⌉ blocks,
 /// [kv_heads][blocks][d][d] (block r gives bits r·d .. (r+1)·d of the code).
-pub fn layer_rotations(d: usize, kv_heads: usize, bits: usize, seed: u64, layer: usize) -> Vec<f32> {
-    random_rotation(d, kv_heads * bits.div_ceil(d), mix_seed(seed, &[layer as u64]))
+pub fn layer_rotations(
+    d: usize,
+    kv_heads: usize,
+    bits: usize,
+    seed: u64,
+    layer: usize,
+) -> Vec<f32> {
+    random_rotation(
+        d,
+        kv_heads * bits.div_ceil(d),
+        mix_seed(seed, &[layer as u64]),
+    )
 }
 
 /// The [d][bits] projection of one KV head out of [`layer_rotations`]: block r's columns side by
@@ -83,7 +93,10 @@ mod tests {
             }
         }
         assert_ne!(random_rotation(32, 1, 1), random_rotation(32, 1, 2));
-        assert_ne!(layer_rotations(8, 2, 8, 0, 0), layer_rotations(8, 2, 8, 0, 1));
+        assert_ne!(
+            layer_rotations(8, 2, 8, 0, 0),
+            layer_rotations(8, 2, 8, 0, 1)
+        );
     }
 
     /// A head's projection holds its own blocks in order, cut to the code length.

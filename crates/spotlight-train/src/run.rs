@@ -131,7 +131,9 @@ where
     let c0 = first.trainer.config.clone();
     for r in runs.iter() {
         let c = &r.trainer.config;
-        if (c.seed, c.seq_len, &c.seq_lens, c.steps) != (c0.seed, c0.seq_len, &c0.seq_lens, c0.steps) {
+        if (c.seed, c.seq_len, &c.seq_lens, c.steps)
+            != (c0.seed, c0.seq_len, &c0.seq_lens, c0.steps)
+        {
             return Err(TrainError::Config(format!(
                 "runs trained side by side must share --seed, --seq-len and --steps ({} differs)",
                 r.dir.display()
@@ -169,7 +171,12 @@ where
         }
     }
     loop {
-        let Some(step) = runs.iter().map(|r| r.trainer.step).filter(|&s| s < c0.steps).min() else {
+        let Some(step) = runs
+            .iter()
+            .map(|r| r.trainer.step)
+            .filter(|&s| s < c0.steps)
+            .min()
+        else {
             break;
         };
         let t0 = Instant::now();
@@ -250,7 +257,14 @@ fn score_heldout<B: AutodiffBackend>(
         let by_position: Vec<String> = s
             .by_position
             .iter()
-            .map(|p| format!("{}-{}:{:.5}", p.from, p.to.map_or(String::new(), |t| t.to_string()), p.iou))
+            .map(|p| {
+                format!(
+                    "{}-{}:{:.5}",
+                    p.from,
+                    p.to.map_or(String::new(), |t| t.to_string()),
+                    p.iou
+                )
+            })
             .collect();
         text.push_str(&format!(
             "{},{},{},{},{:.5},{:.5},{}\n",

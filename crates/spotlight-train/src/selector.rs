@@ -34,9 +34,9 @@ pub fn selector_for<B: Backend>(
         Method::Oracle { group: true } => Arc::new(OracleGroup { heads }),
         Method::Quest { page } => Arc::new(Quest { page: *page }),
         Method::Hash { name, file } => Arc::new(Hash::new(name, file, heads, device)),
-        Method::Linear { bits, seed, group } => Arc::new(Linear::new(
-            *bits, *seed, *group, heads, layers, device,
-        )),
+        Method::Linear { bits, seed, group } => {
+            Arc::new(Linear::new(*bits, *seed, *group, heads, layers, device))
+        }
     }
 }
 

@@ -228,8 +228,12 @@ impl<B: LlamaBackend> Targets<B> {
         } else {
             (top_k, near_k)
         };
-        let (top_idx, count, threshold) =
-            top_keys_per_row(rows(relevance.clone()), positions.clone(), row_counts(1.0), top_k);
+        let (top_idx, count, threshold) = top_keys_per_row(
+            rows(relevance.clone()),
+            positions.clone(),
+            row_counts(1.0),
+            top_k,
+        );
         let top_idx = top_idx.reshape([units, t_count, top_k]);
         let count = count.reshape([units, t_count, 1]);
         let threshold = threshold.reshape([units, t_count, 1]);
@@ -278,9 +282,8 @@ impl<B: LlamaBackend> Targets<B> {
         if hard > 0 {
             // Hard negatives: what the current code ranks inside the budget; the validity test
             // keeps the ones outside the true top.
-            let scores = hard_scores.expect("hard negatives need the current code's scores")(
-                &queries,
-            );
+            let scores =
+                hard_scores.expect("hard negatives need the current code's scores")(&queries);
             let (hard_idx, hard_count, _) =
                 top_keys_per_row(rows(scores), positions.clone(), row_counts(1.0), top_k);
             parts.push(pick(

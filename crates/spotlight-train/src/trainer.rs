@@ -150,7 +150,10 @@ impl TrainConfig {
             ));
         }
         if !self.layers.windows(2).all(|w| w[0] < w[1]) {
-            return bad(format!("layers {:?} must be ascending, each once", self.layers));
+            return bad(format!(
+                "layers {:?} must be ascending, each once",
+                self.layers
+            ));
         }
         if self.gamma_start < 0.0 || !(self.gamma > 0.0) {
             return bad(format!(
@@ -329,7 +332,10 @@ fn unit_scores<B: Backend>(scores: Tensor<B, 3>, group: bool, kv: usize) -> Tens
         return scores;
     }
     let [h, t, n] = scores.dims();
-    scores.reshape([kv, h / kv, t, n]).sum_dim(1).reshape([kv, t, n])
+    scores
+        .reshape([kv, h / kv, t, n])
+        .sum_dim(1)
+        .reshape([kv, t, n])
 }
 
 /// How a training step computes codes and loss: the custom ops (CubeCL kernels on cube backends,
@@ -373,7 +379,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         );
         let (bits, replicas) = config.code_bits(d)?;
         spotlight_kernels::CodeShape::new(h, kv, bits).map_err(TrainError::from)?;
-        if let Some(&l) = config.layers.iter().find(|&&l| l >= llama.num_hidden_layers) {
+        if let Some(&l) = config
+            .layers
+            .iter()
+            .find(|&&l| l >= llama.num_hidden_layers)
+        {
             return Err(TrainError::Config(format!(
                 "layer {l} does not exist: the model has {} layers",
                 llama.num_hidden_layers

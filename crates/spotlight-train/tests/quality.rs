@@ -61,7 +61,11 @@ fn metrics_behave() {
     assert_eq!(rows.len(), (methods.len() + 4) * budgets.len());
     for r in rows.iter().filter(|r| r.method.ends_with("+logit-ties")) {
         let base = r.method.trim_end_matches("+logit-ties");
-        assert!(!base.starts_with("oracle") && base != "quest", "{}", r.method);
+        assert!(
+            !base.starts_with("oracle") && base != "quest",
+            "{}",
+            r.method
+        );
         let plain = rows
             .iter()
             .find(|p| p.method == base && p.layout == r.layout && p.budget == r.budget)
@@ -134,7 +138,10 @@ fn metrics_behave() {
             // The oracle's k keys carry the most mass any k keys can (Quest takes whole pages);
             // the group oracle's k keys the most any one shared list per KV head can.
             let group = r.selection == "group";
-            assert!(r.mass_recall <= oracle_mass(r.budget, group) + 1e-9, "{what}");
+            assert!(
+                r.mass_recall <= oracle_mass(r.budget, group) + 1e-9,
+                "{what}"
+            );
             if group {
                 assert!(oracle_mass(r.budget, true) <= oracle_mass(r.budget, false) + 1e-9);
             }
@@ -144,7 +151,11 @@ fn metrics_behave() {
         assert_eq!(r.by_position.len(), 2, "{what}");
         assert_eq!((r.by_position[0].rows, r.by_position[1].rows), (4, 2));
         let pooled = (4.0 * r.by_position[0].iou + 2.0 * r.by_position[1].iou) / 6.0;
-        assert!((pooled - r.iou).abs() < 1e-12, "{what}: {pooled} vs {}", r.iou);
+        assert!(
+            (pooled - r.iou).abs() < 1e-12,
+            "{what}: {pooled} vs {}",
+            r.iou
+        );
         if r.selection == "group" {
             assert_eq!(r.kv_read, 1.0, "{what}");
         } else {
@@ -192,9 +203,8 @@ fn rotation_start_is_the_linear_hash() {
             init: spotlight_train::HashInit::Rotation,
             ..TrainConfig::default()
         };
-        let start =
-            Trainer::<Autodiff<Cpu>>::new(config, "synthetic", &llama, &Default::default())
-                .unwrap();
+        let start = Trainer::<Autodiff<Cpu>>::new(config, "synthetic", &llama, &Default::default())
+            .unwrap();
         for (layout, group) in [(Layout::Group, true), (Layout::Faithful, false)] {
             let methods = [
                 Method::Hash {
@@ -215,7 +225,12 @@ fn rotation_start_is_the_linear_hash() {
                 assert_eq!(hash.selection, linear.selection, "{what}");
                 assert_eq!(
                     (hash.iou, hash.recall, hash.mass_recall, hash.kv_read),
-                    (linear.iou, linear.recall, linear.mass_recall, linear.kv_read),
+                    (
+                        linear.iou,
+                        linear.recall,
+                        linear.mass_recall,
+                        linear.kv_read
+                    ),
                     "{what}"
                 );
                 // Not a trivial agreement: the selection is not the oracle's.

@@ -179,7 +179,9 @@ fn row_top_hard_and_group_targets_follow_their_definition() {
             }
             (u * g..(u + 1) * g)
                 .map(|hh| {
-                    let l: Vec<f64> = (0..=t).map(|i| logit(hh, t, i) / (d as f64).sqrt()).collect();
+                    let l: Vec<f64> = (0..=t)
+                        .map(|i| logit(hh, t, i) / (d as f64).sqrt())
+                        .collect();
                     let m = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let z: f64 = l.iter().map(|x| (x - m).exp()).sum();
                     (l[j] - m).exp() / z
@@ -191,7 +193,9 @@ fn row_top_hard_and_group_targets_follow_their_definition() {
             let s = draft_scores(queries.clone(), k.clone()).neg();
             if group {
                 let [hh, t, n] = s.dims();
-                s.reshape([kv, hh / kv, t, n]).sum_dim(1).reshape([kv, t, n])
+                s.reshape([kv, hh / kv, t, n])
+                    .sum_dim(1)
+                    .reshape([kv, t, n])
             } else {
                 s
             }
@@ -213,19 +217,25 @@ fn row_top_hard_and_group_targets_follow_their_definition() {
                 // The kernel thresholds in f32: a key tied with the k-th value in f32 may fall
                 // either side, so pairs touching the k-th value are not judged on validity.
                 let kth = relevance(u, tpos, order[k_row.min(tpos + 1) - 1]);
-                let at_cut = |j: usize| {
-                    (relevance(u, tpos, j) - kth).abs() <= 1e-6 * kth.abs().max(1e-12)
-                };
+                let at_cut =
+                    |j: usize| (relevance(u, tpos, j) - kth).abs() <= 1e-6 * kth.abs().max(1e-12);
                 for p in 0..pairs {
                     let i = (u * tn + ti) * pairs + p;
                     let (kt, ko) = (top[i] as usize, other[i] as usize);
                     n_pairs += 1;
                     // Every pair is drawn inside the row: both keys visible, the top key a top key.
                     assert!(kt <= tpos && ko <= tpos, "seed {seed}: pair beyond t{tpos}");
-                    assert!(in_top(kt), "seed {seed}: u{u} t{tpos} top {kt} not in the row's top");
+                    assert!(
+                        in_top(kt),
+                        "seed {seed}: u{u} t{tpos} top {kt} not in the row's top"
+                    );
                     let expect = !in_top(ko);
                     if !at_cut(ko) {
-                        assert_eq!(valid[i] == 1.0, expect, "seed {seed}: u{u} t{tpos} ({kt},{ko})");
+                        assert_eq!(
+                            valid[i] == 1.0,
+                            expect,
+                            "seed {seed}: u{u} t{tpos} ({kt},{ko})"
+                        );
                     }
                     if valid[i] == 1.0 {
                         n_valid += 1;

@@ -407,7 +407,11 @@ impl<'a> Row<'a> {
             .sum();
         let kv_read: f64 = (0..kv)
             .map(|kk| {
-                let units = if group { kk..kk + 1 } else { kk * g..(kk + 1) * g };
+                let units = if group {
+                    kk..kk + 1
+                } else {
+                    kk * g..(kk + 1) * g
+                };
                 let mut rows: Vec<usize> = units.flat_map(|u| sel[u].iter().copied()).collect();
                 rows.sort_unstable();
                 rows.dedup();

@@ -131,13 +131,7 @@ impl Prepared {
 }
 
 /// Quest's per-page, per-channel bounds of each KV head: [kv][page][d] min and max.
-fn quest_bounds(
-    kh: &[f32],
-    kv: usize,
-    n: usize,
-    d: usize,
-    page: usize,
-) -> (Vec<f32>, Vec<f32>) {
+fn quest_bounds(kh: &[f32], kv: usize, n: usize, d: usize, page: usize) -> (Vec<f32>, Vec<f32>) {
     let pages = n.div_ceil(page);
     let (mut lo, mut hi) = (
         vec![f32::INFINITY; kv * pages * d],

@@ -24,7 +24,14 @@ pub(super) fn top_k_by<T: PartialOrd + Copy>(values: &[T], k: usize) -> Vec<usiz
 /// The ranking of unit `u` (query head u, or KV head u when `group`) at query row `ti`.
 /// `by_logit`: keys tied at equal code score are ordered by the unit's true relevance instead of
 /// recency (a ceiling, not a decoder). Quest ranks pages, which [`expand_pages`] turns into keys.
-pub(super) fn unit_order(prep: &Prepared, row: &Row, ti: usize, u: usize, group: bool, by_logit: bool) -> Vec<usize> {
+pub(super) fn unit_order(
+    prep: &Prepared,
+    row: &Row,
+    ti: usize,
+    u: usize,
+    group: bool,
+    by_logit: bool,
+) -> Vec<usize> {
     let (h, g, len) = (row.heads, row.group, row.len);
     match prep {
         Prepared::Oracle => {
@@ -38,7 +45,10 @@ pub(super) fn unit_order(prep: &Prepared, row: &Row, ti: usize, u: usize, group:
             let w = *words;
             let score = |hh: usize, j: usize| {
                 let set = if *sets == h { hh } else { hh / g };
-                popcount_score(&q[(ti * h + hh) * w..][..w], &k[(j * sets + set) * w..][..w])
+                popcount_score(
+                    &q[(ti * h + hh) * w..][..w],
+                    &k[(j * sets + set) * w..][..w],
+                )
             };
             let scores: Vec<u32> = (0..len)
                 .map(|j| {
