@@ -11,7 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # With --no-model only .gpu/ is staged (enough for `retrieval.sh`).
-cargo build -p spotlight-cli --bin spotlight
+# The whole workspace, as the tests build it: `-p spotlight-cli` alone unifies features differently
+# and would rebuild CubeCL and Burn a second time.
+cargo build --workspace --all-targets --locked
 bin="${CARGO_TARGET_DIR:-target}/debug/spotlight"
 "$bin" fetch >/dev/null
 home="${SPOTLIGHT_HOME:-$HOME/.cache/spotlight}"
@@ -21,8 +23,8 @@ cp "$bin" .gpu/spotlight
 strip .gpu/spotlight
 gzip -9 .gpu/spotlight
 # The kernel tests that need CUDA (run there with SPOTLIGHT_CUDA_TESTS=1 by the GPU scripts).
-test_bin=$(cargo test -p spotlight-kernels --test linear_mma_cuda --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')
+test_bin=$(cargo test --workspace --all-targets --locked --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("target", {}).get("name") == "linear_mma_cuda" and m.get("executable")][-1])')
 cp "$test_bin" .gpu/linear_mma_cuda
 strip .gpu/linear_mma_cuda
 gzip -9 .gpu/linear_mma_cuda

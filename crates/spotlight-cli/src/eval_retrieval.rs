@@ -459,6 +459,64 @@ fn plot_quality(stem: &Path, rows: &[QualityRow], model: &str, first: usize) -> 
             false,
         )?;
     }
+    plot_bits(stem, rows, model, first)
+}
+
+/// `<stem>.bits.png`: IoU and mass at the budget nearest 2% against code bits — the random linear
+/// hash as one line per selection, every trained hash as its own point.
+fn plot_bits(stem: &Path, rows: &[QualityRow], model: &str, first: usize) -> Result<()> {
+    let Some(budget) = rows
+        .iter()
+        .map(|r| r.budget)
+        .min_by(|a, b| (a - 0.02).abs().total_cmp(&(b - 0.02).abs()))
+    else {
+        return Ok(());
+    };
+    let at: Vec<&QualityRow> = rows
+        .iter()
+        .filter(|r| r.budget == budget && r.bits > 0 && r.method != "quest")
+        .collect();
+    for (metric, label, f) in [
+        (
+            "bits_iou",
+            "IoU with the oracle top-k",
+            (|r: &QualityRow| r.iou) as fn(&QualityRow) -> f64,
+        ),
+        ("bits_mass", "attention mass covered", |r: &QualityRow| {
+            r.mass_recall
+        }),
+    ] {
+        let mut lines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        for r in &at {
+            let name = if r.method.starts_with("linear") {
+                format!("{} ({})", r.method, r.selection)
+            } else {
+                format!("{} {} ({})", r.method, r.layout, r.selection)
+            };
+            lines.entry(name).or_default().push((r.bits as f64, f(r)));
+        }
+        let series: Vec<Series> = lines
+            .into_iter()
+            .map(|(name, mut points)| {
+                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                Series { name, points }
+            })
+            .collect();
+        if series.is_empty() {
+            continue;
+        }
+        line_chart(
+            &stem.with_extension(format!("{metric}.png")),
+            &format!(
+                "{label} at {}% vs code bits ({model}, layers ≥ {first})",
+                100.0 * budget
+            ),
+            "code bits per head",
+            label,
+            &series,
+            false,
+        )?;
+    }
     Ok(())
 }
 

@@ -107,6 +107,18 @@ pub fn line_chart(
                     .legend(move |(x, y)| {
                         PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
                     });
+                // Markers where a series has few points (a lone point draws no line).
+                if s.points.len() <= 24 {
+                    chart
+                        .draw_series(
+                            s.points
+                                .iter()
+                                .copied()
+                                .filter(|p| p.1.is_finite() && (!log_y || p.1 > 0.0))
+                                .map(|p| Circle::new(p, 4, color.filled())),
+                        )
+                        .map_err(|e| err(e.to_string()))?;
+                }
             }
             chart
                 .configure_series_labels()

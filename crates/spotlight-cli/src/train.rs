@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use spotlight_train::data::Corpus;
 use spotlight_train::heldout::HeldOut;
+use spotlight_train::quality::Method;
 use spotlight_train::run::{self, RunStats, LOG};
 use spotlight_train::targets::TargetConfig;
 use spotlight_train::{AdamWConfig, HashInit, Layout, TrainConfig, Trainer};
@@ -356,6 +357,9 @@ struct ThroughputReport {
     train_s_per_step: f64,
     /// Sequences per second for one layer of one layout (all layers' work divided out).
     sequences_per_s_per_layer: f64,
+    /// Wall time per step of all runs together (variants included, held-out scoring and
+    /// checkpoints too), from the end of the first step to the end of the last.
+    all_runs_steady_s_per_step: Option<f64>,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -432,6 +436,13 @@ impl OnBackend for Job {
         } else {
             None
         };
+        if let Some(h) = &heldout {
+            let layouts: Vec<Layout> = Layout::ALL
+                .into_iter()
+                .filter(|l| configs.iter().any(|c| c.layouts.contains(l)))
+                .collect();
+            write_heldout_baselines(&args.out, h, &layouts, loaded.config.head_dim, args.seed)?;
+        }
         let steps = configs[0].steps;
         let bar = ProgressBar::new(steps as u64);
         bar.set_style(
@@ -448,6 +459,8 @@ impl OnBackend for Job {
             .collect();
         let last = runs.len() - 1;
         let labels: Vec<String> = runs.iter().map(|(l, _)| l.clone()).collect();
+        // When each step of every run had finished (the first includes kernel compilation).
+        let mut step_ends = Vec::with_capacity(steps);
         let stats = run::train_many(
             &loaded.model,
             &corpus,
@@ -459,6 +472,7 @@ impl OnBackend for Job {
             &mut |i, p| {
                 if i == last {
                     bar.set_position(p.step as u64);
+                    step_ends.push(std::time::Instant::now());
                 }
                 let mut msg = if labels[i].is_empty() {
                     String::new()
@@ -513,6 +527,12 @@ impl OnBackend for Job {
                     capture_s_per_step: stats.capture.as_secs_f64() / steps,
                     train_s_per_step: stats.train.as_secs_f64() / steps,
                     sequences_per_s_per_layer: layer_units / per_step,
+                    all_runs_steady_s_per_step: match (step_ends.first(), step_ends.last()) {
+                        (Some(a), Some(b)) if step_ends.len() > 1 => {
+                            Some((*b - *a).as_secs_f64() / (step_ends.len() - 1) as f64)
+                        }
+                        _ => None,
+                    },
                     config: config.clone(),
                     stats: stats.clone(),
                 },
@@ -567,6 +587,92 @@ fn held_out<B: SpotlightBackend>(
     )?)
 }
 
+/// The random linear hash at 1, 2, 5 and 10 × head_dim bits with each layout's selection, scored
+/// on the held-out windows once: the lines a trained hash has to cross (`heldout_baselines.csv`).
+fn write_heldout_baselines<B: SpotlightBackend>(
+    dir: &Path,
+    heldout: &HeldOut<B>,
+    layouts: &[Layout],
+    head_dim: usize,
+    seed: u64,
+) -> Result<()> {
+    let mut csv = String::from("method,layout,bits,budget,iou,mass_recall,by_position\n");
+    for &layout in layouts {
+        for times in BASELINE_BITS {
+            let method = Method::Linear {
+                bits: times * head_dim,
+                seed,
+                group: layout == Layout::Group,
+            };
+            let s = heldout.score(&method);
+            csv.push_str(&format!(
+                "{},{},{},{},{:.5},{:.5},{}\n",
+                method.name(),
+                layout.name(),
+                times * head_dim,
+                heldout.budget,
+                s.iou,
+                s.mass_recall,
+                run::position_summary(&s.by_position)
+            ));
+        }
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CliError::Io(format!("cannot create {}: {e}", dir.display())))?;
+    let path = dir.join(HELDOUT_BASELINES);
+    std::fs::write(&path, csv)
+        .map_err(|e| CliError::Io(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Multiples of head_dim at which the linear baseline is scored on held-out text.
+const BASELINE_BITS: [usize; 4] = [1, 2, 5, 10];
+const HELDOUT_BASELINES: &str = "heldout_baselines.csv";
+
+/// The baselines of `heldout_baselines.csv` (in `dir` or its parent) as flat (IoU, mass) lines
+/// over `steps`: head_dim and 5 × head_dim bits only, to keep the chart readable.
+fn baseline_series(dir: &Path, steps: f64) -> Vec<(Series, Series)> {
+    let path = [
+        dir.join(HELDOUT_BASELINES),
+        dir.join("..").join(HELDOUT_BASELINES),
+    ]
+    .into_iter()
+    .find(|p| p.exists());
+    let Some(text) = path.and_then(|p| std::fs::read_to_string(p).ok()) else {
+        return Vec::new();
+    };
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    let min_bits = rows
+        .iter()
+        .filter_map(|f| f.get(2).and_then(|b| b.parse::<usize>().ok()))
+        .min()
+        .unwrap_or(0);
+    rows.iter()
+        .filter_map(|f| {
+            let bits: usize = f.get(2)?.parse().ok()?;
+            if bits != min_bits && bits != 5 * min_bits {
+                return None;
+            }
+            let (iou, mass): (f64, f64) = (f.get(4)?.parse().ok()?, f.get(5)?.parse().ok()?);
+            let name = format!("{} {bits} bits", f[0]);
+            let flat = |v: f64| vec![(0.0, v), (steps, v)];
+            Some((
+                Series {
+                    name: name.clone(),
+                    points: flat(iou),
+                },
+                Series {
+                    name,
+                    points: flat(mass),
+                },
+            ))
+        })
+        .collect()
+}
+
 /// Held-out IoU and mass per step and layout (`heldout_iou.png`) from `heldout.csv`.
 pub fn plot_heldout(dir: &Path) -> Result<()> {
     heldout_charts(dir, heldout_series(dir, "")?)
@@ -615,7 +721,12 @@ fn heldout_series(dir: &Path, prefix: &str) -> Result<Vec<(Series, Series)>> {
         .collect())
 }
 
-fn heldout_charts(dir: &Path, series: Vec<(Series, Series)>) -> Result<()> {
+fn heldout_charts(dir: &Path, mut series: Vec<(Series, Series)>) -> Result<()> {
+    let steps = series
+        .iter()
+        .flat_map(|(s, _)| s.points.iter().map(|p| p.0))
+        .fold(0.0, f64::max);
+    series.extend(baseline_series(dir, steps));
     let (iou, mass): (Vec<Series>, Vec<Series>) = series.into_iter().unzip();
     line_chart(
         &dir.join("heldout_iou.png"),

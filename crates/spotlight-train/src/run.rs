@@ -240,6 +240,21 @@ where
     Ok(stats)
 }
 
+/// `from-to:iou` per position bin, space-separated (the `by_position` column of the held-out logs).
+pub fn position_summary(bins: &[crate::quality::PositionQuality]) -> String {
+    bins.iter()
+        .map(|p| {
+            format!(
+                "{}-{}:{:.5}",
+                p.from,
+                p.to.map_or(String::new(), |t| t.to_string()),
+                p.iou
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Appends the held-out score of every layout of `run` at its current step.
 fn score_heldout<B: AutodiffBackend>(
     h: &HeldOutLog<B::InnerBackend>,
@@ -254,18 +269,6 @@ fn score_heldout<B: AutodiffBackend>(
     for &layout in &run.trainer.config.layouts {
         let file = run.trainer.hash_file(layout)?;
         let s = h.heldout.score_hash(layout.name(), &file);
-        let by_position: Vec<String> = s
-            .by_position
-            .iter()
-            .map(|p| {
-                format!(
-                    "{}-{}:{:.5}",
-                    p.from,
-                    p.to.map_or(String::new(), |t| t.to_string()),
-                    p.iou
-                )
-            })
-            .collect();
         text.push_str(&format!(
             "{},{},{},{},{:.5},{:.5},{}\n",
             run.trainer.step,
@@ -274,7 +277,7 @@ fn score_heldout<B: AutodiffBackend>(
             h.heldout.budget,
             s.iou,
             s.mass_recall,
-            by_position.join(" ")
+            position_summary(&s.by_position)
         ));
     }
     let mut f = std::fs::OpenOptions::new()
