@@ -1,11 +1,11 @@
 # Sourced by the GPU scripts that need the model: bin.sh, then (once per machine) joins and verifies
-# the model carried in two parts and lays out $SPOTLIGHT_HOME as `spotlight fetch` would.
+# the model carried in parts (.gpu1 … .gpuN) and lays out $SPOTLIGHT_HOME as `spotlight fetch` would.
 source scripts/gpu/bin.sh
 export SPOTLIGHT_HOME=/tmp/spotlight-home
 model="$SPOTLIGHT_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 if [ ! -f "$SPOTLIGHT_HOME/models/.verified" ]; then
   mkdir -p "$SPOTLIGHT_HOME/models" "$SPOTLIGHT_HOME/texts/moby-dick"
-  cat .gpu1/model.part1 .gpu2/model.part2 > "$model"
+  cat .gpu[1-9]/model.part* > "$model"
   echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $model" | sha256sum -c -
   echo verified > "$SPOTLIGHT_HOME/models/.verified"
   cp .gpu/moby-dick.txt "$SPOTLIGHT_HOME/texts/moby-dick/data.txt"

@@ -3,11 +3,11 @@
 # cold build) and stages what the GPU machine needs in git-ignored folders:
 #   .gpu/   the stripped, gzipped `spotlight` binary and CUDA kernel-test binary, Moby-Dick, the State of the Union texts
 #           (training text, gzipped tar), the commit id                       (carried in call 1)
-#   .gpu1/  first part of the default model's GGUF                             (carried in call 1)
-#   .gpu2/  second part of the GGUF                                             (carried in call 2)
-# One call may carry 64 MiB (working tree included: the 6 MB hash file counts), the model is
-# 98 MB: two back-to-back calls (48 + 50 MB, each under 64 MiB with the ~11 MB tree), then `run.sh` joins the
-# parts and checks the sha256 there. See scripts/gpu/README.md.
+#   .gpu1/ … .gpuN/  the default model's GGUF in parts, each small enough to travel with the
+#           working tree in one call                                            (one call each)
+# One call may carry 64 MiB, working tree included (the shipped hash files count); the model is
+# 98 MB, so it travels in back-to-back calls (the machine stays warm ~30 s between them), and
+# `home.sh` joins the parts and checks the sha256 there. See scripts/gpu/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # With --no-model only .gpu/ is staged (enough for `retrieval.sh`).
@@ -17,8 +17,8 @@ cargo build --workspace --all-targets --locked
 bin="${CARGO_TARGET_DIR:-target}/debug/spotlight"
 "$bin" fetch >/dev/null
 home="${SPOTLIGHT_HOME:-$HOME/.cache/spotlight}"
-rm -rf .gpu .gpu1 .gpu2
-mkdir -p .gpu .gpu1 .gpu2
+rm -rf .gpu .gpu[1-9]
+mkdir -p .gpu
 cp "$bin" .gpu/spotlight
 strip .gpu/spotlight
 gzip -9 .gpu/spotlight
@@ -38,6 +38,14 @@ if [ "${1:-}" = "--no-model" ]; then
   exit 0
 fi
 model="$home/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-head -c 48000000 "$model" > .gpu1/model.part1
-tail -c +48000001 "$model" > .gpu2/model.part2
-du -sh .gpu .gpu1 .gpu2
+# Parts small enough that each travels with the working tree in one 64 MiB call.
+tree_mb=$(( $(git ls-files -z | du --files0-from=- -cb 2>/dev/null | tail -n 1 | cut -f1) / 1000000 ))
+part_mb=$(( 60 - tree_mb ))
+[ "$part_mb" -ge 8 ] || { echo "the working tree ($tree_mb MB) leaves no room for the model" >&2; exit 1; }
+split -b "${part_mb}000000" -d -a 1 "$model" /tmp/spotlight-model.part
+i=1
+for p in /tmp/spotlight-model.part*; do
+  mkdir -p ".gpu$i" && mv "$p" ".gpu$i/model.part$i"
+  i=$((i + 1))
+done
+du -sh .gpu .gpu[1-9]
