@@ -197,8 +197,7 @@ fn train_runs_resumes_and_its_hash_loads() {
             "0",
             "--quest-page",
             "0",
-            "--untrained",
-            "false",
+            "--no-untrained",
             "--json",
             json.to_str().unwrap(),
         ]
