@@ -16,6 +16,7 @@ pub mod eval_fidelity;
 pub mod eval_retrieval;
 pub mod fidelity_tasks;
 pub mod generate;
+pub mod hash_cmd;
 pub mod info;
 pub mod model_args;
 pub mod plot;
@@ -52,6 +53,9 @@ pub enum Command {
     /// Benchmarks (write JSON under benches/results/).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Operations on hash files (merge per-layer-range files).
+    #[command(subcommand)]
+    Hash(hash_cmd::HashCommand),
 }
 
 /// The command line as typed (program name without its directory), recorded in result files.
@@ -83,6 +87,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(c) => bench::run(c),
         Command::Check(a) => check::run(a),
         Command::Train(a) => train::run(a),
+        Command::Hash(c) => hash_cmd::run(c),
     }
 }
 

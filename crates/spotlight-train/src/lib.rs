@@ -10,6 +10,7 @@ pub mod bradley_terry;
 pub mod data;
 pub mod error;
 pub mod hash_file;
+pub mod hash_merge;
 pub mod hash_mlp;
 pub mod heldout;
 pub mod kernel_selector;

@@ -23,6 +23,7 @@ pub mod rope;
 pub mod sampling;
 pub mod selector;
 pub mod synthetic;
+pub mod tensor_parallel;
 #[cfg(test)]
 mod test_util;
 pub mod tokenizer;
