@@ -687,12 +687,16 @@ fn plot_heldout_variants(dir: &Path, runs: &[(String, TrainArgs)]) -> Result<()>
     heldout_charts(dir, all)
 }
 
+/// (step, value) points of a curve.
+type Points = Vec<(f64, f64)>;
+
 /// (IoU series, mass series) of one run's held-out log, named "`prefix` layout".
 fn heldout_series(dir: &Path, prefix: &str) -> Result<Vec<(Series, Series)>> {
     let path = dir.join(run::HELDOUT);
     let text = std::fs::read_to_string(&path)
         .map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display())))?;
-    let mut by_layout: BTreeMap<String, (Vec<(f64, f64)>, Vec<(f64, f64)>)> = BTreeMap::new();
+    // layout → (IoU points, mass points)
+    let mut by_layout: BTreeMap<String, (Points, Points)> = BTreeMap::new();
     for line in text.lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
         let (Some(step), Some(iou), Some(mass)) = (

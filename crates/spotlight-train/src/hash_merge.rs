@@ -49,17 +49,17 @@ pub fn merge(files: &[(&Path, HashFile)]) -> Result<HashFile, TrainError> {
                 ),
             });
         }
-        for l in 0..h.layers {
+        for (l, o) in owner.iter_mut().enumerate() {
             if !h.trained(l) {
                 continue;
             }
-            if let Some(j) = owner[l] {
+            if let Some(j) = *o {
                 return Err(TrainError::HashFile {
                     path: path.display().to_string(),
                     why: format!("layer {l} is also trained in {}", files[j].0.display()),
                 });
             }
-            owner[l] = Some(i);
+            *o = Some(i);
         }
     }
     let trained: Vec<usize> = (0..h0.layers).filter(|&l| owner[l].is_some()).collect();

@@ -170,15 +170,12 @@ where
             score_heldout(h, r)?;
         }
     }
-    loop {
-        let Some(step) = runs
-            .iter()
-            .map(|r| r.trainer.step)
-            .filter(|&s| s < c0.steps)
-            .min()
-        else {
-            break;
-        };
+    while let Some(step) = runs
+        .iter()
+        .map(|r| r.trainer.step)
+        .filter(|&s| s < c0.steps)
+        .min()
+    {
         let t0 = Instant::now();
         let window = corpus.window(c0.window_len(step), step, c0.seed)?;
         let qk = model.queries_and_keys(window)?;

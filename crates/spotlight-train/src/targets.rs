@@ -147,6 +147,9 @@ fn scaled_slots<B: Backend>(u: &[f32], count: Tensor<B, 3, Int>) -> Tensor<B, 3,
     slot.mask_where(over, count - 1)
 }
 
+/// The current code's scores [units, T, N] of the given queries [heads, T, d].
+pub type CodeScores<'a, B> = dyn Fn(&Tensor<B, 3>) -> Tensor<B, 3> + 'a;
+
 impl<B: LlamaBackend> Targets<B> {
     /// q: [q_heads, N, d], k: [kv_heads, N, d] of one layer (post-RoPE). `hard_scores`, needed
     /// when `hard_fraction` > 0: the current code's scores [units, T, N] of the sampled queries
@@ -156,7 +159,7 @@ impl<B: LlamaBackend> Targets<B> {
         k: &Tensor<B, 3>,
         cfg: &TargetConfig,
         rng: &mut StdRng,
-        hard_scores: Option<&dyn Fn(&Tensor<B, 3>) -> Tensor<B, 3>>,
+        hard_scores: Option<&CodeScores<'_, B>>,
     ) -> Self {
         let [_, n, d] = q.dims();
         let kv = k.dims()[0];

@@ -155,7 +155,7 @@ impl TrainConfig {
                 self.layers
             ));
         }
-        if self.gamma_start < 0.0 || !(self.gamma > 0.0) {
+        if self.gamma_start < 0.0 || self.gamma.is_nan() || self.gamma <= 0.0 {
             return bad(format!(
                 "γ {} must be positive and its start {} not negative",
                 self.gamma, self.gamma_start

@@ -36,9 +36,12 @@ fn add_bias(mut y: Vec<f64>, bias: Option<&HostTensor>) -> Vec<f64> {
     y
 }
 
+/// A lookup of tensors by name.
+type Lookup = Box<dyn Fn(&str) -> Option<HostTensor>>;
+
 /// The layer's tensors, by their short field name.
 struct Layer {
-    get: Box<dyn Fn(&str) -> Option<HostTensor>>,
+    get: Lookup,
 }
 
 impl Layer {
