@@ -20,6 +20,7 @@ pub mod info;
 pub mod model_args;
 pub mod plot;
 pub mod rdata;
+pub mod serve;
 pub mod train;
 
 use clap::{Parser, Subcommand};
@@ -52,6 +53,9 @@ pub enum Command {
     /// Benchmarks (write JSON under benches/results/).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat and text completions,
+    /// streaming), batching concurrent requests.
+    Serve(serve::ServeArgs),
 }
 
 /// The command line as typed (program name without its directory), recorded in result files.
@@ -83,6 +87,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(c) => bench::run(c),
         Command::Check(a) => check::run(a),
         Command::Train(a) => train::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }
 
