@@ -70,7 +70,8 @@ impl<R: BufRead> Read for Chunked<R> {
                 return Ok(0);
             }
         }
-        let n = self.inner.read(&mut buf[..self.left.min(buf.len())])?;
+        let want = self.left.min(buf.len());
+        let n = self.inner.read(&mut buf[..want])?;
         self.left -= n;
         Ok(n)
     }
