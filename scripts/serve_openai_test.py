@@ -73,7 +73,10 @@ def main():
         r = client.completions.create(model=model, prompt=prompt, max_tokens=8, temperature=0)
         assert prompt + r.choices[0].text == want, (r.choices[0].text, want)
         assert r.choices[0].finish_reason == "length"
-        text = "".join(c.choices[0].text for c in client.completions.create(
+        # The client's legacy Completion type has a non-null finish_reason, which streamed chunks
+        # (OpenAI's too) leave null until the last: read this stream without strict validation.
+        lenient = openai.OpenAI(base_url=addr + "/v1", api_key="unused", max_retries=0)
+        text = "".join(c.choices[0].text for c in lenient.completions.create(
             model=model, prompt=prompt, max_tokens=8, temperature=0, stream=True))
         assert prompt + text == want
 
