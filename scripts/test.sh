@@ -30,3 +30,11 @@ echo "== fetching the default model and texts (cached in \${SPOTLIGHT_HOME:-~/.c
 
 echo "== tests"
 cargo test --workspace --all-targets --locked -- --test-threads 2
+
+echo "== the server against the official openai client"
+if python3 -m pip --version >/dev/null 2>&1; then
+  python3 -m pip install -q "openai>=1.40,<3" 2>&1 | tail -n 2 || true
+  python3 scripts/serve_openai_test.py "${CARGO_TARGET_DIR:-target}/debug/spotlight"
+else
+  echo "!! pip is unavailable: SKIPPING scripts/serve_openai_test.py (the official openai client test)" >&2
+fi

@@ -140,40 +140,14 @@ impl OnBackend for Job {
             .map(|h| spotlight_train::HashFile::load(&h))
             .transpose()?;
         let loaded = model_args::load::<B>(&self.path, None, &device)?;
-        let selection = args
-            .attention
-            .selector
-            .method(kind, hash, &model_id, &loaded.config)?
-            .map(|m| {
-                attention_args::selection::<B>(
-                    &m,
-                    args.attention.budget().expect("validated"),
-                    SelectRows::Decode,
-                    &loaded.config,
-                    &device,
-                )
-                .map(|s| Selection {
-                    dense_below: args.attention.selector.dense_below.unwrap_or(DENSE_BELOW),
-                    ..s
-                })
-            })
-            .transpose()?;
-        let attention = Attention {
-            label: match &selection {
-                Some(s) => format!(
-                    "{} (budget {} of the tokens, ≥ {}, + sink {} + window {}; layers ≥ {}; dense below {} tokens)",
-                    s.selector.name(),
-                    s.budget.fraction,
-                    s.budget.min_tokens,
-                    s.budget.sink,
-                    s.budget.window,
-                    s.dense_layers,
-                    s.dense_below
-                ),
-                None => "dense".into(),
-            },
-            selection,
-        };
+        let attention = decode_attention::<B>(
+            &args.attention,
+            kind,
+            hash,
+            &model_id,
+            &loaded.config,
+            &device,
+        )?;
         let tok = &loaded.tokenizer;
         let config = args.config(tok);
         let mut messages: Vec<(String, String)> = args
@@ -186,7 +160,7 @@ impl OnBackend for Job {
                 .iter()
                 .map(|(r, c)| (r.as_str(), c.as_str()))
                 .collect();
-            Ok(tok.encode(&tok.template.render(&refs), false)?)
+            Ok(tok.encode_chat(&refs)?)
         };
         if !args.interactive {
             let ids = match (&args.prompt, args.chat) {
@@ -245,10 +219,55 @@ impl OnBackend for Job {
     }
 }
 
+/// The decode attention that `flags` choose for a model: the selection (None: dense) with the
+/// default `--dense-below` of generation, and its one-line description.
+pub(crate) fn decode_attention<B: SpotlightBackend>(
+    flags: &AttentionArgs,
+    kind: AttentionKind,
+    hash: Option<spotlight_train::HashFile>,
+    model_id: &str,
+    config: &spotlight_llama::LlamaConfig,
+    device: &B::Device,
+) -> Result<Attention<B>> {
+    let selection = flags
+        .selector
+        .method(kind, hash, model_id, config)?
+        .map(|m| {
+            attention_args::selection::<B>(
+                &m,
+                flags.budget().expect("validated"),
+                SelectRows::Decode,
+                config,
+                device,
+            )
+            .map(|s| Selection {
+                dense_below: flags.selector.dense_below.unwrap_or(DENSE_BELOW),
+                ..s
+            })
+        })
+        .transpose()?;
+    Ok(Attention {
+        label: match &selection {
+            Some(s) => format!(
+                "{} (budget {} of the tokens, ≥ {}, + sink {} + window {}; layers ≥ {}; dense below {} tokens)",
+                s.selector.name(),
+                s.budget.fraction,
+                s.budget.min_tokens,
+                s.budget.sink,
+                s.budget.window,
+                s.dense_layers,
+                s.dense_below
+            ),
+            None => "dense".into(),
+        },
+        selection,
+    })
+}
+
 /// The attention of a run and how it is reported.
-struct Attention<B: spotlight_llama::LlamaBackend> {
-    selection: Option<Selection<B>>,
-    label: String,
+pub(crate) struct Attention<B: spotlight_llama::LlamaBackend> {
+    pub selection: Option<Selection<B>>,
+    pub label: String,
 }
 
 /// Generates from `ids`, printing text as it arrives; returns the new tokens.

@@ -21,6 +21,7 @@ pub mod info;
 pub mod model_args;
 pub mod plot;
 pub mod rdata;
+pub mod serve;
 pub mod train;
 
 use clap::{Parser, Subcommand};
@@ -56,6 +57,9 @@ pub enum Command {
     /// Operations on hash files (merge per-layer-range files).
     #[command(subcommand)]
     Hash(hash_cmd::HashCommand),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat and text completions,
+    /// streaming), batching concurrent requests.
+    Serve(serve::ServeArgs),
 }
 
 /// The command line as typed (program name without its directory), recorded in result files.
@@ -88,6 +92,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Check(a) => check::run(a),
         Command::Train(a) => train::run(a),
         Command::Hash(c) => hash_cmd::run(c),
+        Command::Serve(a) => serve::run(a),
     }
 }
 

@@ -268,6 +268,12 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// Tokens of a conversation of (role, content) messages in the model's chat template, the
+    /// assistant's turn opened (`generate --chat` and the server's chat completions).
+    pub fn encode_chat(&self, messages: &[(&str, &str)]) -> Result<Vec<u32>, LlamaError> {
+        self.encode(&self.template.render(messages), false)
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String, LlamaError> {
         self.inner
             .decode(ids, true)

@@ -1,0 +1,158 @@
+//! The [`Engine`] over a Llama-family model: one KV cache of `slots` rows × `ctx` positions.
+//!
+//! A prompt is prefilled alone in a cache of its own length (what `generate` does for one
+//! prompt, so the first token is the same), and its K/V rows (and the selector's key codes) are
+//! then copied into the slot's row of the shared cache. Decode steps run every generating slot
+//! as one ragged batch over the shared cache; slots without a token this step are left alone.
+
+use burn::tensor::{Int, Tensor, TensorData};
+use spotlight_llama::cache::KvCache;
+use spotlight_llama::{Llama, LlamaBackend, Selection};
+
+use crate::engine::{Engine, Mode};
+
+/// An attention the engine can run: dense (`selection` None) or a selector with its budget.
+pub struct AttentionMode<B: LlamaBackend> {
+    pub name: String,
+    pub selection: Option<Selection<B>>,
+}
+
+pub struct LlamaEngine<B: LlamaBackend> {
+    model: Llama<B>,
+    cache: KvCache<B>,
+    modes: Vec<AttentionMode<B>>,
+    attention_kernels: bool,
+}
+
+impl<B: LlamaBackend> LlamaEngine<B> {
+    /// `modes[0]` is the default. `attention_kernels`: dense attention on the backend's causal
+    /// kernel where it has one (as `generate` does by default).
+    pub fn new(
+        model: Llama<B>,
+        slots: usize,
+        ctx: usize,
+        modes: Vec<AttentionMode<B>>,
+        attention_kernels: bool,
+    ) -> Result<Self, spotlight_llama::LlamaError> {
+        let cache = model.new_cache(slots, ctx)?;
+        Ok(Self {
+            model,
+            cache,
+            modes,
+            attention_kernels,
+        })
+    }
+
+    /// Names of the modes, the default first.
+    pub fn mode_names(&self) -> Vec<String> {
+        self.modes.iter().map(|m| m.name.clone()).collect()
+    }
+
+    fn selection(&self, mode: &Mode) -> Result<Option<Selection<B>>, String> {
+        let m = self
+            .modes
+            .iter()
+            .find(|m| m.name == mode.attention)
+            .ok_or_else(|| format!("attention {} is not loaded", mode.attention))?;
+        Ok(match (&m.selection, mode.budget) {
+            (Some(s), Some(fraction)) => {
+                let mut s = s.clone();
+                s.budget.fraction = fraction;
+                Some(s)
+            }
+            (s, _) => s.clone(),
+        })
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl<B: LlamaBackend> Engine for LlamaEngine<B> {
+    fn slots(&self) -> usize {
+        self.cache.batch()
+    }
+
+    fn ctx_size(&self) -> usize {
+        self.cache.capacity()
+    }
+
+    fn vocab(&self) -> usize {
+        self.model.config.vocab_size
+    }
+
+    fn prefill(&mut self, slot: usize, prompt: &[u32], mode: &Mode) -> Result<Vec<f32>, String> {
+        let n = prompt.len();
+        if n == 0 || n > self.ctx_size() {
+            return Err(format!(
+                "prompt of {n} tokens does not fit a slot of {} tokens",
+                self.ctx_size()
+            ));
+        }
+        let mut scratch = self.model.new_cache(1, n).map_err(err)?;
+        scratch.selection = self.selection(mode)?;
+        scratch.attention_kernels = self.attention_kernels;
+        // sync: read the logits of the prompt's last position.
+        let logits = self
+            .model
+            .forward_last(&[prompt.to_vec()], &mut scratch)
+            .map_err(err)?
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| format!("{e:?}"))?;
+        let slots = self.slots();
+        let cap = self.ctx_size();
+        for (dst, src) in self.cache.layers.iter_mut().zip(scratch.layers) {
+            let [_, kv, _, d] = src.k.dims();
+            let rows = [slot..slot + 1, 0..kv, 0..n, 0..d];
+            let (k, v) = (src.k, src.v);
+            dst.k.inplace(|c| c.slice_assign(rows.clone(), k));
+            dst.v.inplace(|c| c.slice_assign(rows, v));
+            if let Some(codes) = src.codes {
+                let [_, _, _, width] = codes.dims();
+                let device = codes.device();
+                let target = dst
+                    .codes
+                    .get_or_insert_with(|| Tensor::zeros([slots, 1, cap, width], &device));
+                target.inplace(|c| c.slice_assign([slot..slot + 1, 0..1, 0..n, 0..width], codes));
+                dst.code_sets = src.code_sets;
+            }
+        }
+        self.cache.lens[slot] = n;
+        Ok(logits)
+    }
+
+    fn decode(&mut self, rows: &[(usize, u32)], mode: &Mode) -> Result<Vec<f32>, String> {
+        let mut tokens = vec![Vec::new(); self.slots()];
+        for &(s, t) in rows {
+            tokens[s] = vec![t];
+        }
+        self.cache.selection = self.selection(mode)?;
+        self.cache.attention_kernels = self.attention_kernels;
+        let logits = self
+            .model
+            .forward_last(&tokens, &mut self.cache)
+            .map_err(err)?;
+        let idx: Vec<i64> = rows.iter().map(|&(s, _)| s as i64).collect();
+        let idx =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [rows.len()]), &logits.device());
+        // sync: read the logits of this step's rows (one host round-trip per step).
+        logits
+            .select(0, idx)
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    fn read_share(&self, mode: &Mode, len: usize) -> f64 {
+        match self.selection(mode) {
+            Ok(Some(s)) => s.read_share(self.model.config.num_hidden_layers, len),
+            _ => 1.0,
+        }
+    }
+
+    fn free(&mut self, slot: usize) {
+        self.cache.lens[slot] = 0;
+    }
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# `spotlight serve` on the H200: throughput and time to first token with 1/4/16 concurrent
+# streaming clients at 4K and 8K prompts, dense vs Spotlight (trained hash, budget 2%, selecting
+# from the first token: --dense-below 0). One server per attention, 16 slots of 8448 tokens.
+# Needs the binary and the model on the machine (scripts/gpu/README.md: prepare.sh, then calls
+# carrying .gpu, .gpu1, .gpu2); run as the last call: "bash scripts/gpu/serve.sh".
+# Writes $OUT/serve_{dense,spotlight}.json, $OUT/serve.json (both, with commit and device) and logs.
+# SERVE_ARGS adds server flags, BENCH_ARGS client flags (e.g. BENCH_ARGS="--clients 1,4").
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+: "${OUT:?run this through the device tool}"
+source scripts/gpu/home.sh
+hash=models/hash/SmolLM2-135M-Instruct.Q4_1.gguf.group.safetensors
+port=18080
+for attention in dense spotlight; do
+  extra=""
+  if [ "$attention" = spotlight ]; then extra="--hash $hash --dense-below 0"; fi
+  # shellcheck disable=SC2086
+  /tmp/spotlight serve --backend cuda --host 127.0.0.1 --port "$port" --slots 16 --ctx-size 8448 \
+    --max-queue 16 --attention "$attention" $extra ${SERVE_ARGS:-} 2> "$OUT/serve_$attention.log" &
+  pid=$!
+  for _ in $(seq 600); do
+    if curl -sf "http://127.0.0.1:$port/health" >/dev/null; then break; fi
+    sleep 0.5
+  done
+  # shellcheck disable=SC2086
+  python3 scripts/serve_bench.py --base "http://127.0.0.1:$port" --clients 1,4,16 \
+    --prompt-tokens 4096,8192 --new-tokens 64 --label "$attention" ${BENCH_ARGS:-} \
+    --out "$OUT/serve_$attention.json" | tee -a "$OUT/serve_bench.log"
+  curl -s "http://127.0.0.1:$port/metrics" > "$OUT/serve_${attention}_metrics.txt"
+  kill -TERM "$pid"
+  wait "$pid"
+done
+python3 - "$OUT" <<'EOF'
+import json, subprocess, sys
+out = sys.argv[1]
+gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                     capture_output=True, text=True).stdout.strip()
+import os
+runs = {a: json.load(open(f"{out}/serve_{a}.json")) for a in ("dense", "spotlight")}
+json.dump({"command": "bash scripts/gpu/serve.sh", "commit": os.environ.get("SPOTLIGHT_COMMIT"),
+           "device": gpu, "backend": "cuda", "model": "SmolLM2-135M-Instruct.Q4_1.gguf",
+           "config": {"slots": 16, "ctx_size": 8448, "new_tokens": 64, "budget": 0.02,
+                      "dense_below": 0, "prompt": "token ids, greedy"},
+           "runs": runs}, open(f"{out}/serve.json", "w"), indent=1)
+EOF
+echo "wrote $OUT/serve.json"
