@@ -13,7 +13,8 @@ use crate::targets::Target;
 
 /// Longest input tried (mutations are cut to it).
 pub const MAX_INPUT: usize = 4 << 20;
-/// An input slower than this is a failure ("slow"), checked after it returns.
+/// An input slower than this three times running is a failure ("slow"), checked after it
+/// returns.
 pub const SLOW: Duration = Duration::from_secs(2);
 /// An input still running after this is a hang: the watchdog saves it and aborts.
 pub const HANG: Duration = Duration::from_secs(20);
@@ -79,6 +80,8 @@ fn inputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 /// Milliseconds since `EPOCH` when the current input started; 0 while none runs.
 static STARTED_MS: AtomicU64 = AtomicU64::new(0);
+static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+static WATCHDOG: std::sync::Once = std::sync::Once::new();
 
 fn now_ms(epoch: Instant) -> u64 {
     epoch.elapsed().as_millis() as u64 + 1
@@ -109,29 +112,37 @@ pub fn run(target: &Target, opts: &Options) -> Stats {
     // Panics are expected results here, not noise on stderr.
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let epoch = Instant::now();
-    std::thread::spawn(move || loop {
-        std::thread::sleep(Duration::from_millis(250));
-        let s = STARTED_MS.load(Ordering::SeqCst);
-        if s != 0 && now_ms(epoch).saturating_sub(s) > HANG.as_millis() as u64 {
-            crate::alloc::save_input_and_abort(b"fuzz: an input ran past the hang limit");
-        }
+    // One clock and one watchdog per process, shared by every run (several targets in one
+    // process must not see each other's start times as hangs).
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    WATCHDOG.call_once(|| {
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let s = STARTED_MS.load(Ordering::SeqCst);
+            if s != 0 && now_ms(epoch).saturating_sub(s) > HANG.as_millis() as u64 {
+                crate::alloc::save_input_and_abort(b"fuzz: an input ran past the hang limit");
+            }
+        });
     });
+    let started = Instant::now();
     let mut stats = Stats {
         target: target.name.into(),
         ..Stats::default()
     };
     let mut answers = HashSet::new();
     let record = |stats: &mut Stats,
-                      data: &[u8],
-                      r: Result<String, String>,
-                      took: Duration,
-                      answers: &mut HashSet<String>|
+                  data: &[u8],
+                  r: Result<String, String>,
+                  took: Duration,
+                  answers: &mut HashSet<String>|
      -> bool {
         stats.execs += 1;
         let failure = match r {
             Ok(answer) => {
-                if took > SLOW {
+                // On a loaded machine a process can stall for seconds: slow counts only when
+                // two more runs of the same input are slow too.
+                let slow = took > SLOW && (0..2).all(|_| exec(target, data, epoch).1 > SLOW);
+                if slow {
                     stats.slow += 1;
                     Some(format!("slow: {:.1} s", took.as_secs_f64()))
                 } else {
@@ -166,7 +177,7 @@ pub fn run(target: &Target, opts: &Options) -> Stats {
     }
     let mut rng = Rng::new(opts.seed);
     let deadline = Duration::from_secs_f64(opts.seconds);
-    while epoch.elapsed() < deadline {
+    while started.elapsed() < deadline {
         let a = rng.below(corpus.len());
         let b = rng.below(corpus.len());
         let data = mutate(&corpus[a], &corpus[b], &mut rng, MAX_INPUT);
@@ -176,7 +187,7 @@ pub fn run(target: &Target, opts: &Options) -> Stats {
         }
     }
     std::panic::set_hook(hook);
-    stats.seconds = epoch.elapsed().as_secs_f64();
+    stats.seconds = started.elapsed().as_secs_f64();
     stats.corpus = corpus.len();
     stats.answers = answers.len();
     stats
