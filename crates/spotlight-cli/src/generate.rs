@@ -117,9 +117,8 @@ impl GenerateArgs {
 pub fn run(mut args: GenerateArgs) -> Result<()> {
     args.validate()?;
     if let Some(f) = args.prompt_file.take() {
-        let text = std::fs::read_to_string(&f).map_err(|e| {
-            CliError::Io(format!("cannot read --prompt-file {}: {e}", f.display()))
-        })?;
+        let text = std::fs::read_to_string(&f)
+            .map_err(|e| CliError::Io(format!("cannot read --prompt-file {}: {e}", f.display())))?;
         if text.trim().is_empty() {
             return Err(CliError::Usage(format!(
                 "--prompt-file {} is empty",

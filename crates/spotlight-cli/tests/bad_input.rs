@@ -454,7 +454,10 @@ fn hash_file_for_another_model_layer_count_head_dim_or_bits() {
     let other = save("other.safetensors", hash_for("other.gguf", TINY32, 0));
     check_hash(&model, &other, "trained with model \"other.gguf\"");
     // Another layer count.
-    let one_layer = Dims { layers: 1, ..TINY32 };
+    let one_layer = Dims {
+        layers: 1,
+        ..TINY32
+    };
     let layers = save("layers.safetensors", hash_for("t32.gguf", one_layer, 0));
     check_hash(&model, &layers, "trained with layers 1, the model has 2");
     // Another head_dim (64 instead of 32).
@@ -464,7 +467,11 @@ fn hash_file_for_another_model_layer_count_head_dim_or_bits() {
         ..TINY32
     };
     let head_dim = save("head_dim.safetensors", hash_for("t32.gguf", wide, 0));
-    check_hash(&model, &head_dim, "trained with head_dim 64, the model has 32");
+    check_hash(
+        &model,
+        &head_dim,
+        "trained with head_dim 64, the model has 32",
+    );
     // Bits that are no multiple of head_dim: the header contradicts itself.
     let mut bad_bits = hash_for("t32.gguf", TINY32, 64);
     bad_bits.header.bits = 48;
@@ -532,11 +539,17 @@ fn out_at_a_run_of_another_config_refuses_and_overwrites_nothing() {
     let (code, _, err) = spotlight(&refs);
     assert_eq!(code, 0, "the first run trains: {err}");
     let before = snapshot(&out);
-    assert!(before.iter().any(|(p, _)| p.ends_with("checkpoint.safetensors")));
+    assert!(before
+        .iter()
+        .any(|(p, _)| p.ends_with("checkpoint.safetensors")));
     let args = train("1");
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_one_line_error(&refs, "written with other training flags");
-    assert!(before == snapshot(&out), "a refused run changed {}", out.display());
+    assert!(
+        before == snapshot(&out),
+        "a refused run changed {}",
+        out.display()
+    );
 }
 
 #[test]
@@ -631,12 +644,24 @@ fn fractions_out_of_range() {
     let o = out.to_str().unwrap();
     for (flag, needle) in [
         ("--top-fraction=1.5", "top fraction 1.5 is not in (0, 1)"),
-        ("--near-fraction=-0.1", "near-miss fraction -0.1 is not in [0, 1]"),
+        (
+            "--near-fraction=-0.1",
+            "near-miss fraction -0.1 is not in [0, 1]",
+        ),
         ("--hard-fraction=2", "hard-negative fraction 2 is not in"),
     ] {
         assert_one_line_error(
             &[
-                "train", "--model", m, "--backend", "cpu", "--text", t, "--out", o, flag,
+                "train",
+                "--model",
+                m,
+                "--backend",
+                "cpu",
+                "--text",
+                t,
+                "--out",
+                o,
+                flag,
             ],
             needle,
         );
@@ -784,7 +809,13 @@ fn wgpu_without_a_driver() {
     let path = write_tiny(dir.path(), "w.gguf", |_, _| {});
     // No Vulkan driver and no other wgpu backend: what a machine without GPU drivers sees.
     let out = Command::new(env!("CARGO_BIN_EXE_spotlight"))
-        .args(["generate", "--model", path.to_str().unwrap(), "--prompt", "t1"])
+        .args([
+            "generate",
+            "--model",
+            path.to_str().unwrap(),
+            "--prompt",
+            "t1",
+        ])
         .args(["--backend", "wgpu", "--max-tokens", "2"])
         .env("VK_ICD_FILENAMES", "/nonexistent.json")
         .env("VK_DRIVER_FILES", "/nonexistent.json")

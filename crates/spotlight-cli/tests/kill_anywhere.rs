@@ -26,16 +26,33 @@ const KILLS: usize = 20;
 
 fn train_command(model: &Path, text: &Path, out: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_spotlight"));
-    c.args(["train", "--backend", "cpu", "--steps", "24", "--checkpoint-every", "1"])
-        .args(["--seq-len", "48", "--queries", "8", "--pairs", "8", "--seed", "3"])
-        .arg("--model")
-        .arg(model)
-        .arg("--text")
-        .arg(text)
-        .arg("--out")
-        .arg(out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    c.args([
+        "train",
+        "--backend",
+        "cpu",
+        "--steps",
+        "24",
+        "--checkpoint-every",
+        "1",
+    ])
+    .args([
+        "--seq-len",
+        "48",
+        "--queries",
+        "8",
+        "--pairs",
+        "8",
+        "--seed",
+        "3",
+    ])
+    .arg("--model")
+    .arg(model)
+    .arg("--text")
+    .arg(text)
+    .arg("--out")
+    .arg(out)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     c
 }
 
@@ -49,14 +66,18 @@ fn next(s: &mut u64) -> u64 {
 }
 
 fn results(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    ["hash-group.safetensors", "hash-faithful.safetensors", "train_log.csv"]
-        .iter()
-        .map(|f| {
-            let p = dir.join(f);
-            let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            (PathBuf::from(f), bytes)
-        })
-        .collect()
+    [
+        "hash-group.safetensors",
+        "hash-faithful.safetensors",
+        "train_log.csv",
+    ]
+    .iter()
+    .map(|f| {
+        let p = dir.join(f);
+        let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        (PathBuf::from(f), bytes)
+    })
+    .collect()
 }
 
 #[test]

@@ -45,7 +45,10 @@ fn main() {
         }
         let stats = run(t, &opts);
         crashed |= stats.crashes > 0;
-        println!("{}", serde_json::to_string(&stats).expect("stats serialise"));
+        println!(
+            "{}",
+            serde_json::to_string(&stats).expect("stats serialise")
+        );
     }
     std::process::exit(i32::from(crashed))
 }

@@ -156,9 +156,7 @@ pub fn run(target: &Target, opts: &Options) -> Stats {
             let path = crash_dir.join(format!("crash-{}", stats.crashes));
             let _ = std::fs::create_dir_all(&crash_dir);
             let _ = std::fs::write(&path, data);
-            stats
-                .crash_files
-                .push(format!("{}: {why}", path.display()));
+            stats.crash_files.push(format!("{}: {why}", path.display()));
         }
         false
     };

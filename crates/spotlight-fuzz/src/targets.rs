@@ -169,7 +169,10 @@ pub fn tokenizer(data: &[u8]) -> String {
         Err(e) => return outcome::<(), _>(&Err(e), ""),
     };
     let _ = tok.check_model_vocab(tok.vocab_size());
-    let ids = tok.encode("Call me Ishmael. t1 t12 <|im_start|> 2026 \u{e9}\u{1f600}", true);
+    let ids = tok.encode(
+        "Call me Ishmael. t1 t12 <|im_start|> 2026 \u{e9}\u{1f600}",
+        true,
+    );
     let decoded = ids.as_ref().map(|ids| tok.decode(ids));
     let _ = tok.decode(&[0, 1, u32::MAX]);
     match decoded {

@@ -31,8 +31,14 @@ fn values(n: usize, seed: usize) -> Vec<f32> {
 fn block_bytes(ty: GgmlType, v: &[f32]) -> Vec<u8> {
     match ty {
         GgmlType::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        GgmlType::F16 => v.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect(),
-        GgmlType::BF16 => v.iter().flat_map(|x| bf16::from_f32(*x).to_le_bytes()).collect(),
+        GgmlType::F16 => v
+            .iter()
+            .flat_map(|x| f16::from_f32(*x).to_le_bytes())
+            .collect(),
+        GgmlType::BF16 => v
+            .iter()
+            .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
+            .collect(),
         // Quantised blocks: a scale and the quants (values are not round-tripped; any bytes of
         // the right length are a valid block).
         GgmlType::Q8_0 => v
@@ -148,7 +154,10 @@ fn smollm2_tokenizer(path: &Path, n: usize) -> Vec<u8> {
             .map(|v| v.as_str().unwrap().to_string())
             .collect()
     };
-    let tokens: Vec<String> = strings("tokenizer.ggml.tokens").into_iter().take(n).collect();
+    let tokens: Vec<String> = strings("tokenizer.ggml.tokens")
+        .into_iter()
+        .take(n)
+        .collect();
     let known: std::collections::HashSet<&str> = tokens.iter().map(String::as_str).collect();
     let merges: Vec<String> = strings("tokenizer.ggml.merges")
         .into_iter()
@@ -158,11 +167,15 @@ fn smollm2_tokenizer(path: &Path, n: usize) -> Vec<u8> {
             })
         })
         .collect();
-    let types: Vec<Value> = f.metadata["tokenizer.ggml.token_type"].as_array().unwrap()[..n].to_vec();
+    let types: Vec<Value> =
+        f.metadata["tokenizer.ggml.token_type"].as_array().unwrap()[..n].to_vec();
     let mut meta: Vec<(&str, Value)> = vec![
         ("general.architecture", Value::String("llama".into())),
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
-        ("tokenizer.ggml.pre", f.metadata["tokenizer.ggml.pre"].clone()),
+        (
+            "tokenizer.ggml.pre",
+            f.metadata["tokenizer.ggml.pre"].clone(),
+        ),
         (
             "tokenizer.ggml.tokens",
             Value::Array(tokens.into_iter().map(Value::String).collect()),
@@ -285,9 +298,18 @@ fn write_seed_corpus() {
     std::fs::write(dir("safetensors").join("index.json"), index.to_string()).unwrap();
     // config: the HF configs of the supported families.
     for (name, json) in [
-        ("smollm2", r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":49152,"hidden_size":576,"intermediate_size":1536,"num_hidden_layers":30,"num_attention_heads":9,"num_key_value_heads":3,"rms_norm_eps":1e-05,"rope_theta":100000,"max_position_embeddings":8192,"tie_word_embeddings":true,"eos_token_id":2}"#),
-        ("llama3", r#"{"model_type":"llama","vocab_size":128256,"hidden_size":4096,"intermediate_size":14336,"num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":8,"rms_norm_eps":1e-5,"rope_theta":500000.0,"max_position_embeddings":131072,"tie_word_embeddings":false,"rope_scaling":{"factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192,"rope_type":"llama3"}}"#),
-        ("qwen2", r#"{"model_type":"qwen2","vocab_size":151936,"hidden_size":896,"intermediate_size":4864,"num_hidden_layers":24,"num_attention_heads":14,"num_key_value_heads":2,"tie_word_embeddings":true,"head_dim":64,"attention_bias":true}"#),
+        (
+            "smollm2",
+            r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":49152,"hidden_size":576,"intermediate_size":1536,"num_hidden_layers":30,"num_attention_heads":9,"num_key_value_heads":3,"rms_norm_eps":1e-05,"rope_theta":100000,"max_position_embeddings":8192,"tie_word_embeddings":true,"eos_token_id":2}"#,
+        ),
+        (
+            "llama3",
+            r#"{"model_type":"llama","vocab_size":128256,"hidden_size":4096,"intermediate_size":14336,"num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":8,"rms_norm_eps":1e-5,"rope_theta":500000.0,"max_position_embeddings":131072,"tie_word_embeddings":false,"rope_scaling":{"factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192,"rope_type":"llama3"}}"#,
+        ),
+        (
+            "qwen2",
+            r#"{"model_type":"qwen2","vocab_size":151936,"hidden_size":896,"intermediate_size":4864,"num_hidden_layers":24,"num_attention_heads":14,"num_key_value_heads":2,"tie_word_embeddings":true,"head_dim":64,"attention_bias":true}"#,
+        ),
     ] {
         std::fs::write(dir("config").join(name), json).unwrap();
     }
@@ -318,5 +340,9 @@ fn write_seed_corpus() {
     let mut meta = meta;
     meta.remove(tensor_file::CRC_KEY);
     tensor_file::write(&tmp.path().join("other"), &tensors, meta, true).unwrap();
-    std::fs::copy(tmp.path().join("other"), dir("checkpoint").join("step0-f16")).unwrap();
+    std::fs::copy(
+        tmp.path().join("other"),
+        dir("checkpoint").join("step0-f16"),
+    )
+    .unwrap();
 }

@@ -60,11 +60,7 @@ fn checksum<'a>(
 /// order: the same tensors must give the same bytes in every process (the kill-anywhere test
 /// compares files). Header keys are sorted, tensors lie in name order, the header is padded with
 /// spaces to a multiple of 8 bytes, as the format asks.
-fn serialize(
-    tensors: &Tensors,
-    mut metadata: HashMap<String, String>,
-    half: bool,
-) -> Vec<u8> {
+fn serialize(tensors: &Tensors, mut metadata: HashMap<String, String>, half: bool) -> Vec<u8> {
     let dtype = if half { Dtype::F16 } else { Dtype::F32 };
     let bytes: Vec<(&String, Vec<u8>, &Vec<usize>)> = tensors
         .iter()
@@ -373,7 +369,10 @@ mod tests {
         assert!(!previous_path(&p).exists());
         write_checkpoint(&p, &sample(2.0), meta(2)).unwrap();
         let c = read_or_previous(&p, &no_check).unwrap();
-        assert_eq!((c.metadata["step"].as_str(), c.fell_back.is_none()), ("2", true));
+        assert_eq!(
+            (c.metadata["step"].as_str(), c.fell_back.is_none()),
+            ("2", true)
+        );
         // Torn newest: the previous one is used, and says why.
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() - 3]).unwrap();
@@ -383,12 +382,18 @@ mod tests {
         assert!(c.fell_back.unwrap().contains("checkpoint.safetensors"));
         // Newest missing (as between two renames elsewhere): the previous one too.
         std::fs::remove_file(&p).unwrap();
-        assert_eq!(read_or_previous(&p, &no_check).unwrap().metadata["step"], "1");
+        assert_eq!(
+            read_or_previous(&p, &no_check).unwrap().metadata["step"],
+            "1"
+        );
         // Both damaged: the newest's error.
         std::fs::write(&p, b"junk").unwrap();
         std::fs::write(previous_path(&p), b"junk").unwrap();
         let e = read_or_previous(&p, &no_check).err().unwrap().to_string();
-        assert!(e.contains("checkpoint.safetensors") && !e.contains("prev"), "{e}");
+        assert!(
+            e.contains("checkpoint.safetensors") && !e.contains("prev"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -785,7 +785,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
         }
         if let Some(extra) = tensors.keys().next() {
-            return Err(bad(format!("tensor {extra} belongs to no network of this run")));
+            return Err(bad(format!(
+                "tensor {extra} belongs to no network of this run"
+            )));
         }
         for (li, l, params, moments) in restored {
             let st = &mut self.state[li][l];

@@ -49,7 +49,12 @@ fn fingerprint(ops: TrainOps) -> (u64, Vec<f64>) {
     t.ops = Some(ops);
     let mut norms = Vec::new();
     for s in 0..3 {
-        norms.extend(t.train_step(&qk(&c, 128, s)).unwrap().iter().map(|r| r.grad_norm));
+        norms.extend(
+            t.train_step(&qk(&c, 128, s))
+                .unwrap()
+                .iter()
+                .map(|r| r.grad_norm),
+        );
     }
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bits: u64| {

@@ -192,7 +192,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LlamaBacke
     }
 
     fn free_memory(device: &Self::Device) -> Option<u64> {
-        let cuda = (device as &dyn std::any::Any).downcast_ref::<burn::backend::cuda::CudaDevice>()?;
+        let cuda =
+            (device as &dyn std::any::Any).downcast_ref::<burn::backend::cuda::CudaDevice>()?;
         // A driver that cannot be loaded panics inside cudarc: that is "unknown", not a crash.
         let free = std::panic::catch_unwind(|| cuda_free_bytes(cuda.index))
             .ok()

@@ -302,14 +302,21 @@ impl LlamaConfig {
             ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
             ("num_key_value_heads", self.num_key_value_heads, MAX_HEADS),
             ("head_dim", self.head_dim, MAX_HEAD_DIM),
-            ("max_position_embeddings", self.max_position_embeddings, MAX_CONTEXT),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                MAX_CONTEXT,
+            ),
         ] {
             if value > cap {
                 return fail(format!("{what} {value} is implausible (at most {cap})"));
             }
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
-            return fail(format!("rms_norm_eps {} must be in (0, 1)", self.rms_norm_eps));
+            return fail(format!(
+                "rms_norm_eps {} must be in (0, 1)",
+                self.rms_norm_eps
+            ));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             return fail(format!("rope_theta {} must be positive", self.rope_theta));
@@ -399,10 +406,26 @@ mod tests {
             "num_hidden_layers":30,"num_attention_heads":9,"num_key_value_heads":3}"#;
         assert!(LlamaConfig::from_hf_json(base).is_ok());
         for (field, value, needle) in [
-            ("vocab_size", "49152", "vocab_size 18446744073709551615 is implausible"),
-            ("hidden_size", "576", "hidden_size 18446744073709551615 is implausible"),
-            ("num_hidden_layers", "30", "num_hidden_layers 18446744073709551615"),
-            ("num_attention_heads", "9", "num_attention_heads 18446744073709551615"),
+            (
+                "vocab_size",
+                "49152",
+                "vocab_size 18446744073709551615 is implausible",
+            ),
+            (
+                "hidden_size",
+                "576",
+                "hidden_size 18446744073709551615 is implausible",
+            ),
+            (
+                "num_hidden_layers",
+                "30",
+                "num_hidden_layers 18446744073709551615",
+            ),
+            (
+                "num_attention_heads",
+                "9",
+                "num_attention_heads 18446744073709551615",
+            ),
         ] {
             let json = base.replace(
                 &format!("\"{field}\":{value}"),

@@ -644,6 +644,9 @@ mod tests {
             .unwrap();
         assert_eq!(f.tensors["w"].n_elements(), 0);
         assert_eq!(crate::load::unpermute_rows(&[], 3, 0), Vec::<f32>::new());
-        assert_eq!(crate::load::unpermute_rows(&[1.0, 2.0], 0, 1), vec![1.0, 2.0]);
+        assert_eq!(
+            crate::load::unpermute_rows(&[1.0, 2.0], 0, 1),
+            vec![1.0, 2.0]
+        );
     }
 }

@@ -134,10 +134,8 @@ pub fn shard_index(text: &str) -> Result<(Vec<String>, HashMap<String, String>),
         let shard = shard
             .as_str()
             .ok_or_else(|| format!("weight_map entry {tensor} is not a file name"))?;
-        let plain = !shard.is_empty()
-            && !shard.contains(['/', '\\'])
-            && shard != "."
-            && shard != "..";
+        let plain =
+            !shard.is_empty() && !shard.contains(['/', '\\']) && shard != "." && shard != "..";
         if !plain {
             return Err(format!(
                 "weight_map names {shard:?} for {tensor}: shards must be files in the model's directory"

@@ -19,12 +19,7 @@ use crate::rope::Rope;
 
 /// Bytes of K and V for every layer: 2 · layers · batch · kv_heads · capacity · head_dim
 /// elements of `elem` bytes; None if that overflows.
-pub fn kv_cache_bytes(
-    c: &LlamaConfig,
-    batch: usize,
-    capacity: usize,
-    elem: usize,
-) -> Option<u64> {
+pub fn kv_cache_bytes(c: &LlamaConfig, batch: usize, capacity: usize, elem: usize) -> Option<u64> {
     [
         2,
         c.num_hidden_layers,
@@ -280,8 +275,8 @@ impl<B: LlamaBackend> Llama<B> {
         }
         let c = &self.config;
         let device = self.embed.device();
-        let needed = kv_cache_bytes(c, batch, capacity, size_of::<B::FloatElem>())
-            .ok_or_else(|| {
+        let needed =
+            kv_cache_bytes(c, batch, capacity, size_of::<B::FloatElem>()).ok_or_else(|| {
                 LlamaError::Invalid(format!(
                     "a K/V cache for {batch} sequences of {capacity} tokens does not fit in memory"
                 ))

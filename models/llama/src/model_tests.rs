@@ -243,7 +243,9 @@ fn nan_and_inf_weights_are_refused_by_name() {
     let c = tiny_config();
     for (bad, shown) in [(f32::NAN, "NaN"), (f32::NEG_INFINITY, "-inf")] {
         let mut w = SyntheticWeights::new(&c, 5);
-        w.0.get_mut("model.layers.1.self_attn.k_proj.weight").unwrap().1[7] = bad;
+        w.0.get_mut("model.layers.1.self_attn.k_proj.weight")
+            .unwrap()
+            .1[7] = bad;
         let err = Llama::<TestBackend>::load(&c, &w, 64, &Default::default())
             .unwrap_err()
             .to_string();

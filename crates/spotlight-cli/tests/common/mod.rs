@@ -126,7 +126,12 @@ pub fn write_model(
         .enumerate()
         .map(|(i, (n, s))| {
             let count = s.iter().product();
-            (hf_to_gguf(&n).unwrap(), s, GgmlType::F32, f32_bytes(count, i))
+            (
+                hf_to_gguf(&n).unwrap(),
+                s,
+                GgmlType::F32,
+                f32_bytes(count, i),
+            )
         })
         .collect();
     edit(&mut meta, &mut tensors);
@@ -138,4 +143,3 @@ pub fn write_model(
     gguf::write(&path, &meta, &t).unwrap();
     path
 }
-
