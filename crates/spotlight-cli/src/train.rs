@@ -416,6 +416,14 @@ impl OnBackend for Job {
             t.ops = a.ops;
             trainers.push(t);
         }
+        // Before any output: an --out this run cannot write, or one holding a run of another
+        // config, is refused in one line, and nothing in it is touched.
+        for (t, (_, a)) in trainers.iter().zip(&runs) {
+            std::fs::create_dir_all(&a.out).map_err(|e| {
+                CliError::Io(format!("cannot create --out {}: {e}", a.out.display()))
+            })?;
+            t.check_resumable(&a.out.join(run::CHECKPOINT))?;
+        }
         let dirs: Vec<&std::path::Path> = text_dirs.iter().map(|d| d.as_path()).collect();
         let corpus = Corpus::from_dirs(&dirs, &loaded.tokenizer)?;
         eprintln!(

@@ -13,6 +13,9 @@ use spotlight_llama::LlamaConfig;
 use crate::tensor_file::{self, Tensors};
 use crate::{Layout, TrainError};
 
+/// Largest head count a header may claim (the model loader's cap).
+const MAX_HEADS: usize = spotlight_llama::config::MAX_HEADS;
+
 /// Format tag written into every file.
 pub const FORMAT: &str = "spotlight-hash/1";
 
@@ -176,11 +179,20 @@ impl HashFile {
 
     /// Reads and validates a file written by [`HashFile::save`].
     pub fn load(path: &Path) -> Result<Self, TrainError> {
+        let bytes = std::fs::read(path).map_err(|e| TrainError::HashFile {
+            path: path.display().to_string(),
+            why: e.to_string(),
+        })?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Validates the bytes of a hash file read from `path` (named in errors).
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, TrainError> {
         let bad = |why: String| TrainError::HashFile {
             path: path.display().to_string(),
             why,
         };
-        let (meta, mut tensors) = tensor_file::read(path)?;
+        let (meta, mut tensors) = tensor_file::parse(bytes, path, false)?;
         let raw = meta
             .get("spotlight")
             .ok_or_else(|| bad("no spotlight header: not a Spotlight hash file".into()))?;
@@ -202,6 +214,21 @@ impl HashFile {
             return Err(bad(format!(
                 "inconsistent header: {} q heads, {} kv heads, d {}, {} bits",
                 header.q_heads, header.kv_heads, header.head_dim, header.bits
+            )));
+        }
+        // Every layer has four tensors per network kind: a header claiming more layers than
+        // the file holds tensors for is refused before anything is sized by it.
+        if header.layers == 0 || header.layers > tensors.len() / 4 {
+            return Err(bad(format!(
+                "header claims {} layers, the file holds {} tensors",
+                header.layers,
+                tensors.len()
+            )));
+        }
+        if header.q_heads > MAX_HEADS {
+            return Err(bad(format!(
+                "header claims {} query heads (at most {MAX_HEADS})",
+                header.q_heads
             )));
         }
         if let Some(t) = &header.trained_layers {

@@ -145,7 +145,7 @@ where
     for r in runs.iter_mut() {
         std::fs::create_dir_all(r.dir).map_err(|e| io(r.dir, e))?;
         let ckpt = r.dir.join(CHECKPOINT);
-        if ckpt.exists() {
+        if ckpt.exists() || crate::tensor_file::previous_path(&ckpt).exists() {
             r.trainer.resume(&ckpt)?;
         }
         let log_path = r.dir.join(LOG);

@@ -668,21 +668,24 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let meta =
             serde_json::json!({ "config": self.config, "dims": self.dims, "step": self.step });
-        tensor_file::write(
+        tensor_file::write_checkpoint(
             path,
             &tensors,
             HashMap::from([("trainer".into(), meta.to_string())]),
-            false,
         )
     }
 
-    /// Continues from a checkpoint written by a trainer with the same config and model.
-    pub fn resume(&mut self, path: &Path) -> Result<(), TrainError> {
+    /// The step count of a checkpoint's metadata, after checking it was written by a trainer of
+    /// this config and model.
+    fn checkpoint_meta(
+        &self,
+        path: &Path,
+        meta: &HashMap<String, String>,
+    ) -> Result<usize, TrainError> {
         let bad = |why: String| TrainError::HashFile {
             path: path.display().to_string(),
             why,
         };
-        let (meta, mut tensors) = tensor_file::read(path)?;
         let meta: serde_json::Value = meta
             .get("trainer")
             .and_then(|m| serde_json::from_str(m).ok())
@@ -701,11 +704,61 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let step = meta["step"]
             .as_u64()
-            .ok_or_else(|| bad("no step count".into()))? as usize;
+            .ok_or_else(|| bad("no step count".into()))?;
+        if step > self.config.steps as u64 {
+            return Err(bad(format!(
+                "step {step} is beyond the run's {} steps",
+                self.config.steps
+            )));
+        }
+        Ok(step as usize)
+    }
+
+    /// Checks that the checkpoint at `path` (or its predecessor), if there is one, can be
+    /// resumed by this trainer: a run directory of another config is refused before anything in
+    /// it is touched.
+    pub fn check_resumable(&self, path: &Path) -> Result<(), TrainError> {
+        if !path.exists() && !tensor_file::previous_path(path).exists() {
+            return Ok(());
+        }
+        tensor_file::read_or_previous(path, &|meta| self.checkpoint_meta(path, meta).map(|_| ()))
+            .map(|_| ())
+    }
+
+    /// Continues from a checkpoint written by a trainer with the same config and model. A
+    /// damaged newest checkpoint (torn, cut short, checksum mismatch) gives way to the previous
+    /// one ([`tensor_file::read_or_previous`]), with a note on stderr.
+    pub fn resume(&mut self, path: &Path) -> Result<(), TrainError> {
+        let ckpt = tensor_file::read_or_previous(path, &|meta| {
+            self.checkpoint_meta(path, meta).map(|_| ())
+        })?;
+        if let Some(why) = &ckpt.fell_back {
+            eprintln!("{why}; resuming from {}", ckpt.path.display());
+        }
+        self.restore(&ckpt.path, &ckpt.metadata, ckpt.tensors)
+    }
+
+    /// Takes parameters, moments and the step count from a checkpoint's contents (read from
+    /// `path`, named in errors), after checking they belong to this trainer.
+    pub fn restore(
+        &mut self,
+        path: &Path,
+        metadata: &HashMap<String, String>,
+        mut tensors: Tensors,
+    ) -> Result<(), TrainError> {
+        let bad = |why: String| TrainError::HashFile {
+            path: path.display().to_string(),
+            why,
+        };
+        let step = self.checkpoint_meta(path, metadata)?;
+        // Everything is read and checked before anything is replaced: a bad checkpoint leaves
+        // the trainer as it was.
+        let mut restored = Vec::new();
         for (li, layout) in self.config.layouts.iter().enumerate() {
-            for (l, st) in self.state[li].iter_mut().enumerate() {
+            for (l, st) in self.state[li].iter().enumerate() {
                 let shapes: Vec<[usize; 3]> = st.nets.params().iter().map(|t| t.dims()).collect();
                 let mut params = Vec::new();
+                let mut moments = Vec::new();
                 for (i, shape) in shapes.iter().enumerate() {
                     let name = format!("{}.{l}.{i}", layout.name());
                     let mut get = |suffix: &str| -> Result<Tensor<B::InnerBackend, 3>, TrainError> {
@@ -723,13 +776,23 @@ impl<B: AutodiffBackend> Trainer<B> {
                         ))
                     };
                     params.push(get("p")?);
-                    st.moments[i] = Moments {
+                    moments.push(Moments {
                         m: get("m")?,
                         v: get("v")?,
-                    };
+                    });
                 }
-                st.nets = LayerNets::from_params(st.nets.query.replicas, params);
+                restored.push((li, l, params, moments));
             }
+        }
+        if let Some(extra) = tensors.keys().next() {
+            return Err(bad(format!(
+                "tensor {extra} belongs to no network of this run"
+            )));
+        }
+        for (li, l, params, moments) in restored {
+            let st = &mut self.state[li][l];
+            st.nets = LayerNets::from_params(st.nets.query.replicas, params);
+            st.moments = moments;
         }
         self.step = step;
         Ok(())

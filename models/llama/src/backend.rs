@@ -65,6 +65,28 @@ pub trait LlamaBackend: Backend {
     ) -> Result<Option<Box<dyn FastDecode>>, LlamaError> {
         Ok(None)
     }
+
+    /// Bytes a new allocation on `device` can still get, where the backend can tell (CUDA);
+    /// None elsewhere (host memory, wgpu), where allocations are not checked in advance.
+    fn free_memory(_device: &Self::Device) -> Option<u64> {
+        None
+    }
+}
+
+/// Free bytes on CUDA device `index` (the driver's count: other processes' use included).
+fn cuda_free_bytes(index: usize) -> Option<u64> {
+    use cudarc::driver::result;
+    result::init().ok()?;
+    let dev = result::device::get(index as i32).ok()?;
+    // SAFETY: `dev` is a valid device; its primary context is the one CubeCL already retained,
+    // made current on this thread for the query and released again (the count stays ≥ 1).
+    unsafe {
+        let ctx = result::primary_ctx::retain(dev).ok()?;
+        result::ctx::set_current(ctx).ok()?;
+        let free = result::mem_get_info().ok().map(|(free, _)| free as u64);
+        let _ = result::primary_ctx::release(dev);
+        free
+    }
 }
 
 /// The same product through Burn's matmul: the reference and the fallback.
@@ -167,6 +189,24 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LlamaBacke
 {
     fn projection(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
         linear_by_matmul::<Self>(x, weight)
+    }
+
+    fn free_memory(device: &Self::Device) -> Option<u64> {
+        let cuda =
+            (device as &dyn std::any::Any).downcast_ref::<burn::backend::cuda::CudaDevice>()?;
+        // A driver that cannot be loaded panics inside cudarc: that is "unknown", not a crash.
+        let free = std::panic::catch_unwind(|| cuda_free_bytes(cuda.index))
+            .ok()
+            .flatten()?;
+        // What CubeCL's pools hold but do not use is free to our allocations too.
+        let pooled = R::client(device)
+            .memory_usage()
+            .map(|u| {
+                u.bytes_reserved
+                    .saturating_sub(u.bytes_in_use + u.bytes_padding)
+            })
+            .unwrap_or(0);
+        Some(free + pooled)
     }
 
     fn top_keys(

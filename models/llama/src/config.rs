@@ -8,6 +8,15 @@ use serde::{Deserialize, Serialize};
 use crate::error::LlamaError;
 use crate::gguf::{GgufFile, Value};
 
+/// Caps on a config's sizes ([`LlamaConfig::validate`]).
+pub const MAX_VOCAB: usize = 1 << 22;
+pub const MAX_HIDDEN: usize = 1 << 16;
+pub const MAX_FFN: usize = 1 << 18;
+pub const MAX_LAYERS: usize = 1024;
+pub const MAX_HEADS: usize = 1024;
+pub const MAX_HEAD_DIM: usize = 1024;
+pub const MAX_CONTEXT: usize = 1 << 24;
+
 /// How RoPE frequencies are rescaled for long context.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RopeScaling {
@@ -279,9 +288,63 @@ impl LlamaConfig {
         Ok(config)
     }
 
-    /// Checks the invariants the model code relies on.
+    /// Checks the invariants the model code relies on, and caps every size: a config.json or
+    /// GGUF header claiming absurd dimensions gets this error, not an allocation. The caps sit
+    /// far above every released Llama-family model (the largest: vocabulary 256K, hidden 16384,
+    /// 126 layers, 128 heads, head_dim 256, context 1M).
     pub fn validate(&self) -> Result<(), LlamaError> {
         let fail = |m: String| Err(LlamaError::Config(m));
+        for (what, value, cap) in [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("hidden_size", self.hidden_size, MAX_HIDDEN),
+            ("intermediate_size", self.intermediate_size, MAX_FFN),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
+            ("num_key_value_heads", self.num_key_value_heads, MAX_HEADS),
+            ("head_dim", self.head_dim, MAX_HEAD_DIM),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                MAX_CONTEXT,
+            ),
+        ] {
+            if value > cap {
+                return fail(format!("{what} {value} is implausible (at most {cap})"));
+            }
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
+            return fail(format!(
+                "rms_norm_eps {} must be in (0, 1)",
+                self.rms_norm_eps
+            ));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return fail(format!("rope_theta {} must be positive", self.rope_theta));
+        }
+        match &self.rope_scaling {
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                ..
+            }) => {
+                let ok = |x: f64| x.is_finite() && x > 0.0;
+                if !(ok(*factor) && ok(*low_freq_factor) && ok(*high_freq_factor))
+                    || low_freq_factor >= high_freq_factor
+                {
+                    return fail(format!(
+                        "rope_scaling factors {factor}, {low_freq_factor}, {high_freq_factor} \
+                         must be positive with low_freq_factor < high_freq_factor"
+                    ));
+                }
+            }
+            Some(RopeScaling::Factors(f)) => {
+                if let Some(x) = f.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+                    return fail(format!("rope_freqs holds {x}: factors must be positive"));
+                }
+            }
+            None => {}
+        }
         if self.num_attention_heads == 0
             || self.num_key_value_heads == 0
             || self.num_hidden_layers == 0
@@ -335,6 +398,46 @@ mod tests {
         assert_eq!(c.group_size(), 4);
         assert!(matches!(c.rope_scaling, Some(RopeScaling::Llama3 { .. })));
         assert!(!c.attention_bias);
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_before_any_allocation() {
+        let base = r#"{"vocab_size":49152,"hidden_size":576,"intermediate_size":1536,
+            "num_hidden_layers":30,"num_attention_heads":9,"num_key_value_heads":3}"#;
+        assert!(LlamaConfig::from_hf_json(base).is_ok());
+        for (field, value, needle) in [
+            (
+                "vocab_size",
+                "49152",
+                "vocab_size 18446744073709551615 is implausible",
+            ),
+            (
+                "hidden_size",
+                "576",
+                "hidden_size 18446744073709551615 is implausible",
+            ),
+            (
+                "num_hidden_layers",
+                "30",
+                "num_hidden_layers 18446744073709551615",
+            ),
+            (
+                "num_attention_heads",
+                "9",
+                "num_attention_heads 18446744073709551615",
+            ),
+        ] {
+            let json = base.replace(
+                &format!("\"{field}\":{value}"),
+                &format!("\"{field}\":{}", u64::MAX),
+            );
+            let e = LlamaConfig::from_hf_json(&json).unwrap_err().to_string();
+            assert!(e.contains(needle), "{field}: {e}");
+        }
+        let json = base.replace("}", r#","rms_norm_eps":-1}"#);
+        assert!(LlamaConfig::from_hf_json(&json).is_err());
+        let json = base.replace("}", r#","head_dim":4096}"#);
+        assert!(LlamaConfig::from_hf_json(&json).is_err());
     }
 
     #[test]

@@ -138,12 +138,28 @@ impl TensorInfo {
     }
 }
 
-/// A parsed GGUF file, memory-mapped.
+/// A parsed GGUF file, memory-mapped (or, from [`GgufFile::from_bytes`], held in memory).
 pub struct GgufFile {
     pub version: u32,
     pub metadata: HashMap<String, Value>,
     pub tensors: HashMap<String, TensorInfo>,
-    data: memmap2::Mmap,
+    data: Bytes,
+}
+
+/// A file's bytes: mapped from disk or owned.
+pub enum Bytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Mapped(m) => m,
+            Self::Owned(v) => v,
+        }
+    }
 }
 
 struct Reader<'a> {
@@ -253,13 +269,18 @@ impl GgufFile {
         // safe code that only reads bytes (the same assumption every GGUF runtime makes).
         let data = unsafe { memmap2::Mmap::map(&file) }
             .map_err(|e| LlamaError::Io(format!("cannot map {}: {e}", path.display())))?;
-        Self::parse(data).map_err(|e| match e {
+        Self::parse(Bytes::Mapped(data)).map_err(|e| match e {
             LlamaError::Gguf(m) => LlamaError::Gguf(format!("{}: {m}", path.display())),
             e => e,
         })
     }
 
-    fn parse(data: memmap2::Mmap) -> Result<Self, LlamaError> {
+    /// Parses and validates a GGUF file held in memory (tests, fuzzing).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, LlamaError> {
+        Self::parse(Bytes::Owned(bytes))
+    }
+
+    fn parse(data: Bytes) -> Result<Self, LlamaError> {
         let mut r = Reader { buf: &data, pos: 0 };
         let magic = r.array::<4>("magic")?;
         if &magic != b"GGUF" {
@@ -367,11 +388,16 @@ impl GgufFile {
         let data_start = r.pos.div_ceil(alignment) * alignment;
         let mut tensors = HashMap::with_capacity(infos.len());
         for mut info in infos {
-            let end = data_start as u64 + info.offset as u64 + info.n_bytes as u64;
-            if end > data.len() as u64 {
+            // A crafted offset near u64::MAX must not wrap around to a small end.
+            let end = (data_start as u64)
+                .checked_add(info.offset as u64)
+                .and_then(|s| s.checked_add(info.n_bytes as u64));
+            if end.is_none_or(|end| end > data.len() as u64) {
                 return Err(LlamaError::Gguf(format!(
-                    "truncated file: tensor {} needs bytes up to {end}, the file has {}",
+                    "truncated file: tensor {} needs {} bytes at data offset {}, the file has {}",
                     info.name,
+                    info.n_bytes,
+                    info.offset,
                     data.len()
                 )));
             }
@@ -580,6 +606,47 @@ mod tests {
         assert_eq!(
             dequantize(GgmlType::BF16, &bf16::from_f32(0.75).to_le_bytes()),
             vec![0.75]
+        );
+    }
+
+    /// A one-tensor file; `patch` edits its bytes (the tensor's offset field is the last 8 bytes
+    /// of the tensor table).
+    fn one_tensor(patch: impl FnOnce(&mut Vec<u8>, usize)) -> Result<GgufFile, LlamaError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.gguf");
+        let bytes = 1.5f32.to_le_bytes().repeat(8).to_vec();
+        write(&p, &[], &[("w", vec![2, 4], GgmlType::F32, bytes)]).unwrap();
+        let mut b = std::fs::read(&p).unwrap();
+        // magic, version, counts, name (8 + 1), n_dims, 2 dims, type: the offset follows.
+        let offset_at = 4 + 4 + 8 + 8 + 8 + 1 + 4 + 16 + 4;
+        patch(&mut b, offset_at);
+        GgufFile::from_bytes(b)
+    }
+
+    #[test]
+    fn tensor_offsets_near_the_top_of_u64_do_not_wrap() {
+        assert!(one_tensor(|_, _| {}).is_ok());
+        // A fuzzed file once had data_start + offset + size overflow u64 (a panic in debug,
+        // a wrapped small end in release).
+        for offset in [u64::MAX - 31, u64::MAX & !31, 1 << 63] {
+            let e = one_tensor(|b, at| b[at..at + 8].copy_from_slice(&offset.to_le_bytes()))
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(e.contains("truncated file: tensor w"), "{e}");
+        }
+    }
+
+    #[test]
+    fn zero_sized_dimensions_load_without_dividing_by_zero() {
+        // dims [0, 4]: no elements; the q/k un-permutation must not divide by the row length.
+        let f = one_tensor(|b, at| b[at - 4 - 16..at - 4 - 8].copy_from_slice(&0u64.to_le_bytes()))
+            .unwrap();
+        assert_eq!(f.tensors["w"].n_elements(), 0);
+        assert_eq!(crate::load::unpermute_rows(&[], 3, 0), Vec::<f32>::new());
+        assert_eq!(
+            crate::load::unpermute_rows(&[1.0, 2.0], 0, 1),
+            vec![1.0, 2.0]
         );
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::config::LlamaConfig;
 use crate::error::LlamaError;
-use crate::gguf::GgufFile;
+use crate::gguf::{Bytes, GgufFile};
 use crate::names;
 
 /// A tensor read from a checkpoint: row-major shape and f32 values.
@@ -47,6 +47,9 @@ impl<'a> GgufSource<'a> {
 /// Undoes llama.cpp's q/k permutation: rows of each head go from [d/2, 2] (interleaved pairs)
 /// back to [2, d/2] (halves). Works for weights ([out, in]) and biases ([out]).
 pub fn unpermute_rows(data: &[f32], heads: usize, row_len: usize) -> Vec<f32> {
+    if data.is_empty() || heads == 0 || row_len == 0 {
+        return data.to_vec();
+    }
     let rows = data.len() / row_len;
     let d = rows / heads;
     let half = d / 2;
@@ -82,15 +85,21 @@ impl WeightSource for GgufSource<'_> {
                 None
             };
             if let Some(heads) = heads {
-                let row_len = if shape.len() == 2 { shape[1] } else { 1 };
-                if shape[0] % (2 * heads) != 0 {
+                // Weights [heads·d, hidden] or biases [heads·d]; anything else (a zero or missing
+                // dimension, another head count) is refused here, before the row arithmetic.
+                let rows = heads * self.config.head_dim;
+                let expected = match shape.len() {
+                    1 => vec![rows],
+                    _ => vec![rows, self.config.hidden_size],
+                };
+                if shape != expected {
                     return Err(LlamaError::Shape {
                         name: name.to_string(),
-                        expected: vec![heads * self.config.head_dim],
+                        expected,
                         found: shape,
                     });
                 }
-                data = unpermute_rows(&data, heads, row_len);
+                data = unpermute_rows(&data, heads, shape.get(1).copied().unwrap_or(1));
             }
         }
         Ok(Some((shape, data)))
@@ -107,16 +116,44 @@ impl WeightSource for GgufSource<'_> {
 
 /// A local HF model directory: `model.safetensors` or shards listed in `model.safetensors.index.json`.
 pub struct SafetensorsSource {
-    files: Vec<memmap2::Mmap>,
+    files: Vec<Bytes>,
     /// tensor name → index into `files`
     index: HashMap<String, usize>,
+}
+
+/// The index of a sharded checkpoint: the shard file names (sorted, once each) and which shard
+/// each tensor is in. Shard names must be plain file names in the model's directory.
+pub fn shard_index(text: &str) -> Result<(Vec<String>, HashMap<String, String>), String> {
+    let json: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or("no weight_map")?;
+    let mut where_is = HashMap::new();
+    for (tensor, shard) in map {
+        let shard = shard
+            .as_str()
+            .ok_or_else(|| format!("weight_map entry {tensor} is not a file name"))?;
+        let plain =
+            !shard.is_empty() && !shard.contains(['/', '\\']) && shard != "." && shard != "..";
+        if !plain {
+            return Err(format!(
+                "weight_map names {shard:?} for {tensor}: shards must be files in the model's directory"
+            ));
+        }
+        where_is.insert(tensor.clone(), shard.to_string());
+    }
+    let mut names: Vec<String> = where_is.values().cloned().collect();
+    names.sort();
+    names.dedup();
+    Ok((names, where_is))
 }
 
 impl SafetensorsSource {
     pub fn open(dir: &Path) -> Result<Self, LlamaError> {
         let single = dir.join("model.safetensors");
-        let shard_names: Vec<String> = if single.exists() {
-            vec!["model.safetensors".into()]
+        let (shard_names, where_is) = if single.exists() {
+            (vec!["model.safetensors".to_string()], None)
         } else {
             let idx_path = dir.join("model.safetensors.index.json");
             let text = std::fs::read_to_string(&idx_path).map_err(|e| {
@@ -125,38 +162,71 @@ impl SafetensorsSource {
                     dir.display()
                 ))
             })?;
-            let json: serde_json::Value = serde_json::from_str(&text)
+            let (names, where_is) = shard_index(&text)
                 .map_err(|e| LlamaError::Io(format!("{}: {e}", idx_path.display())))?;
-            let map = json
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| LlamaError::Io(format!("{}: no weight_map", idx_path.display())))?;
-            let mut v: Vec<String> = map
-                .values()
-                .filter_map(|s| s.as_str().map(String::from))
-                .collect();
-            v.sort();
-            v.dedup();
-            v
+            (names, Some(where_is))
         };
-        let mut files = Vec::new();
-        let mut index = HashMap::new();
-        for (i, name) in shard_names.iter().enumerate() {
+        let mut shards = Vec::new();
+        for name in &shard_names {
             let path = dir.join(name);
+            if !path.is_file() {
+                return Err(LlamaError::Io(format!(
+                    "{}: model.safetensors.index.json names shard {name}, which is missing",
+                    dir.display()
+                )));
+            }
             let f = std::fs::File::open(&path)
                 .map_err(|e| LlamaError::Io(format!("cannot open {}: {e}", path.display())))?;
             // SAFETY: read-only map of a file we do not modify.
             let map = unsafe { memmap2::Mmap::map(&f) }
                 .map_err(|e| LlamaError::Io(format!("cannot map {}: {e}", path.display())))?;
-            let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| {
-                LlamaError::Io(format!("invalid safetensors {}: {e}", path.display()))
-            })?;
+            shards.push((path.display().to_string(), Bytes::Mapped(map)));
+        }
+        let source = Self::from_shards(shards)?;
+        if let Some(where_is) = where_is {
+            source.check_index(dir, &shard_names, &where_is)?;
+        }
+        Ok(source)
+    }
+
+    /// Validates shards held as bytes, each named (in errors) by its path.
+    pub fn from_shards(shards: Vec<(String, Bytes)>) -> Result<Self, LlamaError> {
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        for (i, (path, bytes)) in shards.into_iter().enumerate() {
+            let st = safetensors::SafeTensors::deserialize(&bytes)
+                .map_err(|e| LlamaError::Io(format!("invalid safetensors {path}: {e}")))?;
             for n in st.names() {
-                index.insert(n.to_string(), i);
+                if index.insert(n.to_string(), i).is_some() {
+                    return Err(LlamaError::Io(format!(
+                        "{path}: tensor {n} is also in an earlier shard"
+                    )));
+                }
             }
-            files.push(map);
+            files.push(bytes);
         }
         Ok(Self { files, index })
+    }
+
+    /// Every tensor the index places in a shard is in that shard.
+    fn check_index(
+        &self,
+        dir: &Path,
+        shard_names: &[String],
+        where_is: &HashMap<String, String>,
+    ) -> Result<(), LlamaError> {
+        let mut tensors: Vec<(&String, &String)> = where_is.iter().collect();
+        tensors.sort();
+        for (tensor, shard) in tensors {
+            let found = self.index.get(tensor).map(|&i| &shard_names[i]);
+            if found != Some(shard) {
+                return Err(LlamaError::Io(format!(
+                    "{}: model.safetensors.index.json places {tensor} in {shard}, which does not hold it",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use rayon::prelude::*;
 
 use crate::attention::{Attention, Step};
 use crate::backend::LlamaBackend;
@@ -15,6 +16,37 @@ use crate::load::WeightSource;
 use crate::mlp::Mlp;
 use crate::names;
 use crate::rope::Rope;
+
+/// Bytes of K and V for every layer: 2 · layers · batch · kv_heads · capacity · head_dim
+/// elements of `elem` bytes; None if that overflows.
+pub fn kv_cache_bytes(c: &LlamaConfig, batch: usize, capacity: usize, elem: usize) -> Option<u64> {
+    [
+        2,
+        c.num_hidden_layers,
+        batch,
+        c.num_key_value_heads,
+        capacity,
+        c.head_dim,
+        elem,
+    ]
+    .iter()
+    .try_fold(1u64, |acc, &x| acc.checked_mul(x as u64))
+}
+
+/// Refuses an allocation of `needed` bytes that the device cannot hold, before trying it
+/// (`free`: None where the backend cannot tell).
+pub fn check_free_memory(needed: u64, free: Option<u64>) -> Result<(), LlamaError> {
+    const GIB: f64 = (1u64 << 30) as f64;
+    match free {
+        Some(free) if needed > free => Err(LlamaError::Invalid(format!(
+            "K/V cache needs {:.2} GiB ({needed} bytes), the GPU has {:.2} GiB ({free} bytes) free: \
+             ask for fewer tokens or sequences",
+            needed as f64 / GIB,
+            free as f64 / GIB
+        ))),
+        _ => Ok(()),
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Llama<B: Backend> {
@@ -52,6 +84,13 @@ impl<S: WeightSource + ?Sized> Loader<'_, S> {
                 expected: expected.to_vec(),
                 found: shape,
             });
+        }
+        // A NaN or infinity in a weight poisons every logit downstream: refuse it here, by name.
+        if let Some(i) = data.par_iter().position_first(|x| !x.is_finite()) {
+            return Err(LlamaError::Invalid(format!(
+                "tensor {name} holds {} at index {i}: the checkpoint is damaged",
+                data[i]
+            )));
         }
         self.used.insert(name.to_string());
         Ok(data)
@@ -235,13 +274,21 @@ impl<B: LlamaBackend> Llama<B> {
             });
         }
         let c = &self.config;
+        let device = self.embed.device();
+        let needed =
+            kv_cache_bytes(c, batch, capacity, size_of::<B::FloatElem>()).ok_or_else(|| {
+                LlamaError::Invalid(format!(
+                    "a K/V cache for {batch} sequences of {capacity} tokens does not fit in memory"
+                ))
+            })?;
+        check_free_memory(needed, B::free_memory(&device))?;
         Ok(KvCache::new(
             c.num_hidden_layers,
             batch,
             c.num_key_value_heads,
             capacity,
             c.head_dim,
-            &self.embed.device(),
+            &device,
         ))
     }
 

@@ -3,6 +3,7 @@
 
 use burn::tensor::Tensor;
 
+use crate::backend::LlamaBackend;
 use crate::config::LlamaConfig;
 use crate::model::Llama;
 use crate::test_util::{tiny_config, SyntheticWeights, TestBackend};
@@ -235,4 +236,46 @@ fn missing_and_misshaped_tensors_are_named() {
         err.contains("model.norm.weight: expected shape [24], found [23]"),
         "{err}"
     );
+}
+
+#[test]
+fn nan_and_inf_weights_are_refused_by_name() {
+    let c = tiny_config();
+    for (bad, shown) in [(f32::NAN, "NaN"), (f32::NEG_INFINITY, "-inf")] {
+        let mut w = SyntheticWeights::new(&c, 5);
+        w.0.get_mut("model.layers.1.self_attn.k_proj.weight")
+            .unwrap()
+            .1[7] = bad;
+        let err = Llama::<TestBackend>::load(&c, &w, 64, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!("tensor model.layers.1.self_attn.k_proj.weight holds {shown} at index 7: the checkpoint is damaged")
+        );
+    }
+}
+
+#[test]
+fn cache_size_is_checked_against_free_memory() {
+    let c = tiny_config();
+    let per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4;
+    assert_eq!(
+        crate::model::kv_cache_bytes(&c, 3, 10, 4),
+        Some(3 * 10 * per_token as u64)
+    );
+    assert_eq!(crate::model::kv_cache_bytes(&c, usize::MAX, 2, 4), None);
+    assert!(crate::model::check_free_memory(100, None).is_ok());
+    assert!(crate::model::check_free_memory(100, Some(100)).is_ok());
+    let err = crate::model::check_free_memory(3 << 30, Some(1 << 30))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("K/V cache needs 3.00 GiB (3221225472 bytes), the GPU has 1.00 GiB (1073741824 bytes) free"),
+        "{err}"
+    );
+    // The CPU backend cannot tell: nothing is refused in advance.
+    assert_eq!(TestBackend::free_memory(&Default::default()), None);
+    let model = load(&c, &SyntheticWeights::new(&c, 4));
+    assert!(model.new_cache(2, 64).is_ok());
 }

@@ -1,0 +1,5 @@
+#![no_main]
+// The safetensors target of crates/spotlight-fuzz under libFuzzer.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = spotlight_fuzz::targets::safetensors(data);
+});
