@@ -22,18 +22,15 @@ mkdir -p .gpu
 cp "$bin" .gpu/spotlight
 strip .gpu/spotlight
 gzip -9 .gpu/spotlight
-# The kernel tests that need CUDA (run there with SPOTLIGHT_CUDA_TESTS=1 by the GPU scripts).
-test_bin=$(cargo test --workspace --all-targets --locked --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("target", {}).get("name") == "linear_mma_cuda" and m.get("executable")][-1])')
-cp "$test_bin" .gpu/linear_mma_cuda
-strip .gpu/linear_mma_cuda
-gzip -9 .gpu/linear_mma_cuda
-# The GPU out-of-memory test (scripts/gpu/memory.sh).
-mem_bin=$(cargo test -p spotlight-llama --test gpu_memory --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')
-cp "$mem_bin" .gpu/gpu_memory
-strip .gpu/gpu_memory
-gzip -9 .gpu/gpu_memory
+# The test binaries that need CUDA (run there with SPOTLIGHT_CUDA_TESTS=1 by the GPU scripts): the
+# tensor-core linear kernel's and the out-of-memory check's (scripts/gpu/memory.sh).
+cargo test --workspace --all-targets --locked --no-run --message-format=json 2>/dev/null > /tmp/spotlight-tests.json
+for name in linear_mma_cuda gpu_memory; do
+  test_bin=$(python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, open(sys.argv[1])) if m.get("target", {}).get("name") == sys.argv[2] and m.get("executable")][-1])' /tmp/spotlight-tests.json "$name")
+  cp "$test_bin" ".gpu/$name"
+  strip ".gpu/$name"
+  gzip -9 ".gpu/$name"
+done
 cp "$home/texts/moby-dick/data.txt" .gpu/moby-dick.txt
 tar czf .gpu/sotu.tgz -C "$home/texts" $(cd "$home/texts" && ls sotu/*.txt austen/*.txt)
 # The plot font (the GPU machine has no npm to fetch it), with its verification marker.
