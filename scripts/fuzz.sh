@@ -25,5 +25,5 @@ fi
 export SPOTLIGHT_FUZZ_CRASHES="${SPOTLIGHT_FUZZ_CRASHES:-${CARGO_TARGET_DIR:-target}/fuzz-crashes}"
 # The dev profile: optimised (Cargo.toml), with overflow checks in our crates, so an arithmetic
 # overflow is a crash too; the same build the tests use.
-cargo build -p spotlight-fuzz --bin spotlight-fuzz
+cargo build --workspace --all-targets --locked  # as the tests build it (no per-package feature rebuild)
 exec "${CARGO_TARGET_DIR:-target}/debug/spotlight-fuzz" "$target" "$seconds" "$seed"
