@@ -11,7 +11,7 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Self(seed)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -20,7 +20,7 @@ impl Rng {
     }
     /// Uniform in 0..n (n > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
 }
 
@@ -56,7 +56,7 @@ fn mutate_once(v: &mut Vec<u8>, other: &[u8], rng: &mut Rng) {
     if v.is_empty() {
         v.extend_from_slice(&other[..other.len().min(64)]);
         if v.is_empty() {
-            v.push(rng.next() as u8);
+            v.push(rng.next_u64() as u8);
         }
         return;
     }
@@ -110,7 +110,7 @@ fn mutate_once(v: &mut Vec<u8>, other: &[u8], rng: &mut Rng) {
         7 => {
             let at = rng.below(len + 1);
             let n = 1 + rng.below(32);
-            let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+            let bytes: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
             v.splice(at..at, bytes);
         }
         8 if !other.is_empty() => {

@@ -64,7 +64,7 @@ fn outcome<T, E: std::fmt::Display>(r: &Result<T, E>, ok: &str) -> String {
             continue;
         }
         let d = c.is_ascii_digit();
-        if !quoted && !(d && last_digit) {
+        if !(quoted || d && last_digit) {
             out.push(if d { '#' } else { c });
         }
         last_digit = d;

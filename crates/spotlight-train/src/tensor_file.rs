@@ -265,13 +265,13 @@ pub struct Checkpoint {
     pub fell_back: Option<String>,
 }
 
+/// A test of a checkpoint's metadata (e.g. that it belongs to this training run).
+pub type MetadataCheck<'a> = dyn Fn(&HashMap<String, String>) -> Result<(), TrainError> + 'a;
+
 /// Reads the checkpoint at `path` (checksum required); if it is missing or damaged, the previous
 /// one. Fails, with `path`'s error, only when neither is usable. `check` runs on each candidate's
 /// metadata (e.g. that it belongs to this training run): a candidate it rejects is not used.
-pub fn read_or_previous(
-    path: &Path,
-    check: &dyn Fn(&HashMap<String, String>) -> Result<(), TrainError>,
-) -> Result<Checkpoint, TrainError> {
+pub fn read_or_previous(path: &Path, check: &MetadataCheck) -> Result<Checkpoint, TrainError> {
     let load = |p: &Path| -> Result<(HashMap<String, String>, Tensors), TrainError> {
         let bytes = std::fs::read(p).map_err(|e| file_error(p, e))?;
         let (meta, tensors) = parse(&bytes, p, true)?;
