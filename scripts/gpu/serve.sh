@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `spotlight serve` on the H200: throughput and time to first token with 1/4/16 concurrent
 # streaming clients at 4K and 8K prompts, dense vs Spotlight (trained hash, budget 2%, selecting
-# from the first token: --dense-below 0). One server per attention, 16 slots of 8448 tokens.
+# from the first token: --dense-below 0). One server per attention, 16 slots of 8192 tokens (the model's positions; 8K prompts are 8,064 tokens + 64 new).
 # Needs the binary and the model on the machine (scripts/gpu/README.md: prepare.sh, then calls
 # carrying .gpu, .gpu1, .gpu2); run as the last call: "bash scripts/gpu/serve.sh".
 # Writes $OUT/serve_{dense,spotlight}.json, $OUT/serve.json (both, with commit and device) and logs.
@@ -16,7 +16,7 @@ for attention in dense spotlight; do
   extra=""
   if [ "$attention" = spotlight ]; then extra="--hash $hash --dense-below 0"; fi
   # shellcheck disable=SC2086
-  /tmp/spotlight serve --backend cuda --host 127.0.0.1 --port "$port" --slots 16 --ctx-size 8448 \
+  /tmp/spotlight serve --backend cuda --host 127.0.0.1 --port "$port" --slots 16 --ctx-size 8192 \
     --max-queue 16 --attention "$attention" $extra ${SERVE_ARGS:-} 2> "$OUT/serve_$attention.log" &
   pid=$!
   for _ in $(seq 600); do
@@ -25,7 +25,7 @@ for attention in dense spotlight; do
   done
   # shellcheck disable=SC2086
   python3 scripts/serve_bench.py --base "http://127.0.0.1:$port" --clients 1,4,16 \
-    --prompt-tokens 4096,8192 --new-tokens 64 --label "$attention" ${BENCH_ARGS:-} \
+    --prompt-tokens 4096,8064 --new-tokens 64 --label "$attention" ${BENCH_ARGS:-} \
     --out "$OUT/serve_$attention.json" | tee -a "$OUT/serve_bench.log"
   curl -s "http://127.0.0.1:$port/metrics" > "$OUT/serve_${attention}_metrics.txt"
   kill -TERM "$pid"
