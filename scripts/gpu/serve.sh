@@ -40,7 +40,7 @@ import os
 runs = {a: json.load(open(f"{out}/serve_{a}.json")) for a in ("dense", "spotlight")}
 json.dump({"command": "bash scripts/gpu/serve.sh", "commit": os.environ.get("SPOTLIGHT_COMMIT"),
            "device": gpu, "backend": "cuda", "model": "SmolLM2-135M-Instruct.Q4_1.gguf",
-           "config": {"slots": 16, "ctx_size": 8448, "new_tokens": 64, "budget": 0.02,
+           "config": {"slots": 16, "ctx_size": 8192, "new_tokens": 64, "budget": 0.02,
                       "dense_below": 0, "prompt": "token ids, greedy"},
            "runs": runs}, open(f"{out}/serve.json", "w"), indent=1)
 EOF

@@ -44,7 +44,10 @@ fn cache_beyond_free_memory_is_refused_before_allocating() {
         "the refusal must come before any allocation"
     );
     assert!(
-        err.starts_with("K/V cache needs ") && err.contains("GiB free") && !err.contains('\n'),
+        err.starts_with("K/V cache needs ")
+            && err.contains("the GPU has ")
+            && err.contains(" free")
+            && !err.contains('\n'),
         "{err}"
     );
     let after = Gpu::free_memory(&device).unwrap();
