@@ -1,28 +1,25 @@
-//! Kill anywhere: a short CPU training run SIGKILLed at 20+ seeded random moments (model
-//! loading, training steps, checkpoint and hash-file writes alike), resumed after each kill,
-//! ends with hash files and a training log identical, byte for byte, to an uninterrupted run's.
-//! SYNTHETIC tiny model (head_dim 32, two layers) and a tiny text.
+//! Kill anywhere: a short CPU training run SIGKILLed 20 times, resumed after each kill, ends with
+//! hash files and a training log identical, byte for byte, to an uninterrupted run's. SYNTHETIC
+//! tiny model (head_dim 32, two layers) and a tiny text.
 //!
-//! Ignored for now: CPU training is not bit-reproducible from one process to the next, killed or
-//! not, so "identical" cannot hold yet. Measured (`spotlight train --backend cpu --layers 2
-//! --steps 2 --seq-len 256` twice on SmolLM2): step 1's gradient norm is 96.366234 in some runs
-//! and 96.366241 in others — the same two values with RAYON_NUM_THREADS=1 and
-//! MATMUL_NUM_THREADS=1, and with address-space randomisation off (`setarch -R`); with the
-//! process's random seed fixed (getrandom/getentropy answering a constant through LD_PRELOAD)
-//! every run is bit-identical, threads and ASLR back on. So the cause is iteration order of a
-//! randomly seeded hash map or set (std's RandomState or hashbrown's) feeding the order of float
-//! sums — in Burn's autodiff graph bookkeeping as far as our code is concerned (no hash map is
-//! iterated in our training path). Run it with `--ignored` once that order is fixed.
+//! Kill moments: the i-th kill waits until the run has logged a seeded target step spread over
+//! the whole run, then a seeded random share of up to 1.5 steps' time (a step's log rows are
+//! written just before its checkpoint, so many kills land in a checkpoint write); a target the
+//! resumed run has already passed kills it while it loads the model.
+//!
+//! Bit-identical results across processes rest on the binary's 64-byte-aligning allocator
+//! (`spotlight_train::aligned_alloc`): with the system allocator two runs differ by an ulp.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::*;
 
 const KILLS: usize = 20;
+const STEPS: usize = 40;
 
 fn train_command(model: &Path, text: &Path, out: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_spotlight"));
@@ -31,7 +28,7 @@ fn train_command(model: &Path, text: &Path, out: &Path) -> Command {
         "--backend",
         "cpu",
         "--steps",
-        "24",
+        &STEPS.to_string(),
         "--checkpoint-every",
         "1",
     ])
@@ -65,6 +62,18 @@ fn next(s: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Steps whose rows are complete in `dir`'s training log (0 before the log exists).
+fn logged_steps(dir: &Path) -> usize {
+    let text = std::fs::read_to_string(dir.join("train_log.csv")).unwrap_or_default();
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    complete
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(0, |s| s + 1)
+}
+
 fn results(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     [
         "hash-group.safetensors",
@@ -81,7 +90,6 @@ fn results(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 #[test]
-#[ignore = "CPU training is not yet bit-reproducible across processes (hash-seeded order); see the module docs"]
 fn training_killed_anywhere_resumes_to_the_same_bits() {
     let dir = tempfile::tempdir().unwrap();
     let model = write_model(dir.path(), "t32.gguf", TINY32, |_, _| {});
@@ -96,24 +104,36 @@ fn training_killed_anywhere_resumes_to_the_same_bits() {
     assert!(status.success(), "the uninterrupted run failed");
     let whole = t0.elapsed();
 
-    // Each attempt lives a random share of up to a fifth of the whole run: a few steps at most,
-    // so the kills spread over the run (a restart costs the model load again).
+    let step_time = whole / STEPS as u32;
     let killed = dir.path().join("killed");
     let mut seed = 21u64;
     let mut kills = 0;
     let mut attempts = 0;
+    let mut at_steps = Vec::new();
+    let mut torn_checkpoints = 0;
     while kills < KILLS {
         attempts += 1;
         assert!(attempts < 200, "only {kills} kills in 200 attempts");
-        let delay = whole.mul_f64((next(&mut seed) % 1000) as f64 / 1000.0 / 5.0);
+        let target = kills * STEPS / KILLS + (next(&mut seed) % 2) as usize;
+        let delay = step_time.mul_f64((next(&mut seed) % 1000) as f64 / 1000.0 * 1.5);
         let mut child = train_command(&model, &text, &killed).spawn().unwrap();
+        while logged_steps(&killed) < target && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         std::thread::sleep(delay);
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
             kills += 1;
+            at_steps.push(logged_steps(&killed));
+            torn_checkpoints += usize::from(killed.join("checkpoint.safetensors.tmp").exists());
         }
         child.wait().unwrap();
     }
+    at_steps.dedup();
+    assert!(
+        at_steps.len() >= KILLS / 2,
+        "the kills did not spread over the run: killed at logged steps {at_steps:?}"
+    );
     let status = train_command(&model, &text, &killed).status().unwrap();
     assert!(status.success(), "the resumed run failed");
     let (a, b) = (results(&straight), results(&killed));
@@ -125,7 +145,8 @@ fn training_killed_anywhere_resumes_to_the_same_bits() {
         );
     }
     eprintln!(
-        "{kills} kills in {attempts} attempts; the uninterrupted run took {:.1} s",
+        "{kills} kills in {attempts} attempts at logged steps {at_steps:?}, {torn_checkpoints} \
+         during a checkpoint write; the uninterrupted run took {:.1} s",
         whole.as_secs_f64()
     );
 }

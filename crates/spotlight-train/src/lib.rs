@@ -6,6 +6,7 @@
 //! The result is a [`HashFile`]: the weights the decode kernels (`spotlight_kernels::hash_pack`) use.
 
 pub mod adamw;
+pub mod aligned_alloc;
 pub mod bradley_terry;
 pub mod data;
 pub mod error;
@@ -25,6 +26,7 @@ pub mod train_ops;
 pub mod trainer;
 
 pub use adamw::{AdamW, AdamWConfig};
+pub use aligned_alloc::Aligned64;
 pub use error::TrainError;
 pub use hash_file::{HashFile, HashHeader, LayerHash};
 pub use hash_mlp::HashMlp;

@@ -2,16 +2,19 @@
 //! process and in two processes give the same weights and the same gradient norms (the
 //! kill-anywhere test of the CLI relies on it). SYNTHETIC q/k.
 //!
-//! Ignored for now: it fails. The order of some float sums follows the iteration order of a
-//! randomly seeded hash map (with the process's getrandom fixed every run is bit-identical;
-//! threads and ASLR make no difference): see `crates/spotlight-cli/tests/kill_anywhere.rs`.
+//! The test binary installs the trainer's 64-byte-aligning allocator, as the `spotlight` binary
+//! does: with the system allocator the weights differ by an ulp from one process to the next
+//! (see `spotlight_train::aligned_alloc`).
 
 use burn::backend::{ndarray::NdArray, Autodiff};
 use burn::tensor::{Tensor, TensorData};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use spotlight_llama::{LayerQk, LlamaConfig};
 use spotlight_train::targets::TargetConfig;
-use spotlight_train::{Layout, TrainConfig, TrainOps, Trainer};
+use spotlight_train::{Aligned64, Layout, TrainConfig, TrainOps, Trainer};
+
+#[global_allocator]
+static ALLOC: Aligned64 = Aligned64;
 
 type Cpu = NdArray<f32>;
 
@@ -75,7 +78,6 @@ fn fingerprint(ops: TrainOps) -> (u64, Vec<f64>) {
 }
 
 #[test]
-#[ignore = "not yet bit-reproducible: hash-seeded summation order (module docs)"]
 fn same_steps_same_bits_in_one_process() {
     for ops in [TrainOps::Custom, TrainOps::TensorOps] {
         let (a, na) = fingerprint(ops);
@@ -94,7 +96,6 @@ fn fingerprint_child() {
 }
 
 #[test]
-#[ignore = "not yet bit-reproducible: hash-seeded summation order (module docs)"]
 fn same_steps_same_bits_in_two_processes() {
     let run = || {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
