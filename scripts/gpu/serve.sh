@@ -5,7 +5,7 @@
 # Needs the binary and the model on the machine (scripts/gpu/README.md: prepare.sh, then calls
 # carrying .gpu, .gpu1, .gpu2); run as the last call: "bash scripts/gpu/serve.sh".
 # Writes $OUT/serve_{dense,spotlight}.json, $OUT/serve.json (both, with commit and device) and logs.
-# SERVE_ARGS adds server flags, BENCH_ARGS client flags (e.g. BENCH_ARGS="--clients 1,4").
+# DECODE_PATH=tensor decodes on Burn tensor ops instead of the fused decoder; SERVE_ARGS adds server flags, BENCH_ARGS client flags (e.g. BENCH_ARGS="--clients 1,4").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${OUT:?run this through the device tool}"
@@ -17,7 +17,7 @@ for attention in dense spotlight; do
   if [ "$attention" = spotlight ]; then extra="--hash $hash --dense-below 0"; fi
   # shellcheck disable=SC2086
   /tmp/spotlight serve --backend cuda --host 127.0.0.1 --port "$port" --slots 16 --ctx-size 8192 \
-    --max-queue 16 --attention "$attention" $extra ${SERVE_ARGS:-} 2> "$OUT/serve_$attention.log" &
+    --max-queue 16 --attention "$attention" --decode-path "${DECODE_PATH:-fused}" $extra ${SERVE_ARGS:-} 2> "$OUT/serve_$attention.log" &
   pid=$!
   for _ in $(seq 600); do
     if curl -sf "http://127.0.0.1:$port/health" >/dev/null; then break; fi
@@ -38,9 +38,24 @@ gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
                      capture_output=True, text=True).stdout.strip()
 import os
 runs = {a: json.load(open(f"{out}/serve_{a}.json")) for a in ("dense", "spotlight")}
+# The servers' own counters: seconds per decode step and per prefill, over the whole run.
+for a, run in runs.items():
+    m = {}
+    for line in open(f"{out}/serve_{a}_metrics.txt"):
+        if line and not line.startswith("#") and " " in line:
+            k, v = line.rsplit(" ", 1)
+            m[k] = float(v)
+    run["server"] = {
+        "decode_steps": m["spotlight_decode_steps_total"],
+        "decode_ms_per_step": 1e3 * m["spotlight_decode_seconds_total"]
+        / max(m["spotlight_decode_steps_total"], 1),
+        "mean_decode_rows": m["spotlight_decode_rows_total"] / max(m["spotlight_decode_steps_total"], 1),
+        "prefills": m["spotlight_prefill_total"],
+        "prefill_ms_mean": 1e3 * m["spotlight_prefill_seconds_total"] / max(m["spotlight_prefill_total"], 1),
+    }
 json.dump({"command": "bash scripts/gpu/serve.sh", "commit": os.environ.get("SPOTLIGHT_COMMIT"),
            "device": gpu, "backend": "cuda", "model": "SmolLM2-135M-Instruct.Q4_1.gguf",
-           "config": {"slots": 16, "ctx_size": 8192, "new_tokens": 64, "budget": 0.02,
+           "config": {"decode_path": os.environ.get("DECODE_PATH", "fused"), "slots": 16, "ctx_size": 8192, "new_tokens": 64, "budget": 0.02,
                       "dense_below": 0, "prompt": "token ids, greedy"},
            "runs": runs}, open(f"{out}/serve.json", "w"), indent=1)
 EOF

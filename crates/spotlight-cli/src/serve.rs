@@ -9,7 +9,7 @@ use spotlight_serve::{Loaded, ServeConfig};
 use crate::attention_args::{AttentionArgs, AttentionKind};
 use crate::backend::{self, BackendKind, OnBackend, SpotlightBackend};
 use crate::error::{CliError, Result};
-use crate::generate::decode_attention;
+use crate::generate::{decode_attention, DecodePath};
 use crate::model_args::{self, ModelArgs};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// Prompt tokens prefilled between two decode steps (a first prompt always runs whole).
     #[arg(long, default_value_t = 2048)]
     pub max_prefill_tokens: usize,
+    /// Decode steps on the fused decoder where the backend has it (CUDA, wgpu), or on Burn tensor
+    /// ops (the reference); as `generate --decode-path`.
+    #[arg(long, value_enum, default_value_t = DecodePath::Fused)]
+    pub decode_path: DecodePath,
     /// Model id in /v1/models and in answers [default: the checkpoint's file name].
     #[arg(long)]
     pub model_name: Option<String>,
@@ -131,7 +135,8 @@ impl OnBackend for Job {
                     selection: None,
                 });
             }
-            let engine = LlamaEngine::new(loaded.model, args.slots, args.ctx_size, modes, true)
+            let kernels = args.decode_path == DecodePath::Fused;
+            let engine = LlamaEngine::new(loaded.model, args.slots, args.ctx_size, modes, kernels)
                 .map_err(|e| e.to_string())?;
             Ok(Loaded {
                 modes: engine.mode_names(),

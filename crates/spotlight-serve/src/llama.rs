@@ -4,9 +4,15 @@
 //! prompt, so the first token is the same), and its K/V rows (and the selector's key codes) are
 //! then copied into the slot's row of the shared cache. Decode steps run every generating slot
 //! as one ragged batch over the shared cache; slots without a token this step are left alone.
+//!
+//! Where the backend has the fused decoder (CUDA, wgpu) and `fused` is on, decode steps run on
+//! it, as `generate`'s do: it takes over the shared cache's buffers, and is let go (its lengths
+//! written back) before a prefill writes into the cache or a request asks for another attention.
+//! A sparse decoder steps every slot at once; slots not in the step only pad it.
 
 use burn::tensor::{Int, Tensor, TensorData};
 use spotlight_llama::cache::KvCache;
+use spotlight_llama::fast::{FastDecode, StepRow};
 use spotlight_llama::{Llama, LlamaBackend, Selection};
 
 use crate::engine::{Engine, Mode};
@@ -17,30 +23,85 @@ pub struct AttentionMode<B: LlamaBackend> {
     pub selection: Option<Selection<B>>,
 }
 
+/// The fused decoder over the shared cache, and the attention it was built for.
+struct Fused {
+    decoder: Box<dyn FastDecode>,
+    mode: Mode,
+}
+
 pub struct LlamaEngine<B: LlamaBackend> {
     model: Llama<B>,
+    /// Its `lens` are stale while `fused` holds the cache (the decoder's are current).
     cache: KvCache<B>,
     modes: Vec<AttentionMode<B>>,
-    attention_kernels: bool,
+    /// Our kernels where the backend has them: dense attention on the causal kernel, decode steps
+    /// on the fused decoder.
+    kernels: bool,
+    fused: Option<Fused>,
+    /// Modes the backend has no fused decoder for (decoded with tensor ops).
+    declined: Vec<Mode>,
 }
 
 impl<B: LlamaBackend> LlamaEngine<B> {
-    /// `modes[0]` is the default. `attention_kernels`: dense attention on the backend's causal
-    /// kernel where it has one (as `generate` does by default).
+    /// `modes[0]` is the default. `kernels`: our kernels where the backend has them (dense
+    /// attention on the causal kernel, decode steps on the fused decoder), as `generate` does by
+    /// default; off: Burn tensor ops throughout.
     pub fn new(
         model: Llama<B>,
         slots: usize,
         ctx: usize,
         modes: Vec<AttentionMode<B>>,
-        attention_kernels: bool,
+        kernels: bool,
     ) -> Result<Self, spotlight_llama::LlamaError> {
         let cache = model.new_cache(slots, ctx)?;
         Ok(Self {
             model,
             cache,
             modes,
-            attention_kernels,
+            kernels,
+            fused: None,
+            declined: Vec::new(),
         })
+    }
+
+    /// Whether the last decode step ran on the fused decoder.
+    pub fn decodes_fused(&self) -> bool {
+        self.fused.is_some()
+    }
+
+    /// Hands the cache back from the fused decoder (which hashes its waiting keys as it goes).
+    fn release(&mut self) {
+        if let Some(f) = self.fused.take() {
+            self.cache.lens.copy_from_slice(f.decoder.lens());
+        }
+    }
+
+    /// The fused decoder for `mode`, built over the cache if needed; None: tensor ops.
+    fn fused_for(&mut self, mode: &Mode) -> Result<Option<&mut Fused>, String> {
+        if !self.kernels || self.declined.contains(mode) {
+            self.release();
+            return Ok(None);
+        }
+        if self.fused.as_ref().is_some_and(|f| &f.mode != mode) {
+            self.release();
+        }
+        if self.fused.is_none() {
+            self.cache.selection = self.selection(mode)?;
+            self.cache.attention_kernels = true;
+            match B::fast_decoder(&self.model, &self.cache).map_err(err)? {
+                Some(decoder) => {
+                    self.fused = Some(Fused {
+                        decoder,
+                        mode: mode.clone(),
+                    })
+                }
+                None => {
+                    self.declined.push(mode.clone());
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(self.fused.as_mut())
     }
 
     /// Names of the modes, the default first.
@@ -90,9 +151,12 @@ impl<B: LlamaBackend> Engine for LlamaEngine<B> {
                 self.ctx_size()
             ));
         }
+        // The decoder lets go of the cache's buffers, so the writes below go to the ones it
+        // will take again.
+        self.release();
         let mut scratch = self.model.new_cache(1, n).map_err(err)?;
         scratch.selection = self.selection(mode)?;
-        scratch.attention_kernels = self.attention_kernels;
+        scratch.attention_kernels = self.kernels;
         // sync: read the logits of the prompt's last position.
         let logits = self
             .model
@@ -124,12 +188,38 @@ impl<B: LlamaBackend> Engine for LlamaEngine<B> {
     }
 
     fn decode(&mut self, rows: &[(usize, u32)], mode: &Mode) -> Result<Vec<f32>, String> {
-        let mut tokens = vec![Vec::new(); self.slots()];
+        let (slots, vocab) = (self.slots(), self.vocab());
+        if let Some(f) = self.fused_for(mode)? {
+            let logits = if f.decoder.full_batch() {
+                // Every slot in order; those without a token only pad the step.
+                let mut step: Vec<StepRow> =
+                    (0..slots).map(|seq| StepRow { seq, token: 0 }).collect();
+                let mut pad = vec![true; slots];
+                for &(s, t) in rows {
+                    step[s].token = t;
+                    pad[s] = false;
+                }
+                let all = f.decoder.step_padded(&step, &pad).map_err(err)?;
+                let mut out = Vec::with_capacity(rows.len() * vocab);
+                for &(s, _) in rows {
+                    out.extend_from_slice(&all[s * vocab..(s + 1) * vocab]);
+                }
+                out
+            } else {
+                let step: Vec<StepRow> = rows
+                    .iter()
+                    .map(|&(seq, token)| StepRow { seq, token })
+                    .collect();
+                f.decoder.step(&step).map_err(err)?
+            };
+            return Ok(logits);
+        }
+        let mut tokens = vec![Vec::new(); slots];
         for &(s, t) in rows {
             tokens[s] = vec![t];
         }
         self.cache.selection = self.selection(mode)?;
-        self.cache.attention_kernels = self.attention_kernels;
+        self.cache.attention_kernels = self.kernels;
         let logits = self
             .model
             .forward_last(&tokens, &mut self.cache)
@@ -153,6 +243,12 @@ impl<B: LlamaBackend> Engine for LlamaEngine<B> {
     }
 
     fn free(&mut self, slot: usize) {
+        if let Some(f) = self.fused.as_mut() {
+            if f.decoder.forget(slot).is_err() {
+                // The decoder's state is in doubt: the next step builds a new one.
+                self.release();
+            }
+        }
         self.cache.lens[slot] = 0;
     }
 }

@@ -483,3 +483,91 @@ fn generate_decodes_sparse_on_the_fused_path_with_ragged_stops() {
     assert_eq!(fused, tensor);
     assert_eq!(fused[0].len(), 1);
 }
+
+/// The server's engine on the fused decoder against the same engine on tensor ops, through what
+/// a server does: prefills into free slots while others decode, steps that leave slots out
+/// (idle ones pad a sparse step), a slot freed and taken by a new prompt, a request with dense
+/// attention between sparse steps. Every step's logits agree. SYNTHETIC weights, random hash.
+#[test]
+fn serve_engine_decodes_on_the_fused_path_like_tensor_ops() {
+    use spotlight_serve::engine::{Engine, Mode};
+    use spotlight_serve::llama::{AttentionMode, LlamaEngine};
+    use spotlight_train::kernel_selector::KernelHash;
+    let (model, device) = gpu_model();
+    let c = model.config.clone();
+    let file = random_hash(&c, Layout::Group, 1, 6);
+    let budget = Budget {
+        fraction: 0.1,
+        min_tokens: 5,
+        sink: 2,
+        window: 3,
+    };
+    let engine = |kernels: bool| {
+        let kernel: Arc<dyn KeySelector<Gpu>> =
+            Arc::new(KernelHash::new("kernel", &file, heads(&c), &device).unwrap());
+        let modes = vec![
+            AttentionMode {
+                name: "spotlight".into(),
+                selection: Some(Selection::new(kernel, budget, SelectRows::Decode)),
+            },
+            AttentionMode {
+                name: "dense".into(),
+                selection: None,
+            },
+        ];
+        LlamaEngine::new(model.clone(), 3, 90, modes, kernels).unwrap()
+    };
+    let mode = |name: &str| Mode {
+        attention: name.into(),
+        budget: None,
+    };
+    let (sparse, dense) = (mode("spotlight"), mode("dense"));
+    let mut rng = StdRng::seed_from_u64(8);
+    let mut prompt = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..61)).collect() };
+    enum Op {
+        Prefill(usize, Vec<u32>),
+        Decode(Vec<usize>, Mode),
+        Free(usize),
+    }
+    let mut ops = vec![Op::Prefill(1, prompt(37))];
+    ops.extend((0..3).map(|_| Op::Decode(vec![1], sparse.clone())));
+    ops.push(Op::Prefill(0, prompt(20)));
+    ops.extend((0..2).map(|_| Op::Decode(vec![0, 1], sparse.clone())));
+    ops.extend([
+        Op::Free(1),
+        Op::Prefill(1, prompt(30)),
+        Op::Prefill(2, prompt(45)),
+    ]);
+    ops.extend((0..5).map(|_| Op::Decode(vec![2, 0, 1], sparse.clone())));
+    ops.push(Op::Decode(vec![2], dense.clone()));
+    ops.extend((0..3).map(|_| Op::Decode(vec![0, 1], sparse.clone())));
+    // Slot 2 sat out three sparse steps: it goes on at its own length, densely and sparsely.
+    ops.push(Op::Decode(vec![2], dense.clone()));
+    ops.extend((0..2).map(|_| Op::Decode(vec![0, 1, 2], sparse.clone())));
+    let tokens: Vec<u32> = prompt(64);
+    let run = |kernels: bool| -> (Vec<f32>, bool) {
+        let mut e = engine(kernels);
+        let (mut out, mut fused) = (Vec::new(), false);
+        for (i, op) in ops.iter().enumerate() {
+            match op {
+                Op::Prefill(slot, p) => out.extend(e.prefill(*slot, p, &sparse).unwrap()),
+                Op::Decode(slots, m) => {
+                    let rows: Vec<(usize, u32)> = slots
+                        .iter()
+                        .map(|&s| (s, tokens[(i * 3 + s) % tokens.len()]))
+                        .collect();
+                    out.extend(e.decode(&rows, m).unwrap());
+                    fused |= e.decodes_fused();
+                }
+                Op::Free(slot) => e.free(*slot),
+            }
+        }
+        (out, fused)
+    };
+    let (fused, on_fused) = run(true);
+    let (tensor, on_tensor) = run(false);
+    assert!(on_fused && !on_tensor, "the kernels engine decodes fused");
+    assert_eq!(fused.len(), tensor.len());
+    let diff = max_abs_diff(&fused, &tensor);
+    assert!(diff < 1e-3, "fused vs tensor engine differ by {diff}");
+}

@@ -294,10 +294,27 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
     /// [`Self::launch_step`] running only some parts of the step (benchmarks time each part
     /// alone; the skipped parts' buffers keep their last contents). The cache lengths advance.
     pub fn launch_parts(&mut self, rows: &[StepRow], parts: StepParts) -> Result<(), LlamaError> {
+        self.launch(rows, parts, &vec![false; rows.len()])
+    }
+
+    /// Runs one decode step; rows with `pad[i]` keep their sequence's length (see
+    /// [`FastDecode::step_padded`]).
+    fn launch(
+        &mut self,
+        rows: &[StepRow],
+        parts: StepParts,
+        pad: &[bool],
+    ) -> Result<(), LlamaError> {
         let c = self.weights.config.clone();
         let m = rows.len();
         if m == 0 {
             return Ok(());
+        }
+        if pad.len() != m {
+            return Err(LlamaError::Invalid(format!(
+                "decode step of {m} rows with {} padding flags",
+                pad.len()
+            )));
         }
         if m > self.lens.len() {
             return Err(LlamaError::Invalid(format!(
@@ -331,6 +348,19 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
                 "sparse decode steps must cover every sequence, in order".into(),
             ));
         }
+        // A real key about to land where a padding row's junk key still waits for its code:
+        // hash the waiting keys first (two codes for one place in one launch would race).
+        if let Some(sp) = self.sparse.as_mut() {
+            let lands_on_junk = places
+                .iter()
+                .zip(pad)
+                .any(|(p, &padded)| !padded && sp.junk.contains(p));
+            if lands_on_junk {
+                sp.hash_pending(&self.client, (self.lens.len(), self.cap))
+                    .map_err(kernel)?;
+            }
+        }
+        let real = pad.iter().filter(|&&p| !p).count().max(1);
         // Budgets of this step (each row sees its own new token too).
         let plans = self
             .sparse
@@ -456,9 +486,11 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
                     }
                     read += p
                         .iter()
-                        .map(|p| p.selected() as f64 / p.len as f64)
+                        .zip(pad)
+                        .filter(|(_, &padded)| !padded)
+                        .map(|(p, _)| p.selected() as f64 / p.len as f64)
                         .sum::<f64>()
-                        / m as f64;
+                        / real as f64;
                     let longest = p.iter().map(SequencePlan::selected).max().unwrap_or(0);
                     Some((&sp.lists, longest))
                 }
@@ -516,13 +548,16 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
         if let (Some(sp), Some((_, hashed))) = (self.sparse.as_mut(), ring) {
             if hashed {
                 sp.pending.clear();
+                sp.junk.clear();
             } else {
                 sp.pending.extend_from_slice(&places);
+                let padded = places.iter().zip(pad).filter(|(_, &p)| p);
+                sp.junk.extend(padded.map(|(p, _)| *p));
             }
         }
         self.launches = launches;
         self.read_share = read / c.num_hidden_layers as f64;
-        for p in &places {
+        for (p, _) in places.iter().zip(pad).filter(|(_, &padded)| !padded) {
             self.lens[p.seq] += 1;
         }
         Ok(())
@@ -542,10 +577,34 @@ impl<R: Runtime, E: Float + CubeElement> Drop for Decoder<R, E> {
 
 impl<R: Runtime, E: Float + CubeElement> FastDecode for Decoder<R, E> {
     fn step(&mut self, rows: &[StepRow]) -> Result<Vec<f32>, LlamaError> {
-        self.launch_step(rows)?;
+        self.step_padded(rows, &vec![false; rows.len()])
+    }
+
+    fn step_padded(&mut self, rows: &[StepRow], pad: &[bool]) -> Result<Vec<f32>, LlamaError> {
+        self.launch(rows, StepParts::ALL, pad)?;
         let n = rows.len() * self.weights.config.vocab_size;
         // sync: the logits go to the host sampler.
         Ok(read_f32(&self.client, self.scratch.logits.clone(), n))
+    }
+
+    fn lens(&self) -> &[usize] {
+        &self.lens
+    }
+
+    fn forget(&mut self, seq: usize) -> Result<(), LlamaError> {
+        if seq >= self.lens.len() {
+            return Err(LlamaError::Invalid(format!(
+                "forget sequence {seq} of {}",
+                self.lens.len()
+            )));
+        }
+        // Its keys still waiting for their codes must not land after what comes next.
+        if let Some(sp) = self.sparse.as_mut() {
+            sp.hash_pending(&self.client, (self.lens.len(), self.cap))
+                .map_err(kernel)?;
+        }
+        self.lens[seq] = 0;
+        Ok(())
     }
 
     fn launches(&self) -> usize {

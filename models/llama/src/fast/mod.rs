@@ -30,6 +30,14 @@ pub trait FastDecode {
     /// Decodes one token for each row (sequence, token) at that sequence's next position and
     /// returns the logits `[rows][vocab]`.
     fn step(&mut self, rows: &[StepRow]) -> Result<Vec<f32>, LlamaError>;
+    /// [`Self::step`] where the rows with `pad[i]` only fill a full batch (a sequence that is idle
+    /// or decodes elsewhere): their sequences keep their lengths, and what the step wrote past
+    /// them is junk that the next real token at that place replaces.
+    fn step_padded(&mut self, rows: &[StepRow], pad: &[bool]) -> Result<Vec<f32>, LlamaError>;
+    /// Tokens cached per sequence.
+    fn lens(&self) -> &[usize];
+    /// Empties sequence `seq` (its length goes to 0; its rows are overwritten by what comes next).
+    fn forget(&mut self, seq: usize) -> Result<(), LlamaError>;
     /// Kernel launches of the last step.
     fn launches(&self) -> usize;
     /// Share of the cached K/V rows the last step read, over all layers and rows.

@@ -51,6 +51,9 @@ pub(super) struct SparseState {
     pub key_ring: Vec<Handle>,
     /// The places of the keys waiting in `key_ring`, step after step.
     pub pending: Vec<RowPlace>,
+    /// The places among `pending` that padding rows wrote (junk past their sequence's length):
+    /// a real key at one of them must not be hashed in the same launch as the junk.
+    pub junk: Vec<RowPlace>,
 }
 
 impl SparseState {
@@ -112,6 +115,7 @@ impl SparseState {
                 })
                 .collect(),
             pending: Vec::new(),
+            junk: Vec::new(),
             decode,
         })
     }
@@ -135,6 +139,7 @@ impl SparseState {
             self.hash_keys(client, l, &self.pending, (&seq, &pos), (batch, cap))?;
         }
         self.pending.clear();
+        self.junk.clear();
         Ok(())
     }
 
