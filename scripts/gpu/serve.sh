@@ -31,6 +31,8 @@ for attention in dense spotlight; do
   kill -TERM "$pid"
   wait "$pid"
 done
+# Device-to-device copy bandwidth (PyTorch), for the byte floor of a decode step.
+python3 benches/peers/copy_bandwidth.py --json "$OUT/copy_bandwidth.json" || echo "copy bandwidth probe failed"
 python3 - "$OUT" <<'EOF'
 import json, subprocess, sys
 out = sys.argv[1]
@@ -57,6 +59,8 @@ json.dump({"command": "bash scripts/gpu/serve.sh", "commit": os.environ.get("SPO
            "device": gpu, "backend": "cuda", "model": "SmolLM2-135M-Instruct.Q4_1.gguf",
            "config": {"decode_path": os.environ.get("DECODE_PATH", "fused"), "slots": 16, "ctx_size": 8192, "new_tokens": 64, "budget": 0.02,
                       "dense_below": 0, "prompt": "token ids, greedy"},
+           "copy_bandwidth": (json.load(open(f"{out}/copy_bandwidth.json"))
+                              if os.path.exists(f"{out}/copy_bandwidth.json") else None),
            "runs": runs}, open(f"{out}/serve.json", "w"), indent=1)
 EOF
 echo "wrote $OUT/serve.json"
