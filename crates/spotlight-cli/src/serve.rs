@@ -136,8 +136,15 @@ impl OnBackend for Job {
                 });
             }
             let kernels = args.decode_path == DecodePath::Fused;
-            let engine = LlamaEngine::new(loaded.model, args.slots, args.ctx_size, modes, kernels)
-                .map_err(|e| e.to_string())?;
+            let mut engine =
+                LlamaEngine::new(loaded.model, args.slots, args.ctx_size, modes, kernels)
+                    .map_err(|e| e.to_string())?;
+            let start = std::time::Instant::now();
+            engine.warm_up()?;
+            log_load(&format!(
+                "warmed up in {:.1} s",
+                start.elapsed().as_secs_f64()
+            ));
             Ok(Loaded {
                 modes: engine.mode_names(),
                 engine,

@@ -8,7 +8,7 @@
 //! Where the backend has the fused decoder (CUDA, wgpu) and `fused` is on, decode steps run on
 //! it, as `generate`'s do: it takes over the shared cache's buffers, and is let go (its lengths
 //! written back) before a prefill writes into the cache or a request asks for another attention.
-//! A sparse decoder steps every slot at once; slots not in the step only pad it.
+//! Every fused step covers every slot; slots not in the step only pad it.
 
 use burn::tensor::{Int, Tensor, TensorData};
 use spotlight_llama::cache::KvCache;
@@ -62,6 +62,27 @@ impl<B: LlamaBackend> LlamaEngine<B> {
             fused: None,
             declined: Vec::new(),
         })
+    }
+
+    /// Runs a short prompt and one decode step in every mode, so the kernels are compiled before
+    /// the first request (each mode's first prefill and step compile theirs).
+    pub fn warm_up(&mut self) -> Result<(), String> {
+        let n = self.ctx_size().min(8) - 1;
+        let prompt: Vec<u32> = (0..n as u32).map(|t| t % self.vocab() as u32).collect();
+        let modes: Vec<Mode> = self
+            .modes
+            .iter()
+            .map(|m| Mode {
+                attention: m.name.clone(),
+                budget: None,
+            })
+            .collect();
+        for mode in &modes {
+            self.prefill(0, &prompt, mode)?;
+            self.decode(&[(0, 0)], mode)?;
+            self.free(0);
+        }
+        Ok(())
     }
 
     /// Whether the last decode step ran on the fused decoder.
@@ -190,28 +211,21 @@ impl<B: LlamaBackend> Engine for LlamaEngine<B> {
     fn decode(&mut self, rows: &[(usize, u32)], mode: &Mode) -> Result<Vec<f32>, String> {
         let (slots, vocab) = (self.slots(), self.vocab());
         if let Some(f) = self.fused_for(mode)? {
-            let logits = if f.decoder.full_batch() {
-                // Every slot in order; those without a token only pad the step.
-                let mut step: Vec<StepRow> =
-                    (0..slots).map(|seq| StepRow { seq, token: 0 }).collect();
-                let mut pad = vec![true; slots];
-                for &(s, t) in rows {
-                    step[s].token = t;
-                    pad[s] = false;
-                }
-                let all = f.decoder.step_padded(&step, &pad).map_err(err)?;
-                let mut out = Vec::with_capacity(rows.len() * vocab);
-                for &(s, _) in rows {
-                    out.extend_from_slice(&all[s * vocab..(s + 1) * vocab]);
-                }
-                out
-            } else {
-                let step: Vec<StepRow> = rows
-                    .iter()
-                    .map(|&(seq, token)| StepRow { seq, token })
-                    .collect();
-                f.decoder.step(&step).map_err(err)?
-            };
+            // Every slot in order, those without a token only padding the step: the kernels are
+            // compiled per row count, so one count means one compile (not one per batch size the
+            // traffic happens to make), and idle rows cost little (weights are read once a step
+            // whatever the rows; a padding row attends over its own cached rows only).
+            let mut step: Vec<StepRow> = (0..slots).map(|seq| StepRow { seq, token: 0 }).collect();
+            let mut pad = vec![true; slots];
+            for &(s, t) in rows {
+                step[s].token = t;
+                pad[s] = false;
+            }
+            let all = f.decoder.step_padded(&step, &pad).map_err(err)?;
+            let mut logits = Vec::with_capacity(rows.len() * vocab);
+            for &(s, _) in rows {
+                logits.extend_from_slice(&all[s * vocab..(s + 1) * vocab]);
+            }
             return Ok(logits);
         }
         let mut tokens = vec![Vec::new(); slots];
