@@ -4,7 +4,8 @@
 # from the first token: --dense-below 0). One server per attention, 16 slots of 8192 tokens (the model's positions; 8K prompts are 8,064 tokens + 64 new).
 # Needs the binary and the model on the machine (scripts/gpu/README.md: prepare.sh, then calls
 # carrying .gpu, .gpu1, .gpu2); run as the last call: "bash scripts/gpu/serve.sh".
-# Writes $OUT/serve_{dense,spotlight}.json, $OUT/serve.json (both, with commit and device) and logs.
+# Writes $OUT/serve.json (both runs, copy bandwidth, server counters, commit and device), the
+# servers' logs and /metrics, and the client log.
 # DECODE_PATH=tensor decodes on Burn tensor ops instead of the fused decoder; SERVE_ARGS adds server flags, BENCH_ARGS client flags (e.g. BENCH_ARGS="--clients 1,4").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -63,4 +64,6 @@ json.dump({"command": "bash scripts/gpu/serve.sh", "commit": os.environ.get("SPO
                               if os.path.exists(f"{out}/copy_bandwidth.json") else None),
            "runs": runs}, open(f"{out}/serve.json", "w"), indent=1)
 EOF
+# Merged into serve.json: removed, so every log and metrics file fits in what comes back.
+rm -f "$OUT"/serve_dense.json "$OUT"/serve_spotlight.json "$OUT"/copy_bandwidth.json
 echo "wrote $OUT/serve.json"

@@ -408,11 +408,17 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
     }
     let sms = props.num_streaming_multiprocessors.unwrap_or(16) as usize;
     let wanted = (sms * CUBES_PER_SM / (rows.len() * sets)).max(1);
-    let splits = longest.div_ceil(MIN_ROWS_PER_SPLIT).clamp(1, wanted);
-    let rows_per_split = longest.div_ceil(splits).max(1);
+    let split = |longest: usize| {
+        let splits = longest.div_ceil(MIN_ROWS_PER_SPLIT).clamp(1, wanted);
+        (splits, longest.div_ceil(splits).max(1))
+    };
+    let (splits, rows_per_split) = split(longest);
     // No plane without rows: a short split (a sparse list) takes fewer planes, so more cubes
-    // fit on an SM and the grid stays one wave.
-    let planes = planes_per_cube(group, d).min(rows_per_split.div_ceil(plane));
+    // fit on an SM and the grid stays one wave. Planes are a compile-time value, so they follow
+    // the longest list the call could have (the lists' or the cache's capacity), not this step's:
+    // one kernel serves every length, and no step of a running decoder waits for a compile.
+    let capacity = selection.map_or(kv.cap, |(sel, _)| sel.index_cap);
+    let planes = planes_per_cube(group, d).min(split(capacity.max(longest)).1.div_ceil(plane));
 
     let n = rows.len();
     let (row_seq, row_len) = (&query_rows.seq, &query_rows.len);
@@ -473,7 +479,8 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
             shape.q_heads,
             sets,
             d,
-            splits.next_power_of_two(),
+            // The most splits any length can take (compile-time, as the planes above).
+            wanted.next_power_of_two(),
         )
     };
     Ok(())

@@ -378,7 +378,13 @@ fn launch<R: Runtime>(
         heads_outer: false,
         soft: false,
         placed: placed.is_some(),
-        tile: rows.next_power_of_two().min(TILE),
+        // Keys (placed) come in batches of any size: always a full tile, so one kernel serves
+        // them all; queries come one per sequence, a count fixed for a decoder's life.
+        tile: if placed.is_some() {
+            TILE
+        } else {
+            rows.next_power_of_two().min(TILE)
+        },
         replicas: weights.replicas,
     };
     let (count, dim) = p.grid(rows, form.tile);

@@ -17,6 +17,9 @@ use spotlight_llama::{Llama, LlamaBackend, Selection};
 
 use crate::engine::{Engine, Mode};
 
+/// Prompt tokens of the long warm-up (kernels compiled and tuned before the first request).
+const WARM_UP_TOKENS: usize = 1024;
+
 /// An attention the engine can run: dense (`selection` None) or a selector with its budget.
 pub struct AttentionMode<B: LlamaBackend> {
     pub name: String,
@@ -64,11 +67,12 @@ impl<B: LlamaBackend> LlamaEngine<B> {
         })
     }
 
-    /// Runs a short prompt and one decode step in every mode, so the kernels are compiled before
-    /// the first request (each mode's first prefill and step compile theirs).
+    /// Runs a prompt and one decode step in every mode, so the kernels are compiled (and the
+    /// matmuls tuned) before the first request rather than during it. Where steps run on the
+    /// fused decoder, the prompt is long enough for every layer to select by score (past the
+    /// sink, window, minimum and `dense_below`): its kernels are compiled once for every length,
+    /// so one sparse step compiles them all. Elsewhere a short prompt does.
     pub fn warm_up(&mut self) -> Result<(), String> {
-        let n = self.ctx_size().min(8) - 1;
-        let prompt: Vec<u32> = (0..n as u32).map(|t| t % self.vocab() as u32).collect();
         let modes: Vec<Mode> = self
             .modes
             .iter()
@@ -78,11 +82,37 @@ impl<B: LlamaBackend> LlamaEngine<B> {
             })
             .collect();
         for mode in &modes {
-            self.prefill(0, &prompt, mode)?;
-            self.decode(&[(0, 0)], mode)?;
-            self.free(0);
+            self.warm(mode, 8)?;
+            if self.decodes_fused() {
+                self.warm(mode, self.selective_len(mode)?)?;
+            }
         }
         Ok(())
+    }
+
+    /// A prompt of about `len` tokens (within a slot), one decode step, and the slot freed.
+    fn warm(&mut self, mode: &Mode, len: usize) -> Result<(), String> {
+        let n = len.min(self.ctx_size() - 1).max(1);
+        let prompt: Vec<u32> = (0..n as u32).map(|t| t % self.vocab() as u32).collect();
+        self.prefill(0, &prompt, mode)?;
+        self.decode(&[(0, 0)], mode)?;
+        self.free(0);
+        Ok(())
+    }
+
+    /// A length at which `mode` selects keys by score in every sparse layer (and at least
+    /// [`WARM_UP_TOKENS`], so prefill meets a long prompt too).
+    fn selective_len(&self, mode: &Mode) -> Result<usize, String> {
+        Ok(match self.selection(mode)? {
+            Some(s) => {
+                let b = s.budget;
+                let fixed = b.sink + b.window + b.min_tokens;
+                // Past `fixed`, top-k < middle once the fraction leaves room: 2·fixed does for
+                // fractions up to 1/2.
+                (2 * fixed + 1).max(s.dense_below + 1).max(WARM_UP_TOKENS)
+            }
+            None => WARM_UP_TOKENS,
+        })
     }
 
     /// Whether the last decode step ran on the fused decoder.
