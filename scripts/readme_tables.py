@@ -289,6 +289,34 @@ def e2e():
     return lines
 
 
+def serving():
+    """`spotlight serve` under concurrent streaming clients (scripts/serve_bench.py)."""
+    lines = []
+    for name, d in load("serve/serve_*.json") + load("serve/cpu_bench.json"):
+        runs = d.get("runs") or {"": {"cells": d["cells"]}}
+        cfg = d["config"]
+        bw = (d.get("copy_bandwidth") or {}).get("copy_gbps")
+        floor = (f" Copy {bw:.0f} GB/s: reading the f32 weights once takes {SMOLLM2_F32_BYTES / (bw * 1e9) * 1e3:.2f} ms, "
+                 "the floor of one decode step." if bw else "")
+        server = "; ".join(f"{a}: {r['server']['decode_ms_per_step']:.1f} ms per decode step "
+                           f"(mean {r['server']['mean_decode_rows']:.1f} sequences), {r['server']['prefill_ms_mean']:.0f} ms per prefill"
+                           for a, r in runs.items() if "server" in r)
+        lines += [f"**Serving** (`{name}`, {d['device']}, backend {d['backend']}, commit {d['commit']}): "
+                  f"{cfg.get('slots')} slots of {cfg.get('ctx_size')} tokens, decode path {cfg.get('decode_path', 'tensor ops')}, "
+                  f"{cfg.get('prompt')}; each client streams one completion. Throughput: generated tokens of all clients over the cell's wall time."
+                  + floor + (f" Server counters over the run — {server}." if server else ""), "",
+                  f"    {d['command']}", "",
+                  "| attention | prompt tokens | clients | new tokens | throughput tok/s | TTFT median s | TTFT p99 s | decode tok/s per client | mean decode batch | K/V read | errors |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for label, r in runs.items():
+            for c in r["cells"]:
+                lines.append(f"| {label or c['label']} | {c['prompt_tokens']} | {c['clients']} | {c['new_tokens']} | {c['throughput_tok_s']:.1f} | "
+                             f"{c['ttft_median_s']:.2f} | {c['ttft_p99_s']:.2f} | {c['decode_tok_s_per_client_median']:.1f} | "
+                             f"{fmt(c['mean_decode_batch'])} | {c['kv_read_share']:.1%} | {len(c['errors'])} |")
+        lines.append("")
+    return lines
+
+
 def at_2pct(d, method, bits=None):
     """(IoU, attention mass) of `method` (of `bits` bits, if given) at the 2% budget."""
     row = next(r for r in d["rows"] if r["method"] == method and abs(r["budget"] - 0.02) < 1e-9
@@ -487,7 +515,7 @@ def ppl_summary(rows):
 
 
 def main():
-    body = "\n".join(hash_like_for_like() + checks() + ppls() + generation() + profiles() + fast_decode() + prefill() + e2e() + retrieval() + linear() + quality() + training() + train_ops() + fidelity() + peers()).strip() or "(no results yet)"
+    body = "\n".join(hash_like_for_like() + checks() + ppls() + generation() + profiles() + fast_decode() + prefill() + e2e() + serving() + retrieval() + linear() + quality() + training() + train_ops() + fidelity() + peers()).strip() or "(no results yet)"
     path = os.path.join(ROOT, "README.md")
     text = open(path).read()
     new = re.sub(r"<!-- results:begin -->.*<!-- results:end -->",
