@@ -298,13 +298,18 @@ def serving():
         bw = (d.get("copy_bandwidth") or {}).get("copy_gbps")
         floor = (f" Copy {bw:.0f} GB/s: reading the f32 weights once takes {SMOLLM2_F32_BYTES / (bw * 1e9) * 1e3:.2f} ms, "
                  "the floor of one decode step." if bw else "")
+        floor_ms = SMOLLM2_F32_BYTES / (bw * 1e9) * 1e3 if bw else None
         server = "; ".join(f"{a}: {r['server']['decode_ms_per_step']:.1f} ms per decode step "
-                           f"(mean {r['server']['mean_decode_rows']:.1f} sequences), {r['server']['prefill_ms_mean']:.0f} ms per prefill"
+                           f"(mean {r['server']['mean_decode_rows']:.1f} sequences"
+                           + (f", {r['server']['decode_ms_per_step'] / floor_ms:.0f}× the floor" if floor_ms else "")
+                           + f"), {r['server']['prefill_ms_mean']:.0f} ms per prefill"
                            for a, r in runs.items() if "server" in r)
         lines += [f"**Serving** (`{name}`, {d['device']}, backend {d['backend']}, commit {d['commit']}): "
                   f"{cfg.get('slots')} slots of {cfg.get('ctx_size')} tokens, decode path {cfg.get('decode_path', 'tensor ops')}, "
                   f"{cfg.get('prompt')}; each client streams one completion. Throughput: generated tokens of all clients over the cell's wall time."
-                  + floor + (f" Server counters over the run — {server}." if server else ""), "",
+                  + floor + (f" Server counters over the run — {server}." if server else "")
+                  + (" No PyTorch serving peer runs on the GPU machine (it has no vLLM or TGI and no network to"
+                     " install one); the decode tables carry the PyTorch eager peer of a step." if d["backend"] == "cuda" else ""), "",
                   f"    {d['command']}", "",
                   "| attention | prompt tokens | clients | new tokens | throughput tok/s | TTFT median s | TTFT p99 s | decode tok/s per client | mean decode batch | K/V read | errors |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
