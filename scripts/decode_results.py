@@ -7,7 +7,7 @@
   check_cpu_cuda_h200.json: the reports as written on the device;
 - decode_dense.json: dense decode of our fused decoder next to PyTorch eager (issue 6's schema);
 - e2e.json: dense vs Spotlight decode, per model, context and batch (issue 5's schema).
-Then run scripts/readme_tables.py."""
+Then run scripts/results_tables.py."""
 import json
 import os
 import shutil

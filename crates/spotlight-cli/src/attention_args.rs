@@ -88,8 +88,8 @@ pub struct SelectorArgs {
     #[arg(long, default_value_t = 0)]
     pub hash_seed: u64,
     /// Decoding: sequences shorter than this many tokens attend densely (exact). Retrieval has a
-    /// fixed cost per layer, so below some length dense attention is faster (README, "Sparse
-    /// attention"); 0 selects as soon as the budget leaves keys out, as the paper does.
+    /// fixed cost per layer, so below some length dense attention is faster
+    /// (docs/sparse-attention.md); 0 selects as soon as the budget leaves keys out, as the paper does.
     /// [default: 32768 for generate, 0 for benchmarks]
     #[arg(long)]
     pub dense_below: Option<usize>,

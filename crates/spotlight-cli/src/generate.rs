@@ -12,7 +12,7 @@ use crate::error::{CliError, Result};
 use crate::model_args::{self, ModelArgs};
 
 /// Sequence length below which generation attends densely by default: on the H200 Spotlight's
-/// retrieval costs more than it saves below ~32K tokens at batch 1 (README, "End-to-end decode").
+/// retrieval costs more than it saves below ~32K tokens at batch 1 (docs/results.md, "End-to-end decode").
 const DENSE_BELOW: usize = 32_768;
 
 const DEFAULT_QUESTION: &str = "What is the capital of France? Answer in one sentence.";

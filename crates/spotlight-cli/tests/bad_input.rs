@@ -348,7 +348,7 @@ fn bad_attention_flags_and_hash_files() {
     );
 }
 
-// ---- The reliability table (README "Reliability"): each case below is one row. ----
+// ---- The reliability table (docs/reliability.md): each case below is one row. ----
 
 type Ad = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
 
