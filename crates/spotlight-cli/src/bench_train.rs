@@ -107,6 +107,10 @@ impl OnBackend for Job {
         let layouts = config.layouts.clone();
         let mut trainer = Trainer::<Autodiff<B>>::new(config, "synthetic", &llama, &device)?;
         trainer.ops = a.ops;
+        // SPOTLIGHT_PROFILE=N: where each step's time goes, over the first N layers.
+        trainer.profile = std::env::var("SPOTLIGHT_PROFILE")
+            .ok()
+            .and_then(|v| v.parse().ok());
         // Synthetic q/k: standard normal, fresh per step (labelled SYNTHETIC in the report).
         let dist = Distribution::Normal(0.0, 1.0);
         let mut step_s = Vec::new();
@@ -123,6 +127,14 @@ impl OnBackend for Job {
             let _ = B::sync(&device);
             let dt = t0.elapsed().as_secs_f64();
             eprintln!("step {s}: {:.3} s", dt);
+            if trainer.profile.is_some() {
+                let parts: Vec<String> = trainer
+                    .profile_ms()
+                    .iter()
+                    .map(|(n, ms)| format!("{n} {ms:.1} ms"))
+                    .collect();
+                eprintln!("profile step {s}: {}", parts.join(", "));
+            }
             if s >= a.warmup {
                 step_s.push(dt);
             }

@@ -469,6 +469,8 @@ impl OnBackend for Job {
         let labels: Vec<String> = runs.iter().map(|(l, _)| l.clone()).collect();
         // When each step of every run had finished (the first includes kernel compilation).
         let mut step_ends = Vec::with_capacity(steps);
+        // A resumed run's note (the newest checkpoint was damaged), shown once.
+        let mut noted = vec![false; runs.len()];
         let stats = run::train_many(
             &loaded.model,
             &corpus,
@@ -478,6 +480,10 @@ impl OnBackend for Job {
                 every: args.eval_every,
             }),
             &mut |i, p| {
+                if let Some(note) = p.stats.resume_note.as_deref().filter(|_| !noted[i]) {
+                    bar.suspend(|| eprintln!("{note}"));
+                }
+                noted[i] = true;
                 if i == last {
                     bar.set_position(p.step as u64);
                     step_ends.push(std::time::Instant::now());

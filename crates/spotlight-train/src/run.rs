@@ -31,6 +31,8 @@ pub fn hash_path_f16(dir: &Path, layout: Layout) -> PathBuf {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct RunStats {
     pub resumed_from: usize,
+    /// Why the newest checkpoint was passed over for the previous one (damaged or torn), if it was.
+    pub resume_note: Option<String>,
     pub steps_run: usize,
     /// Running the frozen model to get q/k.
     pub capture: Duration,
@@ -145,8 +147,9 @@ where
     for r in runs.iter_mut() {
         std::fs::create_dir_all(r.dir).map_err(|e| io(r.dir, e))?;
         let ckpt = r.dir.join(CHECKPOINT);
+        let mut resume_note = None;
         if ckpt.exists() || crate::tensor_file::previous_path(&ckpt).exists() {
-            r.trainer.resume(&ckpt)?;
+            resume_note = r.trainer.resume(&ckpt)?;
         }
         let log_path = r.dir.join(LOG);
         truncate_log(&log_path, r.trainer.step, LOG_HEADER)?;
@@ -161,6 +164,7 @@ where
         );
         stats.push(RunStats {
             resumed_from: r.trainer.step,
+            resume_note,
             ..RunStats::default()
         });
     }

@@ -356,6 +356,11 @@ pub struct Trainer<B: AutodiffBackend> {
     pub ops: Option<TrainOps>,
     /// Completed steps.
     pub step: usize,
+    /// Some(N): time the phases of the first N layers of each step (device-synchronised) and
+    /// skip the rest, for finding where a step's time goes; the times are in [`Self::profile_ms`].
+    pub profile: Option<usize>,
+    /// The last profiled step's milliseconds per phase.
+    profile_ms: Vec<(&'static str, f64)>,
     dims: Dims,
     llama: LlamaConfig,
     /// [layout][layer]
@@ -444,6 +449,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             ops: None,
             config,
             step: 0,
+            profile: None,
+            profile_ms: Vec::new(),
             dims: Dims {
                 model: model.into(),
                 layers: llama.num_hidden_layers,
@@ -482,11 +489,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let gamma = c.gamma_at(self.step);
         let mut records = Vec::new();
         let mut stats: Vec<Tensor<B::InnerBackend, 1>> = Vec::new();
-        // SPOTLIGHT_PROFILE=N: time the phases of the first N layers (device-synchronised) and
-        // skip the rest — for finding where a step's time goes.
-        let profile: Option<usize> = std::env::var("SPOTLIGHT_PROFILE")
-            .ok()
-            .and_then(|v| v.parse().ok());
+        let profile = self.profile;
         let mut phases = Phases::<B>::new(profile.is_some(), &self.device);
         let layers = qk
             .iter()
@@ -622,7 +625,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
         }
         phases.mark("read statistics");
-        phases.report(self.step);
+        if phases.on {
+            self.profile_ms = phases.totals.iter().map(|&(n, t)| (n, t * 1e3)).collect();
+        }
         self.step += 1;
         Ok(records)
     }
@@ -727,15 +732,23 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Continues from a checkpoint written by a trainer with the same config and model. A
     /// damaged newest checkpoint (torn, cut short, checksum mismatch) gives way to the previous
-    /// one ([`tensor_file::read_or_previous`]), with a note on stderr.
-    pub fn resume(&mut self, path: &Path) -> Result<(), TrainError> {
+    /// one ([`tensor_file::read_or_previous`]); the returned note then says why, for the caller
+    /// to show.
+    pub fn resume(&mut self, path: &Path) -> Result<Option<String>, TrainError> {
         let ckpt = tensor_file::read_or_previous(path, &|meta| {
             self.checkpoint_meta(path, meta).map(|_| ())
         })?;
-        if let Some(why) = &ckpt.fell_back {
-            eprintln!("{why}; resuming from {}", ckpt.path.display());
-        }
-        self.restore(&ckpt.path, &ckpt.metadata, ckpt.tensors)
+        let note = ckpt
+            .fell_back
+            .as_ref()
+            .map(|why| format!("{why}; resuming from {}", ckpt.path.display()));
+        self.restore(&ckpt.path, &ckpt.metadata, ckpt.tensors)?;
+        Ok(note)
+    }
+
+    /// Milliseconds per phase of the last step run with [`Self::profile`] set (empty before).
+    pub fn profile_ms(&self) -> &[(&'static str, f64)] {
+        &self.profile_ms
     }
 
     /// Takes parameters, moments and the step count from a checkpoint's contents (read from
@@ -830,17 +843,6 @@ impl<B: Backend> Phases<B> {
         match self.totals.iter_mut().find(|(n, _)| *n == name) {
             Some(t) => t.1 += dt,
             None => self.totals.push((name, dt)),
-        }
-    }
-
-    fn report(&self, step: usize) {
-        if self.on {
-            let parts: Vec<String> = self
-                .totals
-                .iter()
-                .map(|(n, t)| format!("{n} {:.1} ms", t * 1e3))
-                .collect();
-            eprintln!("profile step {step}: {}", parts.join(", "));
         }
     }
 }

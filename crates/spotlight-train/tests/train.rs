@@ -607,7 +607,11 @@ fn resume_continues_exactly() {
     first.save_checkpoint(&ckpt).unwrap();
     drop(first);
     let mut resumed = Trainer::<AdCpu>::new(small_config(4), "tiny", &c, &device).unwrap();
-    resumed.resume(&ckpt).unwrap();
+    assert_eq!(
+        resumed.resume(&ckpt).unwrap(),
+        None,
+        "an intact checkpoint resumes without a note"
+    );
     assert_eq!(resumed.step, 2);
     for s in 2..4 {
         resumed.train_step(&synthetic_qk(&c, 48, s)).unwrap();
