@@ -12,6 +12,7 @@ use spotlight_train::selector::selector_for;
 use spotlight_train::HashFile;
 
 use crate::error::{CliError, Result};
+use crate::model_args::ModelId;
 
 /// Which keys attention reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -95,14 +96,43 @@ pub struct SelectorArgs {
     pub dense_below: Option<usize>,
 }
 
-/// Where the shipped hash of `model_id` would be: the cache first, then the repository.
-pub fn shipped_hash(model_id: &str) -> Option<PathBuf> {
-    let name = format!("{model_id}.group.safetensors");
-    let home = crate::assets::home().join("hash").join(&name);
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/hash")
-        .join(&name);
-    [home, repo].into_iter().find(|p| p.is_file())
+/// The shipped (group-layout) hash of a model, looked up in the cache and then in the
+/// repository: the file named after the model if it was made for these weights (or records no
+/// weights), else any hash file there that records these weights — so a renamed model file
+/// still finds its hash, and another model of the same name does not take it.
+pub fn shipped_hash(id: &ModelId) -> Option<PathBuf> {
+    let dirs = [
+        crate::assets::home().join("hash"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/hash"),
+    ];
+    let made_for = |p: &Path| HashFile::read_header(p).ok().map(|h| h.model_fingerprint);
+    let named = format!("{}.group.safetensors", id.name);
+    for dir in &dirs {
+        let p = dir.join(&named);
+        if let Some(fp) = made_for(&p) {
+            if fp.is_none() || id.fingerprint.is_none() || fp == id.fingerprint {
+                return Some(p);
+            }
+        }
+    }
+    let want = id.fingerprint.as_ref()?;
+    for dir in &dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.to_string_lossy().ends_with(".group.safetensors"))
+            .collect();
+        files.sort();
+        if let Some(p) = files
+            .into_iter()
+            .find(|p| made_for(p).flatten().as_ref() == Some(want))
+        {
+            return Some(p);
+        }
+    }
+    None
 }
 
 impl AttentionArgs {
@@ -111,7 +141,7 @@ impl AttentionArgs {
     }
 
     /// The attention kind after the default is resolved, and the hash file it needs.
-    pub fn resolve(&self, model_id: &str) -> Result<(AttentionKind, Option<PathBuf>)> {
+    pub fn resolve(&self, model_id: &ModelId) -> Result<(AttentionKind, Option<PathBuf>)> {
         let hash = self.selector.hash_path(model_id);
         let kind = self.attention.unwrap_or(if hash.is_some() {
             AttentionKind::Spotlight
@@ -139,12 +169,12 @@ impl SelectorArgs {
     }
 
     /// --hash, else the shipped file of the model if there is one.
-    pub fn hash_path(&self, model_id: &str) -> Option<PathBuf> {
+    pub fn hash_path(&self, model_id: &ModelId) -> Option<PathBuf> {
         self.hash.clone().or_else(|| shipped_hash(model_id))
     }
 
     /// Checks that `kind` can run with these flags.
-    pub fn check(&self, kind: AttentionKind, model_id: &str) -> Result<()> {
+    pub fn check(&self, kind: AttentionKind, model_id: &ModelId) -> Result<()> {
         if kind == AttentionKind::Spotlight && self.hash_path(model_id).is_none() {
             return Err(CliError::Usage(format!(
                 "spotlight attention: no hash weights for {model_id}; train them with `spotlight train` and pass --hash FILE"
@@ -170,7 +200,7 @@ impl SelectorArgs {
         &self,
         kind: AttentionKind,
         hash: Option<HashFile>,
-        model_id: &str,
+        model_id: &ModelId,
         config: &LlamaConfig,
     ) -> Result<Option<Method>> {
         Ok(match kind {
@@ -187,7 +217,7 @@ impl SelectorArgs {
             }),
             AttentionKind::Spotlight => {
                 let file = hash.expect("resolved with a hash file");
-                file.check_model(model_id, config)?;
+                file.check_model(&model_id.name, model_id.fingerprint.as_deref(), config)?;
                 Some(Method::Hash {
                     name: format!("spotlight-{}", file.header.layout.name()),
                     file,

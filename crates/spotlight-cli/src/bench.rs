@@ -147,7 +147,7 @@ impl OnBackend for Job {
     type Output = Report;
     fn run<B: SpotlightBackend>(self, device: B::Device, backend: BackendKind) -> Result<Report> {
         let a = &self.args;
-        let model_id = crate::train::model_id(&self.path);
+        let model_id = crate::model_args::ModelId::of(&self.path);
         for &kind in &a.attentions {
             a.selector.check(kind, &model_id)?;
         }

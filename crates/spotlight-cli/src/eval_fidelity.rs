@@ -190,7 +190,7 @@ impl OnBackend for Job {
     fn run<B: SpotlightBackend>(self, device: B::Device, kind: BackendKind) -> Result<()> {
         let a = self.0;
         let path = a.model.path()?;
-        let model_id = crate::train::model_id(&path);
+        let model_id = crate::model_args::ModelId::of(&path);
         for &m in &a.methods {
             if m == AttentionKind::Dense {
                 return Err(CliError::Usage(
@@ -416,7 +416,7 @@ impl OnBackend for Job {
                 r.dense_score
             );
         }
-        write_outputs(&a, &rows, Some(&trials_csv), &model_id)?;
+        write_outputs(&a, &rows, Some(&trials_csv), &model_id.name)?;
         crate::bench::write_report(
             &a.json,
             &FidelityReport {
@@ -424,7 +424,7 @@ impl OnBackend for Job {
                 commit: crate::bench::git_commit(),
                 date: crate::bench::command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
                 device: crate::bench::device_name(kind),
-                model: model_id,
+                model: model_id.name.clone(),
                 text: text_path
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())

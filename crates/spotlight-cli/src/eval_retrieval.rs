@@ -124,7 +124,8 @@ impl OnBackend for Job {
     fn run<B: SpotlightBackend>(self, device: B::Device, kind: BackendKind) -> Result<()> {
         let a = self.0;
         let path = a.model.path()?;
-        let model_name = crate::train::model_id(&path);
+        let id = crate::model_args::ModelId::of(&path);
+        let model_name = id.name.clone();
         let text_path = match &a.text {
             Some(t) => t.clone(),
             None => {
@@ -156,7 +157,7 @@ impl OnBackend for Job {
         let loaded = model_args::load::<B>(&path, Some(a.tokens), &device)?;
         let c = &loaded.config;
         for (_, file) in &hash_files {
-            file.check_model(&model_name, c)?;
+            file.check_model(&model_name, id.fingerprint.as_deref(), c)?;
         }
         if a.tokens < 64 || a.tokens > loaded.model.rope.max_positions() {
             return Err(CliError::Usage(format!(

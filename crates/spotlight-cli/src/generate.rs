@@ -128,7 +128,9 @@ pub fn run(mut args: GenerateArgs) -> Result<()> {
         args.prompt = Some(text);
     }
     let path = args.model.path()?;
-    let attention = args.attention.resolve(&crate::train::model_id(&path))?;
+    let attention = args
+        .attention
+        .resolve(&crate::model_args::ModelId::of(&path))?;
     backend::run(
         args.model.backend,
         Job {
@@ -149,7 +151,7 @@ impl OnBackend for Job {
     type Output = ();
     fn run<B: SpotlightBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
         let args = self.args;
-        let model_id = crate::train::model_id(&self.path);
+        let model_id = crate::model_args::ModelId::of(&self.path);
         let (kind, hash) = self.attention;
         // Hash weights are checked before the (slower) model load.
         let hash = hash
@@ -241,7 +243,7 @@ pub(crate) fn decode_attention<B: SpotlightBackend>(
     flags: &AttentionArgs,
     kind: AttentionKind,
     hash: Option<spotlight_train::HashFile>,
-    model_id: &str,
+    model_id: &crate::model_args::ModelId,
     config: &spotlight_llama::LlamaConfig,
     device: &B::Device,
 ) -> Result<Attention<B>> {

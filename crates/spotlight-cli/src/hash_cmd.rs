@@ -4,12 +4,32 @@ use std::path::PathBuf;
 
 use spotlight_train::{hash_merge, HashFile};
 
-use crate::error::Result;
+use spotlight_llama::Checkpoint;
+
+use crate::error::{CliError, Result};
+use crate::model_args::{ModelArgs, ModelId};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum HashCommand {
     /// Join hash files trained on disjoint layer ranges (`train --layers`) into one.
     Merge(MergeArgs),
+    /// Record a model's weights fingerprint in hash files made for it, so they follow the model
+    /// under any file name and refuse other weights of the same name (files written by
+    /// `spotlight train` already carry it).
+    Stamp(StampArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StampArgs {
+    /// The hash files, rewritten in place (atomically): each must fit the model.
+    #[arg(required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    /// The model the files were trained for (a .gguf file, an HF directory, or smollm2-135m).
+    #[arg(long, default_value = crate::model_args::DEFAULT_MODEL)]
+    pub model: String,
+    /// Write f16 weights (as the shipped files are) instead of f32.
+    #[arg(long)]
+    pub f16: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -52,6 +72,34 @@ pub fn run(command: HashCommand) -> Result<()> {
                 a.out.display(),
                 files.len()
             );
+            Ok(())
+        }
+        HashCommand::Stamp(a) => {
+            let path = ModelArgs {
+                model: a.model.clone(),
+                backend: None,
+            }
+            .path()?;
+            let id = ModelId::of(&path);
+            let config = Checkpoint::open(&path)?.config()?;
+            let fingerprint = Checkpoint::open(&path)?.fingerprint()?;
+            for p in &a.files {
+                let mut file = HashFile::load(p)?;
+                // By name where the file records no weights yet, else by the weights.
+                file.check_model(&id.name, Some(&fingerprint), &config)
+                    .map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))?;
+                file.header.model_fingerprint = Some(fingerprint.clone());
+                if a.f16 {
+                    file.save_f16(p)?;
+                } else {
+                    file.save(p)?;
+                }
+                eprintln!(
+                    "{}: made for the weights {fingerprint} ({})",
+                    p.display(),
+                    id.name
+                );
+            }
             Ok(())
         }
     }

@@ -1,6 +1,6 @@
 //! Flags shared by every command that loads a model, and the loading itself.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use spotlight_llama::LlamaBackend;
 use spotlight_llama::{Checkpoint, Llama, LlamaConfig, Tokenizer};
@@ -38,6 +38,33 @@ impl ModelArgs {
             )));
         }
         Ok(p)
+    }
+}
+
+/// Which model a hash file belongs to: the file or directory name (for messages and reports) and
+/// the weights' fingerprint, which decides where the hash file records one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelId {
+    pub name: String,
+    /// None when the checkpoint cannot be opened (its load then reports why).
+    pub fingerprint: Option<String>,
+}
+
+impl ModelId {
+    pub fn of(path: &Path) -> Self {
+        Self {
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| path.display().to_string()),
+            fingerprint: Checkpoint::open(path).and_then(|c| c.fingerprint()).ok(),
+        }
+    }
+}
+
+impl std::fmt::Display for ModelId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
     }
 }
 

@@ -62,7 +62,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         ));
     }
     let path = args.model.path()?;
-    let attention = args.attention.resolve(&crate::train::model_id(&path))?;
+    let attention = args
+        .attention
+        .resolve(&crate::model_args::ModelId::of(&path))?;
     backend::run(
         args.model.backend,
         Job {
@@ -87,7 +89,7 @@ impl OnBackend for Job {
             path,
             attention: (kind, hash),
         } = self;
-        let model_id = crate::train::model_id(&path);
+        let model_id = crate::model_args::ModelId::of(&path);
         let hash = hash
             .map(|h| spotlight_train::HashFile::load(&h))
             .transpose()?;
@@ -101,7 +103,10 @@ impl OnBackend for Job {
             // Tests prove that one failing request leaves the others alone.
             fault_injection: std::env::var_os("SPOTLIGHT_SERVE_FAULTS").is_some_and(|v| v == "1"),
         };
-        let served = args.model_name.clone().unwrap_or_else(|| model_id.clone());
+        let served = args
+            .model_name
+            .clone()
+            .unwrap_or_else(|| model_id.name.clone());
         let log: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(|m: &str| eprintln!("[serve] {m}"));
         let log_load = log.clone();
         let load = move || -> std::result::Result<Loaded<LlamaEngine<B>>, String> {

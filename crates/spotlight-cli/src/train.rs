@@ -335,13 +335,6 @@ impl TrainArgs {
     }
 }
 
-/// The model's identity in hash-file headers: its file or directory name.
-pub fn model_id(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
-}
-
 #[derive(Debug, Serialize)]
 struct ThroughputReport {
     command: String,
@@ -408,12 +401,14 @@ impl OnBackend for Job {
             longest
         };
         let loaded = model_args::load::<B>(&path, Some(capacity), &device)?;
-        let model_name = model_id(&path);
+        let id = model_args::ModelId::of(&path);
+        let model_name = id.name.clone();
         let mut trainers = Vec::with_capacity(runs.len());
         for ((_, a), c) in runs.iter().zip(&configs) {
             let mut t =
                 Trainer::<Autodiff<B>>::new(c.clone(), &model_name, &loaded.config, &device)?;
             t.ops = a.ops;
+            t.model_fingerprint = id.fingerprint.clone();
             trainers.push(t);
         }
         // Before any output: an --out this run cannot write, or one holding a run of another

@@ -270,7 +270,10 @@ fn bad_training_flags_and_hash_files() {
     let truncated = dir.path().join("truncated.safetensors");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     eval(&truncated, "hash file");
-    eval(&shipped, "trained with model");
+    eval(
+        &shipped,
+        "trained with the weights of \"SmolLM2-135M-Instruct.Q4_1.gguf\"",
+    );
 }
 
 #[test]
@@ -330,7 +333,7 @@ fn bad_attention_flags_and_hash_files() {
     let s = shipped.to_str().unwrap();
     generate(
         &["--attention", "spotlight", "--hash", s],
-        "trained with model",
+        "trained with the weights of \"SmolLM2-135M-Instruct.Q4_1.gguf\"",
     );
     let fidelity = |extra: &[&str], needle: &str| {
         let mut args = vec!["eval", "fidelity", "--model", m, "--backend", "cpu"];
@@ -472,6 +475,42 @@ fn hash_file_for_another_model_layer_count_head_dim_or_bits() {
         &head_dim,
         "trained with head_dim 64, the model has 32",
     );
+    // Other weights under the model's own name: where the file records the weights'
+    // fingerprint, it decides.
+    let fingerprint = spotlight_llama::Checkpoint::open(&model)
+        .unwrap()
+        .fingerprint()
+        .unwrap();
+    let mut stranger = hash_for("t32.gguf", TINY32, 0);
+    stranger.header.model_fingerprint = Some("w1:0123456789abcdef".into());
+    let stranger = save("stranger.safetensors", stranger);
+    check_hash(
+        &model,
+        &stranger,
+        &format!("trained with the weights of \"t32.gguf\" (fingerprint w1:0123456789abcdef), the model has the fingerprint {fingerprint}"),
+    );
+    // The same weights under another file name are the same model.
+    let mut ours = hash_for("t32.gguf", TINY32, 0);
+    ours.header.model_fingerprint = Some(fingerprint);
+    let ours = save("ours.safetensors", ours);
+    let renamed = dir.path().join("renamed.gguf");
+    std::fs::copy(&model, &renamed).unwrap();
+    let (code, _, err) = spotlight(&[
+        "generate",
+        "--model",
+        renamed.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--prompt",
+        "t1",
+        "--max-tokens",
+        "2",
+        "--attention",
+        "spotlight",
+        "--hash",
+        ours.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
     // Bits that are no multiple of head_dim: the header contradicts itself.
     let mut bad_bits = hash_for("t32.gguf", TINY32, 64);
     bad_bits.header.bits = 48;

@@ -52,7 +52,13 @@ fn shipped_hash_keeps_perplexity_closer_to_dense_than_the_untrained_hash() {
     };
     let model_id = "SmolLM2-135M-Instruct.Q4_1.gguf";
     let trained = HashFile::load(&shipped_hash()).unwrap();
-    trained.check_model(model_id, c).unwrap();
+    let fingerprint = spotlight_llama::Checkpoint::open(&path)
+        .unwrap()
+        .fingerprint()
+        .unwrap();
+    trained
+        .check_model(model_id, Some(&fingerprint), c)
+        .unwrap();
     let untrained = Trainer::<Autodiff<Cpu>>::new(TrainConfig::default(), model_id, c, &device)
         .unwrap()
         .hash_file(Layout::Group)
@@ -222,4 +228,27 @@ fn eval_fidelity_and_generate_with_each_attention() {
             );
         }
     }
+}
+
+/// The shipped hash follows the model's weights, not its file name: a renamed copy of the default
+/// GGUF still decodes with Spotlight Attention by default.
+#[test]
+fn a_renamed_model_keeps_its_shipped_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let renamed = dir.path().join("my-model.gguf");
+    std::fs::copy(assets::default_model_path(), &renamed).unwrap();
+    let err = run_ok(&[
+        "generate",
+        "--backend",
+        "cpu",
+        "--model",
+        renamed.to_str().unwrap(),
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "2",
+        "--temperature",
+        "0",
+    ]);
+    assert!(err.contains("spotlight-group"), "{err}");
 }

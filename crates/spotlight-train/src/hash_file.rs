@@ -22,8 +22,12 @@ pub const FORMAT: &str = "spotlight-hash/1";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HashHeader {
     pub format: String,
-    /// The model the hash was trained for (its file or directory name).
+    /// The model the hash was trained for (its file or directory name, for messages).
     pub model: String,
+    /// The model's weights ([`spotlight_llama::Checkpoint::fingerprint`]); where recorded, it
+    /// decides which model the file belongs to, whatever the model's file is called.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_fingerprint: Option<String>,
     pub layers: usize,
     pub q_heads: usize,
     pub kv_heads: usize,
@@ -51,6 +55,7 @@ impl HashHeader {
         Self {
             format: FORMAT.into(),
             model: model.into(),
+            model_fingerprint: None,
             layers: config.num_hidden_layers,
             q_heads: config.num_attention_heads,
             kv_heads: config.num_key_value_heads,
@@ -177,6 +182,36 @@ impl HashFile {
         )
     }
 
+    /// The header alone (the start of the file, unchecked beyond its form): enough to tell which
+    /// model a file is for without reading its weights.
+    pub fn read_header(path: &Path) -> Result<HashHeader, TrainError> {
+        use std::io::Read;
+        let bad = |why: String| TrainError::HashFile {
+            path: path.display().to_string(),
+            why,
+        };
+        let mut f = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+        let mut len = [0u8; 8];
+        f.read_exact(&mut len).map_err(|e| bad(e.to_string()))?;
+        let len = u64::from_le_bytes(len);
+        // Hash-file headers are a few KiB; a larger one is not ours.
+        if len > 1 << 20 {
+            return Err(bad(format!(
+                "header of {len} bytes: not a Spotlight hash file"
+            )));
+        }
+        let mut json = vec![0u8; len as usize];
+        f.read_exact(&mut json).map_err(|e| bad(e.to_string()))?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&json).map_err(|e| bad(format!("unreadable header ({e})")))?;
+        let raw = json
+            .get("__metadata__")
+            .and_then(|m| m.get("spotlight"))
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| bad("no spotlight header: not a Spotlight hash file".into()))?;
+        serde_json::from_str(raw).map_err(|e| bad(format!("unreadable header ({e})")))
+    }
+
     /// Reads and validates a file written by [`HashFile::save`].
     pub fn load(path: &Path) -> Result<Self, TrainError> {
         let bytes = std::fs::read(path).map_err(|e| TrainError::HashFile {
@@ -272,15 +307,35 @@ impl HashFile {
     }
 
     /// Checks the file was trained for this model; a one-line error names the first difference.
-    pub fn check_model(&self, model: &str, config: &LlamaConfig) -> Result<(), TrainError> {
+    ///
+    /// The model is identified by its weights' `fingerprint` where both the file and the caller
+    /// have one (a renamed model file still matches, another model of the same name does not),
+    /// else by its name.
+    pub fn check_model(
+        &self,
+        model: &str,
+        fingerprint: Option<&str>,
+        config: &LlamaConfig,
+    ) -> Result<(), TrainError> {
         let h = &self.header;
         let mismatch = |what: &str, file: String, model_has: String| {
             Err(TrainError::Mismatch(format!(
                 "the hash file was trained with {what} {file}, the model has {model_has}"
             )))
         };
-        if h.model != model {
-            return mismatch("model", format!("{:?}", h.model), format!("{model:?}"));
+        match (h.model_fingerprint.as_deref(), fingerprint) {
+            (Some(file), Some(has)) if file != has => {
+                return mismatch(
+                    "the weights of",
+                    format!("{:?} (fingerprint {file})", h.model),
+                    format!("the fingerprint {has} ({model:?})"),
+                );
+            }
+            (Some(_), Some(_)) => {}
+            _ if h.model != model => {
+                return mismatch("model", format!("{:?}", h.model), format!("{model:?}"));
+            }
+            _ => {}
         }
         for (what, file, has) in [
             ("layers", h.layers, config.num_hidden_layers),

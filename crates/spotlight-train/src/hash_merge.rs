@@ -40,6 +40,17 @@ pub fn merge(files: &[(&Path, HashFile)]) -> Result<HashFile, TrainError> {
                 ),
             });
         }
+        if h.model_fingerprint != h0.model_fingerprint {
+            return Err(TrainError::HashFile {
+                path: path.display().to_string(),
+                why: format!(
+                    "made for the weights {}, {} for {}",
+                    h.model_fingerprint.as_deref().unwrap_or("(unrecorded)"),
+                    first_path.display(),
+                    h0.model_fingerprint.as_deref().unwrap_or("(unrecorded)")
+                ),
+            });
+        }
         if config_without_layers(&h.training) != config_without_layers(&h0.training) {
             return Err(TrainError::HashFile {
                 path: path.display().to_string(),

@@ -356,6 +356,8 @@ pub struct Trainer<B: AutodiffBackend> {
     pub ops: Option<TrainOps>,
     /// Completed steps.
     pub step: usize,
+    /// The model's weights fingerprint, recorded in the hash files (see [`HashHeader`]).
+    pub model_fingerprint: Option<String>,
     /// Some(N): time the phases of the first N layers of each step (device-synchronised) and
     /// skip the rest, for finding where a step's time goes; the times are in [`Self::profile_ms`].
     pub profile: Option<usize>,
@@ -449,6 +451,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             ops: None,
             config,
             step: 0,
+            model_fingerprint: None,
             profile: None,
             profile_ms: Vec::new(),
             dims: Dims {
@@ -645,6 +648,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let training = serde_json::json!({ "config": self.config, "steps_done": self.step });
         let (bits, _) = self.config.code_bits(self.dims.head_dim)?;
         let mut header = HashHeader::new(&self.dims.model, &self.llama, layout, bits, training);
+        header.model_fingerprint = self.model_fingerprint.clone();
         if !self.config.layers.is_empty() {
             header.trained_layers = Some(self.config.layers.clone());
         }

@@ -679,20 +679,44 @@ fn hash_files_are_validated() {
         file.save(&path).unwrap();
         let back = HashFile::load(&path).unwrap();
         assert_eq!(back, file);
-        back.check_model("tiny.gguf", &c).unwrap();
+        back.check_model("tiny.gguf", None, &c).unwrap();
+        assert_eq!(HashFile::read_header(&path).unwrap(), file.header);
 
         let one_line = |e: TrainError| {
             let s = e.to_string();
             assert!(!s.contains('\n') && !s.is_empty(), "{s}");
             s
         };
-        assert!(one_line(back.check_model("other.gguf", &c).unwrap_err()).contains("model"));
+        assert!(one_line(back.check_model("other.gguf", None, &c).unwrap_err()).contains("model"));
+        // With the weights' fingerprint recorded, it decides: a renamed model file matches,
+        // other weights under the same name do not.
+        let mut stamped = back.clone();
+        stamped.header.model_fingerprint = Some("w1:00000000000000aa".into());
+        stamped
+            .check_model("renamed.gguf", Some("w1:00000000000000aa"), &c)
+            .unwrap();
+        let e = one_line(
+            stamped
+                .check_model("tiny.gguf", Some("w1:00000000000000bb"), &c)
+                .unwrap_err(),
+        );
+        assert!(
+            e.contains("w1:00000000000000aa") && e.contains("w1:00000000000000bb"),
+            "{e}"
+        );
+        // A caller without a fingerprint falls back to the name.
+        stamped.check_model("tiny.gguf", None, &c).unwrap();
+        assert!(stamped.check_model("other.gguf", None, &c).is_err());
         let mut wrong = c.clone();
         wrong.num_hidden_layers = 3;
-        assert!(one_line(back.check_model("tiny.gguf", &wrong).unwrap_err()).contains("layers"));
+        assert!(
+            one_line(back.check_model("tiny.gguf", None, &wrong).unwrap_err()).contains("layers")
+        );
         let mut wrong = c.clone();
         wrong.head_dim = 64;
-        assert!(one_line(back.check_model("tiny.gguf", &wrong).unwrap_err()).contains("head_dim"));
+        assert!(
+            one_line(back.check_model("tiny.gguf", None, &wrong).unwrap_err()).contains("head_dim")
+        );
 
         let bytes = std::fs::read(&path).unwrap();
         let truncated = dir.path().join("truncated.safetensors");

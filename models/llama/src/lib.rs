@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod fast;
+pub mod fingerprint;
 pub mod generate;
 pub mod gguf;
 pub mod layers;

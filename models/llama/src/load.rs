@@ -208,6 +208,29 @@ impl SafetensorsSource {
         Ok(Self { files, index })
     }
 
+    /// Every tensor as stored (name, dtype, shape, bytes), for [`crate::fingerprint`].
+    pub fn stored(&self) -> Result<Vec<crate::fingerprint::StoredTensor<'_>>, LlamaError> {
+        let mut out = Vec::new();
+        for bytes in &self.files {
+            let st = safetensors::SafeTensors::deserialize(bytes)
+                .map_err(|e| LlamaError::Io(format!("invalid safetensors: {e}")))?;
+            for (name, view) in st.tensors() {
+                let name_in = self
+                    .index
+                    .get_key_value(&name)
+                    .map(|(k, _)| k.as_str())
+                    .expect("indexed at open");
+                out.push(crate::fingerprint::StoredTensor {
+                    name: name_in,
+                    ty: format!("{:?}", view.dtype()),
+                    shape: view.shape().to_vec(),
+                    bytes: view.data(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// Every tensor the index places in a shard is in that shard.
     fn check_index(
         &self,

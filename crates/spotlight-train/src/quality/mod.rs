@@ -26,6 +26,8 @@ use prepare::Prepared;
 use rank::{expand_pages, top_k_by, unit_order};
 
 /// A way of choosing which cached keys a query attends to.
+// A run holds a handful of these, never arrays of them: boxing the hash file would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Method {
     /// Exact top-k: of q·k per query head, or (`group`) of the group's summed attention
