@@ -60,5 +60,7 @@ pub fn run(args: ModelArgs) -> Result<()> {
         "chat format  {:?}, stop ids {:?}",
         tok.template, tok.stop_ids
     );
+    // What hash files record to know their model (`spotlight hash stamp`).
+    println!("fingerprint  {}", ckpt.fingerprint()?);
     Ok(())
 }
