@@ -95,6 +95,7 @@ pub fn gguf(data: &[u8]) -> String {
             assert_eq!(values.len(), shape.iter().product::<usize>(), "{name}");
         }
     }
+    let _ = file.fingerprint();
     let config = LlamaConfig::from_gguf(&file);
     if let Ok(c) = &config {
         let source = GgufSource::new(&file, c);
@@ -125,6 +126,7 @@ pub fn safetensors(data: &[u8]) -> String {
         Ok(s) => s,
         Err(e) => return outcome::<(), _>(&Err(e), ""),
     };
+    let _ = source.fingerprint();
     let mut names = source.names();
     names.sort();
     let mut last = Ok(None);
@@ -140,7 +142,12 @@ pub fn safetensors(data: &[u8]) -> String {
 /// A hash file: header, every layer's networks, the check against a model's shape.
 pub fn hash_file(data: &[u8]) -> String {
     let file = HashFile::from_bytes(data, Path::new("fuzz.safetensors"));
+    let header = HashFile::header_from_bytes(data, Path::new("fuzz.safetensors"));
     if let Ok(f) = &file {
+        // Where both read a header (the quick reader caps its size), they read the same one.
+        if let Ok(h) = &header {
+            assert_eq!(h, &f.header, "header reader disagrees with the loader");
+        }
         let c = LlamaConfig::preset("smollm2-135m").expect("preset");
         let _ = f.check_model("fuzz", None, &c);
         for l in &f.layers {

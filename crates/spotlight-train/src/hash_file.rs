@@ -104,6 +104,9 @@ pub struct HashFile {
     pub layers: Vec<LayerHash>,
 }
 
+/// Largest header [`HashFile::read_header`] reads.
+const MAX_HEADER_BYTES: u64 = 1 << 20;
+
 const PARTS: [&str; 4] = ["w1", "b1", "w2", "b2"];
 
 fn put(tensors: &mut Tensors, prefix: &str, w: &HashWeights) {
@@ -191,19 +194,38 @@ impl HashFile {
             why,
         };
         let mut f = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
-        let mut len = [0u8; 8];
-        f.read_exact(&mut len).map_err(|e| bad(e.to_string()))?;
-        let len = u64::from_le_bytes(len);
+        let mut start = vec![0u8; 8];
+        f.read_exact(&mut start).map_err(|e| bad(e.to_string()))?;
+        let len = u64::from_le_bytes(start[..8].try_into().expect("8 bytes"));
+        if len <= MAX_HEADER_BYTES {
+            start.resize(8 + len as usize, 0);
+            f.read_exact(&mut start[8..])
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        Self::header_from_bytes(&start, path)
+    }
+
+    /// The header from the start of a hash file's bytes (see [`Self::read_header`]).
+    pub fn header_from_bytes(bytes: &[u8], path: &Path) -> Result<HashHeader, TrainError> {
+        let bad = |why: String| TrainError::HashFile {
+            path: path.display().to_string(),
+            why,
+        };
+        let len = bytes
+            .get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .ok_or_else(|| bad("shorter than a safetensors header".into()))?;
         // Hash-file headers are a few KiB; a larger one is not ours.
-        if len > 1 << 20 {
+        if len > MAX_HEADER_BYTES {
             return Err(bad(format!(
                 "header of {len} bytes: not a Spotlight hash file"
             )));
         }
-        let mut json = vec![0u8; len as usize];
-        f.read_exact(&mut json).map_err(|e| bad(e.to_string()))?;
+        let json = bytes
+            .get(8..8 + len as usize)
+            .ok_or_else(|| bad(format!("header of {len} bytes runs past the end")))?;
         let json: serde_json::Value =
-            serde_json::from_slice(&json).map_err(|e| bad(format!("unreadable header ({e})")))?;
+            serde_json::from_slice(json).map_err(|e| bad(format!("unreadable header ({e})")))?;
         let raw = json
             .get("__metadata__")
             .and_then(|m| m.get("spotlight"))

@@ -71,21 +71,10 @@ impl Checkpoint {
     /// The weights' identity ([`crate::fingerprint`]): what a hash file trained on this model
     /// records, so that it still matches after the file is renamed.
     pub fn fingerprint(&self) -> Result<String, LlamaError> {
-        use crate::fingerprint::{fingerprint, StoredTensor};
-        Ok(match self {
-            Self::Gguf { file, .. } => fingerprint(
-                file.tensors
-                    .values()
-                    .map(|info| StoredTensor {
-                        name: &info.name,
-                        ty: format!("{:?}", info.ty),
-                        shape: info.shape(),
-                        bytes: file.tensor_bytes(info),
-                    })
-                    .collect(),
-            ),
-            Self::HfDir { weights, .. } => fingerprint(weights.stored()?),
-        })
+        match self {
+            Self::Gguf { file, .. } => Ok(file.fingerprint()),
+            Self::HfDir { weights, .. } => weights.fingerprint(),
+        }
     }
 
     pub fn path(&self) -> &Path {

@@ -421,6 +421,21 @@ impl GgufFile {
     }
 
     /// Dequantises a tensor to f32, in row-major order (see [`TensorInfo::shape`]).
+    /// The weights' identity ([`crate::fingerprint`]).
+    pub fn fingerprint(&self) -> String {
+        crate::fingerprint::fingerprint(
+            self.tensors
+                .values()
+                .map(|info| crate::fingerprint::StoredTensor {
+                    name: &info.name,
+                    ty: format!("{:?}", info.ty),
+                    shape: info.shape(),
+                    bytes: self.tensor_bytes(info),
+                })
+                .collect(),
+        )
+    }
+
     pub fn dequantize(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), LlamaError> {
         let info = self
             .tensors

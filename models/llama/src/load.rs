@@ -208,8 +208,13 @@ impl SafetensorsSource {
         Ok(Self { files, index })
     }
 
-    /// Every tensor as stored (name, dtype, shape, bytes), for [`crate::fingerprint`].
-    pub fn stored(&self) -> Result<Vec<crate::fingerprint::StoredTensor<'_>>, LlamaError> {
+    /// The weights' identity ([`crate::fingerprint`]).
+    pub fn fingerprint(&self) -> Result<String, LlamaError> {
+        Ok(crate::fingerprint::fingerprint(self.stored()?))
+    }
+
+    /// Every tensor as stored (name, dtype, shape, bytes).
+    fn stored(&self) -> Result<Vec<crate::fingerprint::StoredTensor<'_>>, LlamaError> {
         let mut out = Vec::new();
         for bytes in &self.files {
             let st = safetensors::SafeTensors::deserialize(bytes)
