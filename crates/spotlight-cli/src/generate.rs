@@ -128,14 +128,15 @@ pub fn run(mut args: GenerateArgs) -> Result<()> {
         args.prompt = Some(text);
     }
     let path = args.model.path()?;
-    let attention = args
-        .attention
-        .resolve(&crate::model_args::ModelId::of(&path))?;
+    // Once per run: the name and the weights' fingerprint the hash files are matched on.
+    let model_id = crate::model_args::ModelId::of(&path);
+    let attention = args.attention.resolve(&model_id)?;
     backend::run(
         args.model.backend,
         Job {
             args,
             path,
+            model_id,
             attention,
         },
     )
@@ -144,6 +145,7 @@ pub fn run(mut args: GenerateArgs) -> Result<()> {
 struct Job {
     args: GenerateArgs,
     path: std::path::PathBuf,
+    model_id: crate::model_args::ModelId,
     attention: (AttentionKind, Option<std::path::PathBuf>),
 }
 
@@ -151,7 +153,7 @@ impl OnBackend for Job {
     type Output = ();
     fn run<B: SpotlightBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
         let args = self.args;
-        let model_id = crate::model_args::ModelId::of(&self.path);
+        let model_id = self.model_id;
         let (kind, hash) = self.attention;
         // Hash weights are checked before the (slower) model load.
         let hash = hash

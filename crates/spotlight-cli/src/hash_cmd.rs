@@ -80,13 +80,13 @@ pub fn run(command: HashCommand) -> Result<()> {
                 backend: None,
             }
             .path()?;
-            let id = ModelId::of(&path);
-            let config = Checkpoint::open(&path)?.config()?;
-            let fingerprint = Checkpoint::open(&path)?.fingerprint()?;
+            let name = ModelId::name_of(&path);
+            let ckpt = Checkpoint::open(&path)?;
+            let (config, fingerprint) = (ckpt.config()?, ckpt.fingerprint()?);
             for p in &a.files {
                 let mut file = HashFile::load(p)?;
                 // By name where the file records no weights yet, else by the weights.
-                file.check_model(&id.name, Some(&fingerprint), &config)
+                file.check_model(&name, Some(&fingerprint), &config)
                     .map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))?;
                 file.header.model_fingerprint = Some(fingerprint.clone());
                 if a.f16 {
@@ -97,7 +97,7 @@ pub fn run(command: HashCommand) -> Result<()> {
                 eprintln!(
                     "{}: made for the weights {fingerprint} ({})",
                     p.display(),
-                    id.name
+                    name
                 );
             }
             Ok(())

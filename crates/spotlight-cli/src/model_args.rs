@@ -53,12 +53,16 @@ pub struct ModelId {
 impl ModelId {
     pub fn of(path: &Path) -> Self {
         Self {
-            name: path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| path.display().to_string()),
+            name: Self::name_of(path),
             fingerprint: Checkpoint::open(path).and_then(|c| c.fingerprint()).ok(),
         }
+    }
+
+    /// The file or directory name.
+    pub fn name_of(path: &Path) -> String {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string())
     }
 }
 

@@ -62,14 +62,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
         ));
     }
     let path = args.model.path()?;
-    let attention = args
-        .attention
-        .resolve(&crate::model_args::ModelId::of(&path))?;
+    // Once per run: the name and the weights' fingerprint the hash files are matched on.
+    let model_id = crate::model_args::ModelId::of(&path);
+    let attention = args.attention.resolve(&model_id)?;
     backend::run(
         args.model.backend,
         Job {
             args,
             path,
+            model_id,
             attention,
         },
     )
@@ -78,6 +79,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
 struct Job {
     args: ServeArgs,
     path: std::path::PathBuf,
+    model_id: crate::model_args::ModelId,
     attention: (AttentionKind, Option<std::path::PathBuf>),
 }
 
@@ -87,9 +89,9 @@ impl OnBackend for Job {
         let Job {
             args,
             path,
+            model_id,
             attention: (kind, hash),
         } = self;
-        let model_id = crate::model_args::ModelId::of(&path);
         let hash = hash
             .map(|h| spotlight_train::HashFile::load(&h))
             .transpose()?;

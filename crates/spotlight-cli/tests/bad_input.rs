@@ -402,6 +402,26 @@ fn check_hash(model: &Path, hash: &Path, needle: &str) {
     );
 }
 
+/// `generate --attention spotlight --hash HASH` on `model` must succeed.
+fn accepts_hash(model: &Path, hash: &Path) {
+    let (code, _, err) = spotlight(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--prompt",
+        "t1",
+        "--max-tokens",
+        "2",
+        "--attention",
+        "spotlight",
+        "--hash",
+        hash.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+}
+
 /// Every file under `dir` with its bytes.
 fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
@@ -426,22 +446,7 @@ fn a_valid_hash_for_the_tiny_model_is_accepted() {
     let model = write_model(dir.path(), "t32.gguf", TINY32, |_, _| {});
     let hash = dir.path().join("ok.safetensors");
     hash_for("t32.gguf", TINY32, 0).save(&hash).unwrap();
-    let (code, _, err) = spotlight(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--backend",
-        "cpu",
-        "--prompt",
-        "t1",
-        "--max-tokens",
-        "2",
-        "--attention",
-        "spotlight",
-        "--hash",
-        hash.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
+    accepts_hash(&model, &hash);
 }
 
 #[test]
@@ -495,22 +500,7 @@ fn hash_file_for_another_model_layer_count_head_dim_or_bits() {
     let ours = save("ours.safetensors", ours);
     let renamed = dir.path().join("renamed.gguf");
     std::fs::copy(&model, &renamed).unwrap();
-    let (code, _, err) = spotlight(&[
-        "generate",
-        "--model",
-        renamed.to_str().unwrap(),
-        "--backend",
-        "cpu",
-        "--prompt",
-        "t1",
-        "--max-tokens",
-        "2",
-        "--attention",
-        "spotlight",
-        "--hash",
-        ours.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
+    accepts_hash(&renamed, &ours);
     // Bits that are no multiple of head_dim: the header contradicts itself.
     let mut bad_bits = hash_for("t32.gguf", TINY32, 64);
     bad_bits.header.bits = 48;

@@ -420,7 +420,6 @@ impl GgufFile {
         &self.data[info.offset..info.offset + info.n_bytes]
     }
 
-    /// Dequantises a tensor to f32, in row-major order (see [`TensorInfo::shape`]).
     /// The weights' identity ([`crate::fingerprint`]).
     pub fn fingerprint(&self) -> String {
         crate::fingerprint::fingerprint(
@@ -436,6 +435,7 @@ impl GgufFile {
         )
     }
 
+    /// Dequantises a tensor to f32, in row-major order (see [`TensorInfo::shape`]).
     pub fn dequantize(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), LlamaError> {
         let info = self
             .tensors
