@@ -9,7 +9,7 @@ use spotlight_llama::{generate, GenerateConfig, Sampling, SelectRows};
 use crate::attention_args::{self, AttentionKind, SelectorArgs};
 use crate::backend::{self, BackendKind, OnBackend, SpotlightBackend};
 use crate::error::{CliError, Result};
-use crate::generate::DecodePath;
+use crate::generate::{CudaGraphs, DecodePath};
 use crate::model_args::{self, ModelArgs};
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -57,6 +57,9 @@ pub struct GenerateBenchArgs {
     /// Decode paths timed (fused applies to dense attention on cube backends).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "fused")]
     pub decode_paths: Vec<DecodePath>,
+    /// CUDA graph settings timed on the fused path (e.g. `off,on`, side by side).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "auto")]
+    pub cuda_graphs: Vec<CudaGraphs>,
 }
 
 #[derive(Debug, Serialize)]
@@ -65,6 +68,10 @@ struct Row {
     /// Requested decode path; `fused_launches_per_step` is null when the step ran on tensor ops.
     decode_path: DecodePath,
     fused_launches_per_step: Option<usize>,
+    /// Requested CUDA graph setting, and what the decoder did (e.g. "on (3 graphs, 62 steps
+    /// replayed)"; null on tensor ops).
+    cuda_graphs: CudaGraphs,
+    graphs: Option<String>,
     /// Mean share of the cached K/V rows a decode step read (all layers).
     kv_read_share: f64,
     batch: usize,
@@ -190,8 +197,15 @@ impl OnBackend for Job {
         let corpus = loaded.tokenizer.encode(&text, false)?;
         // Greedy, no stop tokens: every run generates exactly new_tokens per sequence.
         let mut rows = Vec::new();
-        for (&path, (attention, selection)) in a
+        let variants: Vec<(DecodePath, CudaGraphs)> = a
             .decode_paths
+            .iter()
+            .flat_map(|&p| match p {
+                DecodePath::Fused => a.cuda_graphs.iter().map(|&g| (p, g)).collect(),
+                DecodePath::Tensor => vec![(p, CudaGraphs::Off)],
+            })
+            .collect();
+        for (&(path, graphs), (attention, selection)) in variants
             .iter()
             .flat_map(|p| selections.iter().map(move |s| (p, s)))
         {
@@ -203,6 +217,7 @@ impl OnBackend for Job {
                 stop_ids: vec![],
                 fused_decode: path == DecodePath::Fused,
                 attention_kernels: path == DecodePath::Fused,
+                cuda_graphs: graphs.into(),
             };
             for &len in &a.prompt_tokens {
                 for &batch in &a.batch {
@@ -217,6 +232,7 @@ impl OnBackend for Job {
                     let mut decode = Vec::new();
                     let mut share = 1.0;
                     let mut launches = None;
+                    let mut graph_state = None;
                     for run in 0..=a.runs {
                         let (_, stats) = generate(
                             &loaded.model,
@@ -231,8 +247,9 @@ impl OnBackend for Job {
                         }
                         share = stats.kv_read_share;
                         launches = stats.fused_launches;
+                        graph_state = stats.graphs.as_ref().map(|g| g.to_string());
                         eprintln!(
-                        "  {attention} ({path:?}) batch {batch} prompt {len}: run {run}: prefill {:.3} s, decode {:.3} s",
+                        "  {attention} ({path:?}, graphs {graphs:?}) batch {batch} prompt {len}: run {run}: prefill {:.3} s, decode {:.3} s",
                         stats.prefill_secs, stats.decode_secs
                     );
                     }
@@ -243,6 +260,8 @@ impl OnBackend for Job {
                         attention: attention.clone(),
                         decode_path: path,
                         fused_launches_per_step: launches,
+                        cuda_graphs: graphs,
+                        graphs: graph_state.clone(),
                         kv_read_share: share,
                         batch,
                         prompt_tokens: len,

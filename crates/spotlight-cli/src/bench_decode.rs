@@ -17,13 +17,14 @@ use cubecl::prelude::*;
 use half::bf16;
 use serde::Serialize;
 use spotlight_kernels::Budget;
-use spotlight_llama::fast::{random_codes, Decoder, SparseDecode, StepParts, StepRow};
+use spotlight_llama::fast::{random_codes, Decoder, GraphMode, SparseDecode, StepParts, StepRow};
 use spotlight_llama::LlamaConfig;
 
 use crate::backend::BackendKind;
 use crate::bench::{command_output, device_name, git_commit, median, write_report};
 use crate::bench_retrieval::copy_gbps;
 use crate::error::{CliError, Result};
+use crate::generate::CudaGraphs;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DecodeBenchArgs {
@@ -50,6 +51,9 @@ pub struct DecodeBenchArgs {
     /// Skip configurations needing more device memory than this (weights + cache), in GiB.
     #[arg(long, default_value_t = 120.0)]
     pub max_gib: f64,
+    /// CUDA graph settings timed side by side (the parts are timed once, with plain launches).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "off,on")]
+    pub cuda_graphs: Vec<CudaGraphs>,
     /// Output JSON file.
     #[arg(long)]
     pub out: PathBuf,
@@ -76,10 +80,17 @@ struct Row {
     context: usize,
     batch: usize,
     attention: String,
+    /// Requested CUDA graph setting, and what the decoder did ("on (4 graphs, 390 steps
+    /// replayed)", "off", or why recording was refused).
+    cuda_graphs: CudaGraphs,
+    graphs: String,
     /// Set when the configuration was not run (memory).
     skipped: Option<String>,
     ms_per_step: f64,
     tok_s: f64,
+    /// Host time of one step's launch call (no wait for the device), mean over --steps steps
+    /// of the last run: what launching costs the host with and without graphs.
+    host_us_per_step: f64,
     /// Mean over a run's steps (Spotlight hashes keys on one step in 65).
     launches_per_step: f64,
     /// Each part timed alone over the same steps (ms per step).
@@ -265,9 +276,12 @@ fn bench_config(
         context,
         batch,
         attention: attention.into(),
+        cuda_graphs: CudaGraphs::Off,
+        graphs: String::new(),
         skipped: None,
         ms_per_step: f64::NAN,
         tok_s: f64::NAN,
+        host_us_per_step: f64::NAN,
         launches_per_step: 0.0,
         weights_ms: f64::NAN,
         attention_ms: f64::NAN,
@@ -297,7 +311,8 @@ fn bench_config(
         cap - context,
         7,
     )
-    .map_err(invalid)?;
+    .map_err(invalid)?
+    .with_graph_device(&Default::default());
     let steps: Vec<StepRow> = (0..batch)
         .map(|seq| StepRow {
             seq,
@@ -332,6 +347,19 @@ fn bench_config(
         }
         Ok((median(per_run), launches as f64 / args.steps as f64))
     };
+    // Host time of each step's launch call alone (the device catches up at the end).
+    let host_time = |decoder: &mut Decoder<CudaRuntime, bf16>| -> Result<f64> {
+        decoder.rewind(&start).map_err(invalid)?;
+        decoder.sync().map_err(invalid)?;
+        let mut host = 0.0;
+        for _ in 0..args.steps {
+            let t = Instant::now();
+            decoder.launch_step(&steps).map_err(invalid)?;
+            host += t.elapsed().as_secs_f64();
+        }
+        decoder.sync().map_err(invalid)?;
+        Ok(host * 1e6 / args.steps as f64)
+    };
     let only = |weights, attention, retrieval| StepParts {
         weights,
         attention,
@@ -348,8 +376,12 @@ fn bench_config(
         } else {
             decoder.set_sparse(None).map_err(invalid)?;
         }
-        let (ms, launches) = time(&mut decoder, StepParts::ALL)?;
-        let share = decoder.read_share();
+        decoder.set_graphs(GraphMode::Off).map_err(invalid)?;
+        let share = {
+            decoder.rewind(&start).map_err(invalid)?;
+            spotlight_llama::fast::FastDecode::step(&mut decoder, &steps).map_err(invalid)?;
+            decoder.read_share()
+        };
         let weights_ms = time(&mut decoder, only(true, false, false))?.0;
         let attention_ms = time(&mut decoder, only(false, true, false))?.0;
         let retrieval_ms = if attention == "spotlight" {
@@ -365,23 +397,32 @@ fn bench_config(
         };
         let bytes = weight_bytes as f64 + kv + codes;
         let floor_ms = bytes / (gbps * 1e9) * 1e3;
-        eprintln!(
-            "{name} {attention} context {context} batch {batch}: {ms:.2} ms/step ({:.0} tok/s), weights {weights_ms:.2}, attention {attention_ms:.2}, retrieval {retrieval_ms:.2} ms; floor {floor_ms:.2} ms; {launches:.1} launches",
-            batch as f64 / ms * 1e3
-        );
-        out.push(Row {
-            ms_per_step: ms,
-            tok_s: batch as f64 / ms * 1e3,
-            launches_per_step: launches,
-            weights_ms,
-            attention_ms,
-            retrieval_ms,
-            kv_read_share: share,
-            bytes_per_step: bytes,
-            floor_ms,
-            floor_ratio: floor_ms / ms,
-            ..row(attention)
-        });
+        for &graphs in &args.cuda_graphs {
+            decoder.set_graphs(graphs.into()).map_err(invalid)?;
+            let (ms, launches) = time(&mut decoder, StepParts::ALL)?;
+            let host_us = host_time(&mut decoder)?;
+            let state = decoder.graph_state().to_string();
+            eprintln!(
+                "{name} {attention} context {context} batch {batch} graphs {state}: {ms:.2} ms/step ({:.0} tok/s, host {host_us:.0} µs), weights {weights_ms:.2}, attention {attention_ms:.2}, retrieval {retrieval_ms:.2} ms; floor {floor_ms:.2} ms; {launches:.1} kernels",
+                batch as f64 / ms * 1e3
+            );
+            out.push(Row {
+                cuda_graphs: graphs,
+                graphs: state,
+                ms_per_step: ms,
+                tok_s: batch as f64 / ms * 1e3,
+                host_us_per_step: host_us,
+                launches_per_step: launches,
+                weights_ms,
+                attention_ms,
+                retrieval_ms,
+                kv_read_share: share,
+                bytes_per_step: bytes,
+                floor_ms,
+                floor_ratio: floor_ms / ms,
+                ..row(attention)
+            });
+        }
     }
     Ok(out)
 }

@@ -84,6 +84,7 @@ impl OnBackend for Job<'_> {
             seed: 0,
             stop_ids: vec![],
             fused_decode: true,
+            cuda_graphs: spotlight_llama::fast::GraphMode::Auto,
             attention_kernels: true,
         };
         let (greedy, _) = generate(

@@ -634,6 +634,7 @@ fn greedy<B: SpotlightBackend>(
         seed: 0,
         stop_ids: Vec::new(),
         fused_decode: false,
+        cuda_graphs: spotlight_llama::fast::GraphMode::Off,
         attention_kernels: true,
     };
     let mut out = Vec::with_capacity(prompts.len());

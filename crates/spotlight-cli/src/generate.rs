@@ -60,6 +60,29 @@ pub struct GenerateArgs {
     /// Decode steps on the fused kernels (cube backends, dense attention) or on Burn tensor ops.
     #[arg(long, value_enum, default_value_t = DecodePath::Fused)]
     pub decode_path: DecodePath,
+    /// Record fused decode steps as CUDA graphs and replay them (auto: on CUDA where recording
+    /// works; on: required; off: plain launches).
+    #[arg(long, value_enum, default_value_t = CudaGraphs::Auto)]
+    pub cuda_graphs: CudaGraphs,
+}
+
+/// Whether fused decode steps are recorded and replayed as CUDA graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CudaGraphs {
+    Auto,
+    On,
+    Off,
+}
+
+impl From<CudaGraphs> for spotlight_llama::fast::GraphMode {
+    fn from(g: CudaGraphs) -> Self {
+        match g {
+            CudaGraphs::Auto => Self::Auto,
+            CudaGraphs::On => Self::On,
+            CudaGraphs::Off => Self::Off,
+        }
+    }
 }
 
 /// How the model runs: decode steps after the prefill, and dense attention (prefill included).
@@ -83,6 +106,7 @@ impl GenerateArgs {
             stop_ids: tokenizer.stop_ids.clone(),
             fused_decode: self.decode_path == DecodePath::Fused,
             attention_kernels: self.decode_path == DecodePath::Fused,
+            cuda_graphs: self.cuda_graphs.into(),
         }
     }
 
@@ -330,8 +354,11 @@ fn report(s: &GenerateStats, backend: BackendKind, attention: &str) {
         "[attention] {attention}: decode read {:.1}% of the cached K/V rows",
         100.0 * s.kv_read_share
     );
-    match s.fused_launches {
-        Some(n) => eprintln!("[decode] fused kernels: {n} launches per step"),
-        None => eprintln!("[decode] Burn tensor ops"),
+    match (s.fused_launches, &s.graphs) {
+        (Some(n), Some(g)) => {
+            eprintln!("[decode] fused kernels: {n} kernels per step; CUDA graphs {g}")
+        }
+        (Some(n), None) => eprintln!("[decode] fused kernels: {n} launches per step"),
+        (None, _) => eprintln!("[decode] Burn tensor ops"),
     }
 }

@@ -9,7 +9,7 @@ use spotlight_serve::{Loaded, ServeConfig};
 use crate::attention_args::{AttentionArgs, AttentionKind};
 use crate::backend::{self, BackendKind, OnBackend, SpotlightBackend};
 use crate::error::{CliError, Result};
-use crate::generate::{decode_attention, DecodePath};
+use crate::generate::{decode_attention, CudaGraphs, DecodePath};
 use crate::model_args::{self, ModelArgs};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -50,6 +50,9 @@ pub struct ServeArgs {
     /// ops (the reference); as `generate --decode-path`.
     #[arg(long, value_enum, default_value_t = DecodePath::Fused)]
     pub decode_path: DecodePath,
+    /// Record fused decode steps as CUDA graphs; as `generate --cuda-graphs`.
+    #[arg(long, value_enum, default_value_t = CudaGraphs::Auto)]
+    pub cuda_graphs: CudaGraphs,
     /// Model id in /v1/models and in answers [default: the checkpoint's file name].
     #[arg(long)]
     pub model_name: Option<String>,
@@ -145,7 +148,8 @@ impl OnBackend for Job {
             let kernels = args.decode_path == DecodePath::Fused;
             let mut engine =
                 LlamaEngine::new(loaded.model, args.slots, args.ctx_size, modes, kernels)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| e.to_string())?
+                    .with_graphs(args.cuda_graphs.into());
             let start = std::time::Instant::now();
             engine.warm_up()?;
             log_load(&format!(

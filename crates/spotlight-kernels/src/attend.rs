@@ -326,6 +326,12 @@ pub struct QueryRows {
 }
 
 impl QueryRows {
+    /// Rows whose sequences and lengths are already on the device (u32 columns `seq` and `len`
+    /// of at least `rows.len()` each): a decoder writes them into buffers it keeps.
+    pub fn on_device(rows: Vec<QueryRow>, seq: Handle, len: Handle) -> Self {
+        Self { rows, seq, len }
+    }
+
     pub fn upload<R: Runtime>(client: &ComputeClient<R>, rows: &[QueryRow]) -> Self {
         let column =
             |f: fn(&QueryRow) -> usize| rows.iter().map(|r| f(r) as u32).collect::<Vec<_>>();
@@ -344,9 +350,42 @@ pub struct KvLayout {
     pub cap: usize,
 }
 
+/// Splits `partial` aims for per (row, set): one wave of CUBES_PER_SM cubes per SM.
+fn wanted_splits<R: Runtime>(client: &ComputeClient<R>, rows: usize, sets: usize) -> usize {
+    let props = &client.properties().hardware;
+    let sms = props.num_streaming_multiprocessors.unwrap_or(16) as usize;
+    (sms * CUBES_PER_SM / (rows * sets).max(1)).max(1)
+}
+
+/// The split partials of `attend` (running max and sum, and the weighted values), held for a
+/// decoder's life: a step that allocates nothing can be replayed as it was recorded.
+pub struct AttendScratch {
+    rows: usize,
+    parts: usize,
+    ml: Handle,
+    acc: Handle,
+}
+
+impl AttendScratch {
+    /// Room for up to `rows` query rows of `shape` on this device.
+    pub fn new<R: Runtime>(client: &ComputeClient<R>, shape: &AttendShape, rows: usize) -> Self {
+        let most = (1..=rows.max(1))
+            .map(|n| n * shape.sets * wanted_splits(client, n, shape.sets))
+            .max()
+            .unwrap_or(1);
+        let parts = most * shape.group();
+        Self {
+            rows: rows.max(1),
+            parts,
+            ml: client.empty(4 * 2 * parts),
+            acc: client.empty(4 * shape.head_dim * parts),
+        }
+    }
+}
+
 /// Output `[rows][q_heads][d]` (f32) for queries `q` `[rows][q_heads][d]` (f32) over K/V of element
 /// type `F`. With `selection`, row r attends only to its lists (`selection` has one list per
-/// (row, set)); without, to its first `len` rows.
+/// (row, set)) and the caller passes the longest list; without, to its first `len` rows.
 #[allow(clippy::too_many_arguments)]
 pub fn attend<R: Runtime, F: Float + CubeElement>(
     client: &ComputeClient<R>,
@@ -358,6 +397,42 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
     query_rows: &QueryRows,
     selection: Option<(&Selection, usize)>,
     out: &Handle,
+) -> Result<(), KernelError> {
+    let span = match selection {
+        Some((_, longest)) => longest,
+        None => query_rows.rows.iter().map(|r| r.len).max().unwrap_or(0),
+    };
+    let scratch = AttendScratch::new(client, shape, query_rows.rows.len());
+    let lists = selection.map(|(sel, _)| sel);
+    attend_into::<R, F>(
+        client,
+        shape,
+        (q, k, v),
+        kv,
+        query_rows,
+        lists,
+        span,
+        out,
+        &scratch,
+    )
+}
+
+/// [`attend`] into preallocated partials, the work split for rows (or lists) of up to `span`
+/// keys: every launch value follows from `span`, the row count and the buffers, so steps of one
+/// `span` launch the same kernels with the same arguments (what a recorded step needs). Dense
+/// rows longer than `span` are an error; with a selection, `span` must be at least its longest
+/// list.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_into<R: Runtime, F: Float + CubeElement>(
+    client: &ComputeClient<R>,
+    shape: &AttendShape,
+    (q, k, v): (&Handle, &Handle, &Handle),
+    kv: KvLayout,
+    query_rows: &QueryRows,
+    selection: Option<&Selection>,
+    span: usize,
+    out: &Handle,
+    scratch: &AttendScratch,
 ) -> Result<(), KernelError> {
     let rows = &query_rows.rows;
     for (i, row) in rows.iter().enumerate() {
@@ -375,8 +450,15 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
                 cap: kv.cap,
             });
         }
+        if selection.is_none() && row.len > span {
+            return Err(KernelError::Length {
+                what: "attention span (longest row)",
+                expected: row.len,
+                got: span,
+            });
+        }
     }
-    if let Some((sel, _)) = selection {
+    if let Some(sel) = selection {
         if sel.batch != rows.len() || sel.sets != shape.sets {
             return Err(KernelError::Length {
                 what: "selection lists",
@@ -388,12 +470,14 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
     if rows.is_empty() {
         return Ok(());
     }
+    if rows.len() > scratch.rows {
+        return Err(KernelError::Length {
+            what: "attention partials (query rows)",
+            expected: rows.len(),
+            got: scratch.rows,
+        });
+    }
     let (d, sets, group) = (shape.head_dim, shape.sets, shape.group());
-    // With a selection, the caller passes the longest list (it knows the plans).
-    let longest = match selection {
-        Some((_, longest)) => longest,
-        None => rows.iter().map(|r| r.len).max().unwrap_or(0),
-    };
     let props = &client.properties().hardware;
     let plane = props.plane_size_max as usize;
     if plane == 0
@@ -406,27 +490,29 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
             d,
         });
     }
-    let sms = props.num_streaming_multiprocessors.unwrap_or(16) as usize;
-    let wanted = (sms * CUBES_PER_SM / (rows.len() * sets)).max(1);
+    let wanted = wanted_splits(client, rows.len(), sets);
     let split = |longest: usize| {
         let splits = longest.div_ceil(MIN_ROWS_PER_SPLIT).clamp(1, wanted);
         (splits, longest.div_ceil(splits).max(1))
     };
-    let (splits, rows_per_split) = split(longest);
+    let (splits, rows_per_split) = split(span);
     // No plane without rows: a short split (a sparse list) takes fewer planes, so more cubes
     // fit on an SM and the grid stays one wave. Planes are a compile-time value, so they follow
     // the longest list the call could have (the lists' or the cache's capacity), not this step's:
     // one kernel serves every length, and no step of a running decoder waits for a compile.
-    let capacity = selection.map_or(kv.cap, |(sel, _)| sel.index_cap);
-    let planes = planes_per_cube(group, d).min(split(capacity.max(longest)).1.div_ceil(plane));
+    let capacity = selection.map_or(kv.cap, |sel| sel.index_cap);
+    let planes = planes_per_cube(group, d).min(split(capacity.max(span)).1.div_ceil(plane));
 
     let n = rows.len();
     let (row_seq, row_len) = (&query_rows.seq, &query_rows.len);
     let parts = n * sets * splits * group;
-    let part_ml = client.empty(4 * 2 * parts);
-    let part_acc = client.empty(4 * d * parts);
+    debug_assert!(
+        parts <= scratch.parts,
+        "partials sized for every split count"
+    );
+    let (part_ml, part_acc) = (&scratch.ml, &scratch.acc);
     let (indices, counts, index_cap) = match selection {
-        Some((sel, _)) => (sel.indices.clone(), sel.counts.clone(), sel.index_cap),
+        Some(sel) => (sel.indices.clone(), sel.counts.clone(), sel.index_cap),
         None => (row_seq.clone(), row_len.clone(), 1),
     };
     let kv_len = kv.batch * shape.kv_heads * kv.cap * d;
@@ -448,8 +534,8 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
             arg(row_len, n),
             arg(&indices, n * sets * index_cap),
             arg(&counts, n * sets),
-            arg(&part_ml, 2 * parts),
-            arg(&part_acc, d * parts),
+            arg(part_ml, 2 * parts),
+            arg(part_acc, d * parts),
             kv.cap as u32,
             index_cap as u32,
             rows_per_split as u32,
@@ -472,8 +558,8 @@ pub fn attend<R: Runtime, F: Float + CubeElement>(
             client,
             CubeCount::Static(shape.q_heads as u32, n as u32, 1),
             CubeDim::new_1d(d as u32),
-            arg(&part_ml, 2 * parts),
-            arg(&part_acc, d * parts),
+            arg(part_ml, 2 * parts),
+            arg(part_acc, d * parts),
             arg(out, n * shape.q_heads * d),
             splits as u32,
             shape.q_heads,

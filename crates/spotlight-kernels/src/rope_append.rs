@@ -28,6 +28,16 @@ pub fn upload_places<R: Runtime>(
     )
 }
 
+/// Where a step's rotated keys also go: rows `row0..row0 + m` of the f32 `[rows][kv_heads][d]`
+/// buffer `rows`, `row0` read from the device (a u32), so one launch serves every step of a ring.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRows<'a> {
+    pub rows: &'a Handle,
+    pub row0: &'a Handle,
+    /// Rows `rows` holds: rows past it are not written.
+    pub capacity: usize,
+}
+
 /// Shapes of one rope-and-append call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RopeShape {
@@ -52,9 +62,10 @@ fn rope_append_kernel<F: Float>(
     k_cache: &mut Array<F>,
     v_cache: &mut Array<F>,
     k_rows: &mut Array<f32>,
+    k_row0: &Array<u32>,
     cap: u32,
     units: u32,
-    k_row0: u32,
+    k_rows_cap: u32,
     #[comptime] q_heads: usize,
     #[comptime] kv_heads: usize,
     #[comptime] d: usize,
@@ -86,9 +97,12 @@ fn rope_append_kernel<F: Float>(
                 k_cache[to + j] = F::cast_from(lo);
                 k_cache[to + j + half] = F::cast_from(hi);
                 if comptime!(keep_keys) {
-                    let row = ((k_row0 as usize + r) * kv_heads + h - q_heads) * d;
-                    k_rows[row + j] = lo;
-                    k_rows[row + j + half] = hi;
+                    let key_row = k_row0[0] as usize + r;
+                    if key_row < k_rows_cap as usize {
+                        let row = (key_row * kv_heads + h - q_heads) * d;
+                        k_rows[row + j] = lo;
+                        k_rows[row + j + half] = hi;
+                    }
                 }
             }
         } else {
@@ -102,8 +116,8 @@ fn rope_append_kernel<F: Float>(
 /// qkv `[m][q_heads + 2·kv_heads][d]` (f32) → q `[m][q_heads][d]` (f32, rotated); K and V
 /// `[batch][kv_heads][cap][d]` of type `F` get row `pos` of sequence `seq` for each row.
 /// `cos`/`sin` have at least `cap` rows of d/2; `row_seq`/`row_pos` hold `places` on the device.
-/// With `k_rows = (buffer, row0)`, the rotated keys also go to rows `row0..row0 + m` of that
-/// f32 `[rows][kv_heads][d]` buffer (for key hashing, which may wait for several steps' keys).
+/// With `k_rows`, the rotated keys also go to its rows (for key hashing, which may wait for
+/// several steps' keys).
 #[allow(clippy::too_many_arguments)]
 pub fn rope_append<R: Runtime, F: Float + CubeElement>(
     client: &ComputeClient<R>,
@@ -114,7 +128,7 @@ pub fn rope_append<R: Runtime, F: Float + CubeElement>(
     (row_seq, row_pos): (&Handle, &Handle),
     q: &Handle,
     (k_cache, v_cache): (&Handle, &Handle),
-    k_rows: Option<(&Handle, usize)>,
+    k_rows: Option<KeyRows>,
 ) -> Result<(), KernelError> {
     let RopeShape {
         q_heads,
@@ -148,9 +162,14 @@ pub fn rope_append<R: Runtime, F: Float + CubeElement>(
         return Ok(());
     }
     let cache_len = batch * kv_heads * cap * d;
-    let k_row0 = k_rows.map_or(0, |(_, row0)| row0);
-    if let Some((h, row0)) = k_rows {
-        check_bytes(h, 4 * (row0 + m) * kv_heads * d, "rotated key rows (bytes)")?;
+    let k_cap = k_rows.map_or(0, |k| k.capacity);
+    if let Some(k) = k_rows {
+        check_bytes(
+            k.rows,
+            4 * k.capacity * kv_heads * d,
+            "rotated key rows (bytes)",
+        )?;
+        check_bytes(k.row0, 4, "rotated key first row")?;
     }
     // Safety: indices stay within the lengths passed (crate docs, "Unchecked launches").
     unsafe {
@@ -166,10 +185,11 @@ pub fn rope_append<R: Runtime, F: Float + CubeElement>(
             arg(q, m * q_heads * d),
             arg(k_cache, cache_len),
             arg(v_cache, cache_len),
-            arg(k_rows.map_or(q, |(h, _)| h), (k_row0 + m) * kv_heads * d),
+            arg(k_rows.map_or(q, |k| k.rows), k_cap.max(1) * kv_heads * d),
+            arg(k_rows.map_or(row_seq, |k| k.row0), 1),
             cap as u32,
             units as u32,
-            k_row0 as u32,
+            k_cap as u32,
             q_heads,
             kv_heads,
             d,

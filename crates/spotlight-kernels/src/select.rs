@@ -507,7 +507,7 @@ pub struct Selector {
 }
 
 /// Per-sequence plans as the kernels read them: `[len, sink, window, top_k]`.
-fn plan_words(plans: &[SequencePlan]) -> Vec<u32> {
+pub fn plan_words(plans: &[SequencePlan]) -> Vec<u32> {
     plans
         .iter()
         .flat_map(|p| [p.len as u32, p.sink as u32, p.window as u32, p.top_k as u32])

@@ -714,7 +714,9 @@ const KEY_ROW0: usize = 3;
 
 #[test]
 fn rope_append_rotates_q_and_writes_k_v_at_each_rows_place() {
-    use spotlight_kernels::rope_append::{rope_append, upload_places, RopeShape, RowPlace};
+    use spotlight_kernels::rope_append::{
+        rope_append, upload_places, KeyRows, RopeShape, RowPlace,
+    };
     let client = client();
     let mut rng = rng("rope_append");
     // Ragged places: two rows of one sequence, a sequence skipped, the last cache row.
@@ -744,8 +746,9 @@ fn rope_append_rotates_q_and_writes_k_v_at_each_rows_place() {
             filled_f32(&client, m * q_heads * d, f32::NAN),
             filled_f32(&client, cache_len, 7.0),
             filled_f32(&client, cache_len, 7.0),
-            filled_f32(&client, (KEY_ROW0 + m) * kv_heads * d, f32::NAN),
+            filled_f32(&client, (KEY_ROW0 + m + 1) * kv_heads * d, f32::NAN),
         );
+        let row0 = upload_u32(&client, &[KEY_ROW0 as u32]);
         let (seq, pos) = upload_places(&client, &places);
         rope_append::<WgpuRuntime, f32>(
             &client,
@@ -756,7 +759,11 @@ fn rope_append_rotates_q_and_writes_k_v_at_each_rows_place() {
             (&seq, &pos),
             &q,
             (&kc, &vc),
-            Some((&k_rows, KEY_ROW0)),
+            Some(KeyRows {
+                rows: &k_rows,
+                row0: &row0,
+                capacity: KEY_ROW0 + m,
+            }),
         )
         .unwrap();
         let (mut want_q, mut want_k, mut want_v, mut want_rows) = (
@@ -784,11 +791,13 @@ fn rope_append_rotates_q_and_writes_k_v_at_each_rows_place() {
         assert_close(&read_f32(&client, kc, cache_len), &want_k, 1e-6, &what);
         assert_close(&read_f32(&client, vc, cache_len), &want_v, 0.0, &what);
         // The keys land at rows KEY_ROW0.. of the key buffer; the rows before stay untouched.
-        let kept = read_f32(&client, k_rows, (KEY_ROW0 + m) * kv_heads * d);
+        // The row past the capacity stays untouched too.
+        let kept = read_f32(&client, k_rows, (KEY_ROW0 + m + 1) * kv_heads * d);
         let (before, rows) = kept.split_at(KEY_ROW0 * kv_heads * d);
+        let (rows, after) = rows.split_at(m * kv_heads * d);
         assert!(
-            before.iter().all(|x| x.is_nan()),
-            "{what}: rows before the offset written"
+            before.iter().chain(after).all(|x| x.is_nan()),
+            "{what}: rows outside the ring's step written"
         );
         assert_close(rows, &want_rows, 1e-6, &what);
     }

@@ -12,7 +12,7 @@
 
 use burn::tensor::{Int, Tensor, TensorData};
 use spotlight_llama::cache::KvCache;
-use spotlight_llama::fast::{FastDecode, StepRow};
+use spotlight_llama::fast::{FastDecode, GraphMode, StepRow};
 use spotlight_llama::{Llama, LlamaBackend, Selection};
 
 use crate::engine::{Engine, Mode};
@@ -40,6 +40,8 @@ pub struct LlamaEngine<B: LlamaBackend> {
     /// Our kernels where the backend has them: dense attention on the causal kernel, decode steps
     /// on the fused decoder.
     kernels: bool,
+    /// Whether the fused decoder records its steps as CUDA graphs.
+    graphs: GraphMode,
     fused: Option<Fused>,
     /// Modes the backend has no fused decoder for (decoded with tensor ops).
     declined: Vec<Mode>,
@@ -62,9 +64,16 @@ impl<B: LlamaBackend> LlamaEngine<B> {
             cache,
             modes,
             kernels,
+            graphs: GraphMode::Auto,
             fused: None,
             declined: Vec::new(),
         })
+    }
+
+    /// Records the fused decoder's steps as CUDA graphs as `mode` says (default: auto).
+    pub fn with_graphs(mut self, mode: GraphMode) -> Self {
+        self.graphs = mode;
+        self
     }
 
     /// Runs a prompt and one decode step in every mode, so the kernels are compiled (and the
@@ -140,7 +149,8 @@ impl<B: LlamaBackend> LlamaEngine<B> {
             self.cache.selection = self.selection(mode)?;
             self.cache.attention_kernels = true;
             match B::fast_decoder(&self.model, &self.cache).map_err(err)? {
-                Some(decoder) => {
+                Some(mut decoder) => {
+                    decoder.set_graphs(self.graphs).map_err(err)?;
                     self.fused = Some(Fused {
                         decoder,
                         mode: mode.clone(),

@@ -370,7 +370,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> LlamaBacke
             cache.lens.clone(),
             cache.capacity(),
             (handle_of(cos), handle_of(sin)),
-        )?;
+        )?
+        .with_graph_device(&model.embed.device());
         let decoder = match sparse {
             None => decoder,
             Some(sparse) => {

@@ -29,6 +29,8 @@ pub enum LlamaError {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error("CUDA graphs: {0}")]
+    Graph(#[from] crate::fast::GraphError),
 }
 
 pub type Result<T> = std::result::Result<T, LlamaError>;

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use crate::backend::LlamaBackend;
 use crate::error::LlamaError;
-use crate::fast::{FastDecode, StepRow};
+use crate::fast::{FastDecode, GraphMode, GraphState, StepRow};
 use crate::model::Llama;
 use crate::sampling::{Sampler, Sampling};
 use crate::selector::Selection;
@@ -24,6 +24,8 @@ pub struct GenerateConfig {
     /// Dense attention (prefill included) on the backend's causal kernel where it has one; false
     /// keeps it on Burn tensor ops.
     pub attention_kernels: bool,
+    /// Whether the fused decoder records its steps as CUDA graphs (see [`GraphMode`]).
+    pub cuda_graphs: GraphMode,
 }
 
 /// Timings of one `generate` call.
@@ -40,6 +42,8 @@ pub struct GenerateStats {
     pub kv_read_share: f64,
     /// Kernel launches of the last decode step when it ran on the fused decoder (None: tensor ops).
     pub fused_launches: Option<usize>,
+    /// What the fused decoder did with its steps (None: tensor ops).
+    pub graphs: Option<GraphState>,
 }
 
 impl GenerateStats {
@@ -134,6 +138,7 @@ pub fn generate<B: LlamaBackend>(
                 }
                 let logits = decoder.step(&rows)?;
                 stats.fused_launches = Some(decoder.launches());
+                stats.graphs = Some(decoder.graph_state());
                 read_sum += decoder.read_share() * active as f64;
                 read_steps += active;
                 logits
@@ -173,6 +178,9 @@ pub fn generate<B: LlamaBackend>(
             if config.fused_decode {
                 // The decoder takes over the prefilled cache (the tensor path no longer runs).
                 fused = B::fast_decoder(model, &cache)?;
+                if let Some(decoder) = fused.as_mut() {
+                    decoder.set_graphs(config.cuda_graphs)?;
+                }
             }
         }
         if input.iter().all(Vec::is_empty) {

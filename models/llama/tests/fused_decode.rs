@@ -150,6 +150,13 @@ fn synthetic_decoder_rewinds_and_full_budget_spotlight_is_dense() {
         dense,
         "a rewound step repeats exactly"
     );
+    // CUDA graphs: auto is plain launches here, on is an error that says why.
+    use spotlight_llama::fast::{GraphMode, GraphState};
+    decoder.set_graphs(GraphMode::Auto).unwrap();
+    assert_eq!(decoder.graph_state(), &GraphState::Off);
+    assert_eq!(logits(&mut decoder), dense, "auto changes nothing off CUDA");
+    let err = decoder.set_graphs(GraphMode::On).unwrap_err().to_string();
+    assert!(err.contains("CUDA device"), "{err}");
     // Parts alone run too (benchmarks time them), and advance the cache.
     decoder.rewind(&start).unwrap();
     let parts = StepParts {

@@ -2,16 +2,20 @@
 
 use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::cubecl::server::Handle;
-use spotlight_kernels::attend::{attend, KvLayout, QueryRow, QueryRows};
-use spotlight_kernels::device::{check_bytes, read_f32, upload_f32, upload_u32};
+use spotlight_kernels::attend::{attend_into, AttendScratch, KvLayout, QueryRow, QueryRows};
+use spotlight_kernels::copy::copy;
+use spotlight_kernels::device::{check_bytes, read_f32, upload_f32};
 use spotlight_kernels::embed::embed;
 use spotlight_kernels::fill::random_uniform;
 use spotlight_kernels::hash_pack::hash_pack;
 use spotlight_kernels::linear::{linear_fused, Epilogue, Prologue, MAX_ROWS};
-use spotlight_kernels::rope_append::{rope_append, upload_places, RopeShape, RowPlace};
+use spotlight_kernels::rope_append::{rope_append, KeyRows, RopeShape, RowPlace};
+use spotlight_kernels::select::plan_words;
 use spotlight_kernels::{AttendShape, KernelError, SequencePlan};
 
-use super::sparse::{prunes, SparseDecode, SparseState};
+use super::graph::{GraphMode, GraphState, StepGraphs, StepShape};
+use super::inputs::{span_of, StepInputs, StepWords};
+use super::sparse::{SparseDecode, SparseState};
 use super::weights::DecoderWeights;
 use super::FastDecode;
 use crate::error::LlamaError;
@@ -68,7 +72,15 @@ pub struct Decoder<R: Runtime, E: Float + CubeElement> {
     sin: Handle,
     scratch: Scratch,
     attend_shape: AttendShape,
+    attend_scratch: AttendScratch,
+    /// This step's tokens, places, lengths and plans (written before its kernels).
+    inputs: StepInputs,
     sparse: Option<SparseState>,
+    /// Where steps can be recorded as CUDA graphs (see [`Self::with_graph_device`]).
+    device: Option<R::Device>,
+    graph_mode: GraphMode,
+    graphs: Option<StepGraphs>,
+    graph_state: GraphState,
     launches: usize,
     read_share: f64,
     _element: std::marker::PhantomData<E>,
@@ -131,6 +143,8 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
             hidden: f32s(rows * c.intermediate_size),
             logits: f32s(rows * c.vocab_size),
         };
+        let attend_scratch = AttendScratch::new(&client, &attend_shape, rows);
+        let inputs = StepInputs::new(&client, rows, 0);
         Ok(Self {
             client,
             weights,
@@ -142,7 +156,13 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
             sin,
             scratch,
             attend_shape,
+            attend_scratch,
+            inputs,
             sparse: None,
+            device: None,
+            graph_mode: GraphMode::Off,
+            graphs: None,
+            graph_state: GraphState::Off,
             launches: 0,
             read_share: 1.0,
             _element: std::marker::PhantomData,
@@ -225,8 +245,14 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
             sp.hash_pending(&self.client, (self.lens.len(), self.cap))
                 .map_err(kernel)?;
         }
+        // Recorded steps use the buffers about to change.
+        if let Some(g) = self.graphs.as_mut() {
+            g.clear();
+        }
+        let batch = self.lens.len();
         let Some((decode, codes)) = sparse else {
             self.sparse = None;
+            self.inputs = StepInputs::new(&self.client, batch, 0);
             return Ok(());
         };
         let state = SparseState::new(
@@ -238,8 +264,52 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
         )
         .map_err(kernel)?;
         // Group layout: the code sets are the KV heads, as in the dense attend shape.
+        let ring_rows = state.decode.ring_steps() * batch;
+        self.inputs = StepInputs::new(&self.client, batch, ring_rows);
         self.sparse = Some(state);
         Ok(())
+    }
+
+    /// Lets steps be recorded as CUDA graphs on `device`, the decoder's device (nothing
+    /// changes until [`Self::set_graphs`] turns them on).
+    pub fn with_graph_device(mut self, device: &R::Device) -> Self {
+        self.device = Some(device.clone());
+        self
+    }
+
+    /// Records and replays steps as CUDA graphs (`On`: where that fails, an error; `Auto`: plain
+    /// launches instead, the reason in [`Self::graph_state`]), or launches them plainly (`Off`).
+    pub fn set_graphs(&mut self, mode: GraphMode) -> Result<(), LlamaError> {
+        self.graph_mode = mode;
+        self.graphs = None;
+        self.graph_state = GraphState::Off;
+        if mode == GraphMode::Off {
+            return Ok(());
+        }
+        let recorder = match self.device.as_ref() {
+            None => Err(super::graph::GraphError::NotCuda),
+            Some(device) => {
+                let (from, to) = (self.client.empty(16), self.client.empty(16));
+                let probe = || copy(&self.client, &from, &to, 1);
+                super::cuda_graph::recorder::<R>(device, &probe)
+            }
+        };
+        match (recorder, mode) {
+            (Ok(r), _) => {
+                let graphs = StepGraphs::new(r);
+                self.graph_state = graphs.state();
+                self.graphs = Some(graphs);
+            }
+            (Err(super::graph::GraphError::NotCuda), GraphMode::Auto) => {}
+            (Err(e), GraphMode::Auto) => self.graph_state = GraphState::Refused(e.to_string()),
+            (Err(e), _) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// Whether steps are replayed from CUDA graphs, and how many.
+    pub fn graph_state(&self) -> &GraphState {
+        &self.graph_state
     }
 
     /// Layer `layer`'s key code cache `[batch][cap][kv_heads][bits/32]` under Spotlight Attention
@@ -305,11 +375,45 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
         parts: StepParts,
         pad: &[bool],
     ) -> Result<(), LlamaError> {
-        let c = self.weights.config.clone();
-        let m = rows.len();
-        if m == 0 {
+        if rows.is_empty() {
             return Ok(());
         }
+        let step = self.plan(rows, pad, parts)?;
+        self.inputs.write(&self.client, &step.words);
+        let mut graphs = self.graphs.take().filter(|_| parts == StepParts::ALL);
+        let launched = match graphs.as_mut() {
+            Some(g) => g.run(step.shape, || self.kernels(&step, parts)),
+            None => self.kernels(&step, parts),
+        };
+        let launches = match launched {
+            Err(LlamaError::Graph(e)) if self.graph_mode == GraphMode::Auto => {
+                // Recording failed: nothing of this step ran; it launches plainly from now on.
+                graphs = None;
+                self.graph_state = GraphState::Refused(e.to_string());
+                self.kernels(&step, parts)?
+            }
+            other => other?,
+        };
+        if let Some(g) = graphs.as_ref() {
+            self.graph_state = g.state();
+        }
+        if parts == StepParts::ALL {
+            self.graphs = graphs;
+        }
+        self.finish(&step, pad);
+        self.launches = launches;
+        Ok(())
+    }
+
+    /// Checks a step's rows and plans it on the host: places, plans, spans, the key ring.
+    fn plan(
+        &mut self,
+        rows: &[StepRow],
+        pad: &[bool],
+        parts: StepParts,
+    ) -> Result<Step, LlamaError> {
+        let c = &self.weights.config;
+        let m = rows.len();
         if pad.len() != m {
             return Err(LlamaError::Invalid(format!(
                 "decode step of {m} rows with {} padding flags",
@@ -329,6 +433,12 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
                     "decode step: sequence {} is not one of {} or appears twice",
                     r.seq,
                     self.lens.len()
+                )));
+            }
+            if r.token as usize >= c.vocab_size {
+                return Err(LlamaError::Invalid(format!(
+                    "decode step: token {} is past the vocabulary ({})",
+                    r.token, c.vocab_size
                 )));
             }
             let pos = self.lens[r.seq];
@@ -361,32 +471,108 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
             }
         }
         let real = pad.iter().filter(|&&p| !p).count().max(1);
+        let sparse = self.sparse.as_ref();
         // Budgets of this step (each row sees its own new token too).
-        let plans = self
-            .sparse
+        let plans = sparse.map(|s| s.plans(&places.iter().map(|p| p.pos + 1).collect::<Vec<_>>()));
+        let prunes = plans
             .as_ref()
-            .map(|s| s.plans(&places.iter().map(|p| p.pos + 1).collect::<Vec<_>>()));
-        let plan_handle = plans
-            .as_ref()
-            .zip(self.sparse.as_ref())
-            .map(|(p, s)| s.selector.upload_plans(&self.client, p));
+            .is_some_and(|p| p.iter().any(|p| p.selected() < p.len));
         let max_len = places.iter().map(|p| p.pos + 1).max().unwrap_or(0);
+        let longest = plans.as_ref().map_or(0, |p| {
+            p.iter().map(SequencePlan::selected).max().unwrap_or(0)
+        });
+        let list_cap = sparse.map_or(0, |s| s.lists.index_cap.max(longest));
+        // This step's keys go to ring slot `slot` of each coded layer; when the ring is full
+        // (a key is about to leave the window unhashed), every waiting key is hashed this step.
+        let ring = sparse.filter(|_| parts.retrieval).map(|sp| {
+            let slot = sp.pending_steps(m);
+            (slot, slot + 1 >= sp.decode.ring_steps())
+        });
+        let flush = match (sparse, ring) {
+            (Some(sp), Some((_, true))) => Some(
+                sp.pending
+                    .iter()
+                    .chain(&places)
+                    .copied()
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        };
+        // Share of the K/V rows read: sparse layers read their plans' rows, the others all.
+        let sparse_share = plans.as_ref().map_or(1.0, |p| {
+            p.iter()
+                .zip(pad)
+                .filter(|(_, &padded)| !padded)
+                .map(|(p, _)| p.selected() as f64 / p.len as f64)
+                .sum::<f64>()
+                / real as f64
+        });
+        let layers = c.num_hidden_layers;
+        let sparse_layers = match (sparse, prunes) {
+            (Some(s), true) => layers - s.decode.dense_layers.min(layers),
+            _ => 0,
+        };
+        let read_share =
+            (sparse_layers as f64 * sparse_share + (layers - sparse_layers) as f64) / layers as f64;
+        let column = |ps: &[RowPlace], f: fn(&RowPlace) -> usize| {
+            ps.iter().map(|p| f(p) as u32).collect::<Vec<_>>()
+        };
+        let words = StepWords {
+            tokens: rows.iter().map(|r| r.token).collect(),
+            seq: column(&places, |p| p.seq),
+            pos: column(&places, |p| p.pos),
+            len: column(&places, |p| p.pos + 1),
+            plan: plans.as_deref().map(plan_words).unwrap_or_default(),
+            ring_row: ring.map_or(0, |(slot, _)| (slot * m) as u32),
+            flush_seq: flush
+                .as_deref()
+                .map(|f| column(f, |p| p.seq))
+                .unwrap_or_default(),
+            flush_pos: flush
+                .as_deref()
+                .map(|f| column(f, |p| p.pos))
+                .unwrap_or_default(),
+        };
+        let shape = StepShape {
+            rows: m,
+            span: span_of(max_len).min(self.cap),
+            list_span: span_of(longest).min(list_cap),
+            prunes,
+            flush: flush.is_some(),
+        };
+        Ok(Step {
+            places,
+            words,
+            ring,
+            flush,
+            shape,
+            read_share,
+        })
+    }
+
+    /// Launches a planned step's kernels (reading its values from `self.inputs`) and returns
+    /// how many. Every argument follows from the step's shape and the decoder's buffers.
+    fn kernels(&self, step: &Step, parts: StepParts) -> Result<usize, LlamaError> {
+        let c = &self.weights.config;
+        let shape = step.shape;
+        let m = shape.rows;
+        let places = &step.places;
         let client = &self.client;
         let s = &self.scratch;
+        let inputs = &self.inputs;
         let (h, d) = (c.hidden_size, c.head_dim);
         let (hq, hkv) = (c.num_attention_heads, c.num_key_value_heads);
         let eps = c.rms_norm_eps as f32;
-        let tokens: Vec<u32> = rows.iter().map(|r| r.token).collect();
-        let (row_seq, row_pos) = upload_places(client, &places);
-        let query_rows = QueryRows::upload(
-            client,
-            &places
+        let query_rows = QueryRows::on_device(
+            places
                 .iter()
                 .map(|p| QueryRow {
                     seq: p.seq,
                     len: p.pos + 1,
                 })
-                .collect::<Vec<_>>(),
+                .collect(),
+            inputs.seq.clone(),
+            inputs.len.clone(),
         );
         let rope_shape = RopeShape {
             q_heads: hq,
@@ -402,30 +588,14 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
         let linears = m.div_ceil(MAX_ROWS);
         let w = &self.weights;
         let sparse = self.sparse.as_ref();
-        // This step's keys go to ring slot `slot` of each coded layer; when the ring is full
-        // (a key is about to leave the window unhashed), every waiting key is hashed this step.
-        let ring = sparse.filter(|_| parts.retrieval).map(|sp| {
-            let slot = sp.pending_steps(m);
-            (slot, slot + 1 >= sp.decode.ring_steps())
-        });
-        let flush = match (sparse, ring) {
-            (Some(sp), Some((_, true))) => {
-                let all: Vec<RowPlace> = sp.pending.iter().chain(&places).copied().collect();
-                let (seq, pos) = upload_places(client, &all);
-                Some((all, seq, pos))
-            }
-            _ => None,
-        };
-        let slot = ring.map_or(0, |(slot, _)| slot);
         let mut launches = 0;
-        let mut read = 0.0;
         if parts.weights {
             embed::<R, E>(
                 client,
                 &w.embed,
                 (c.vocab_size, h),
-                &tokens,
-                &upload_u32(client, &tokens),
+                &step.words.tokens,
+                &inputs.tokens,
                 &s.x,
             )
             .map_err(kernel)?;
@@ -433,84 +603,74 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
         }
         for (l, lw) in w.layers.iter().enumerate() {
             let coded = sparse.filter(|s| parts.retrieval && l >= s.decode.dense_layers);
-            let pruned = sparse.zip(plans.as_ref()).filter(|(s, p)| prunes(s, l, p));
+            let pruned = sparse.filter(|s| shape.prunes && l >= s.decode.dense_layers);
             if parts.weights {
                 let norm = Prologue::RmsNorm {
                     gamma: &lw.attention_norm,
                     eps,
                 };
                 let ends = (norm, Epilogue::Store);
-                let shape = (m, h, (hq + 2 * hkv) * d);
-                linear_fused::<R, E>(client, &s.x, &lw.qkv, ends, &s.qkv, shape).map_err(kernel)?;
+                let dims = (m, h, (hq + 2 * hkv) * d);
+                linear_fused::<R, E>(client, &s.x, &lw.qkv, ends, &s.qkv, dims).map_err(kernel)?;
                 launches += linears;
             }
             if parts.attention || coded.is_some() {
                 launches += 1;
+                let key_rows = coded.map(|sp| KeyRows {
+                    rows: &sp.key_ring[l],
+                    row0: &inputs.ring_row,
+                    capacity: sp.decode.ring_steps() * self.lens.len(),
+                });
                 rope_append::<R, E>(
                     client,
                     &rope_shape,
                     &s.qkv,
                     (&self.cos, &self.sin),
-                    &places,
-                    (&row_seq, &row_pos),
+                    places,
+                    (&inputs.seq, &inputs.pos),
                     &s.q,
                     (&self.k[l], &self.v[l]),
-                    coded.map(|c| (&c.key_ring[l], slot * m)),
+                    key_rows,
                 )
                 .map_err(kernel)?;
             }
-            if let Some((c, (all, seq, pos))) = coded.zip(flush.as_ref()) {
+            if let Some((sp, all)) = coded.zip(step.flush.as_ref()) {
                 // The waiting keys' codes, straight into the code cache at their places.
-                c.hash_keys(client, l, all, (seq, pos), (self.lens.len(), self.cap))
+                let at = (&inputs.flush_seq, &inputs.flush_pos);
+                sp.hash_keys(client, l, all, at, (self.lens.len(), self.cap))
                     .map_err(kernel)?;
                 launches += 1;
             }
-            let selection = match pruned {
-                Some((sp, p)) => {
-                    if parts.retrieval {
-                        hash_pack(client, &sp.decode.hash.query[l], &s.q, m, &sp.q_codes)
-                            .map_err(kernel)?;
-                        let plan = plan_handle
-                            .as_ref()
-                            .expect("plans exist with a sparse state");
-                        // score_hist, count, compact.
-                        sp.selector.run_uploaded(
-                            client,
-                            &sp.q_codes,
-                            &sp.codes[l],
-                            plan,
-                            max_len,
-                            &sp.lists,
-                        );
-                        launches += 4;
-                    }
-                    read += p
-                        .iter()
-                        .zip(pad)
-                        .filter(|(_, &padded)| !padded)
-                        .map(|(p, _)| p.selected() as f64 / p.len as f64)
-                        .sum::<f64>()
-                        / real as f64;
-                    let longest = p.iter().map(SequencePlan::selected).max().unwrap_or(0);
-                    Some((&sp.lists, longest))
-                }
-                None => {
-                    read += 1.0;
-                    None
-                }
-            };
+            if let Some(sp) = pruned.filter(|_| parts.retrieval) {
+                hash_pack(client, &sp.decode.hash.query[l], &s.q, m, &sp.q_codes)
+                    .map_err(kernel)?;
+                // score_hist, count, compact.
+                sp.selector.run_uploaded(
+                    client,
+                    &sp.q_codes,
+                    &sp.codes[l],
+                    &inputs.plan,
+                    shape.span,
+                    &sp.lists,
+                );
+                launches += 4;
+            }
             if parts.attention {
+                let (lists, span) = match pruned {
+                    Some(sp) => (Some(&sp.lists), shape.list_span),
+                    None => (None, shape.span),
+                };
                 // partial + combine.
-                attend::<R, E>(
+                attend_into::<R, E>(
                     client,
                     &self.attend_shape,
-                    &s.q,
-                    &self.k[l],
-                    &self.v[l],
+                    (&s.q, &self.k[l], &self.v[l]),
                     kv,
                     &query_rows,
-                    selection,
+                    lists,
+                    span,
                     &s.attended,
+                    &self.attend_scratch,
                 )
                 .map_err(kernel)?;
                 launches += 2;
@@ -528,40 +688,56 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
                 eps,
             };
             let ends = (norm, Epilogue::SwiGlu { up: &lw.up });
-            let shape = (m, h, c.intermediate_size);
-            linear_fused::<R, E>(client, &s.x, &lw.gate, ends, &s.hidden, shape).map_err(kernel)?;
+            let dims = (m, h, c.intermediate_size);
+            linear_fused::<R, E>(client, &s.x, &lw.gate, ends, &s.hidden, dims).map_err(kernel)?;
             let ends = (none, Epilogue::Accumulate);
-            let shape = (m, c.intermediate_size, h);
-            linear_fused::<R, E>(client, &s.hidden, &lw.down, ends, &s.x, shape).map_err(kernel)?;
+            let dims = (m, c.intermediate_size, h);
+            linear_fused::<R, E>(client, &s.hidden, &lw.down, ends, &s.x, dims).map_err(kernel)?;
         }
         if parts.weights {
             let norm = Prologue::RmsNorm {
                 gamma: &w.norm,
                 eps,
             };
-            let shape = (m, h, c.vocab_size);
+            let dims = (m, h, c.vocab_size);
             let ends = (norm, Epilogue::Store);
-            linear_fused::<R, E>(client, &s.x, &w.lm_head, ends, &s.logits, shape)
+            linear_fused::<R, E>(client, &s.x, &w.lm_head, ends, &s.logits, dims)
                 .map_err(kernel)?;
             launches += linears;
         }
-        if let (Some(sp), Some((_, hashed))) = (self.sparse.as_mut(), ring) {
+        Ok(launches)
+    }
+
+    /// What a launched step leaves on the host: the key ring's bookkeeping and the lengths.
+    fn finish(&mut self, step: &Step, pad: &[bool]) {
+        let places = &step.places;
+        if let (Some(sp), Some((_, hashed))) = (self.sparse.as_mut(), step.ring) {
             if hashed {
                 sp.pending.clear();
                 sp.junk.clear();
             } else {
-                sp.pending.extend_from_slice(&places);
+                sp.pending.extend_from_slice(places);
                 let padded = places.iter().zip(pad).filter(|(_, &p)| p);
                 sp.junk.extend(padded.map(|(p, _)| *p));
             }
         }
-        self.launches = launches;
-        self.read_share = read / c.num_hidden_layers as f64;
+        self.read_share = step.read_share;
         for (p, _) in places.iter().zip(pad).filter(|(_, &padded)| !padded) {
             self.lens[p.seq] += 1;
         }
-        Ok(())
     }
+}
+
+/// A step planned on the host (see `Decoder::plan`).
+struct Step {
+    places: Vec<RowPlace>,
+    words: StepWords,
+    /// Ring slot of this step's keys, and whether this step hashes the whole ring.
+    ring: Option<(usize, bool)>,
+    /// The keys hashed this step when it empties the ring.
+    flush: Option<Vec<RowPlace>>,
+    shape: StepShape,
+    read_share: f64,
 }
 
 /// The code cache belongs to the KV cache, which outlives the decoder (a next turn prefills more
@@ -617,6 +793,14 @@ impl<R: Runtime, E: Float + CubeElement> FastDecode for Decoder<R, E> {
 
     fn full_batch(&self) -> bool {
         self.sparse.is_some()
+    }
+
+    fn set_graphs(&mut self, mode: GraphMode) -> Result<(), LlamaError> {
+        Decoder::set_graphs(self, mode)
+    }
+
+    fn graph_state(&self) -> GraphState {
+        self.graph_state.clone()
     }
 }
 

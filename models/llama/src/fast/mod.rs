@@ -13,11 +13,16 @@
 //! over the filled KV cache. Benchmarks build the decoder directly with synthetic weights and a
 //! randomly filled cache ([`Decoder::synthetic`]).
 
+mod cuda_graph;
 mod decoder;
+mod graph;
+mod inputs;
 mod sparse;
 mod weights;
 
 pub use decoder::{rope_tables, Decoder, StepParts, StepRow};
+pub use graph::{record_once, GraphError, GraphMode, GraphState};
+pub use inputs::span_of;
 pub use sparse::{random_codes, FusedHash, SparseDecode};
 pub(crate) use weights::handle_of;
 pub use weights::{DecoderWeights, LayerWeights};
@@ -44,4 +49,9 @@ pub trait FastDecode {
     fn read_share(&self) -> f64;
     /// Whether every step must cover all sequences, in order (sparse decoding).
     fn full_batch(&self) -> bool;
+    /// Records and replays steps as CUDA graphs where `mode` asks for it (see
+    /// [`Decoder::set_graphs`]).
+    fn set_graphs(&mut self, mode: GraphMode) -> Result<(), LlamaError>;
+    /// What the decoder does with its steps: plain launches or graph replays.
+    fn graph_state(&self) -> GraphState;
 }

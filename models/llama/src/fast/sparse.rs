@@ -178,12 +178,6 @@ impl SparseState {
     }
 }
 
-/// Whether a layer attends sparsely this step: past the dense layers and some budget leaves
-/// keys out (a budget that keeps every key is dense attention).
-pub(super) fn prunes(state: &SparseState, layer: usize, plans: &[SequencePlan]) -> bool {
-    layer >= state.decode.dense_layers && plans.iter().any(|p| p.selected() < p.len)
-}
-
 /// Steps a new key's hashing may wait at most (the default window).
 pub const MAX_DEFERRED_STEPS: usize = 64;
 
