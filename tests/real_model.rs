@@ -46,7 +46,7 @@ fn run<B: LlamaBackend>(device: &B::Device) -> (Vec<f32>, Vec<u32>) {
         seed: 0,
         stop_ids: vec![],
         fused_decode: true,
-        cuda_graphs: spotlight_llama::fast::GraphMode::Auto,
+        cuda_graphs: spotlight_llama::fast::GraphMode::Off,
         attention_kernels: true,
     };
     let (tokens, _) = generate(&m.model, &[ids], &config, None, |_, _| Ok(())).unwrap();

@@ -17,7 +17,8 @@ kernels)
   source scripts/gpu/bin.sh
   # The tensor-core linear kernel against its reference on this GPU first (stops here on failure).
   if [ "${CUDA_TESTS:-1}" = 1 ]; then
-    SPOTLIGHT_CUDA_TESTS=1 /tmp/linear_mma_cuda --nocapture 2>&1 | tee "$OUT/cuda_tests.log" | tail -n 8
+    SPOTLIGHT_CUDA_TESTS=1 /tmp/kernels cuda:: 2>&1 | tee "$OUT/cuda_tests.log" | tail -n 8
+    SPOTLIGHT_CUDA_TESTS=1 /tmp/linear_mma_cuda --nocapture 2>&1 | tee -a "$OUT/cuda_tests.log" | tail -n 8
     SPOTLIGHT_CUDA_TESTS=1 /tmp/cuda_graphs --nocapture --test-threads 1 2>&1 | tee "$OUT/cuda_graphs.log" | tail -n 20
   fi
   if [ "${LINEAR:-1}" = 1 ]; then

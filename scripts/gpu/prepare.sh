@@ -22,11 +22,11 @@ mkdir -p .gpu
 cp "$bin" .gpu/spotlight
 strip .gpu/spotlight
 gzip -9 .gpu/spotlight
-# The test binaries that need CUDA (run there with SPOTLIGHT_CUDA_TESTS=1 by the GPU scripts): the
-# tensor-core linear kernel's, CUDA graphs against plain launches, and the out-of-memory check's
-# (scripts/gpu/memory.sh).
+# The test binaries that need CUDA (run there with SPOTLIGHT_CUDA_TESTS=1 by the GPU scripts): every
+# kernel against its reference (`kernels`, its `cuda::` tests), the tensor-core linear kernel's,
+# CUDA graphs against plain launches, and the out-of-memory check's (scripts/gpu/memory.sh).
 cargo test --workspace --all-targets --locked --no-run --message-format=json 2>/dev/null > /tmp/spotlight-tests.json
-for name in linear_mma_cuda cuda_graphs gpu_memory; do
+for name in kernels linear_mma_cuda cuda_graphs gpu_memory; do
   test_bin=$(python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, open(sys.argv[1])) if m.get("target", {}).get("name") == sys.argv[2] and m.get("executable")][-1])' /tmp/spotlight-tests.json "$name")
   cp "$test_bin" ".gpu/$name"
   strip ".gpu/$name"

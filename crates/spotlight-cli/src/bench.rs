@@ -58,7 +58,7 @@ pub struct GenerateBenchArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "fused")]
     pub decode_paths: Vec<DecodePath>,
     /// CUDA graph settings timed on the fused path (e.g. `off,on`, side by side).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "auto")]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "off")]
     pub cuda_graphs: Vec<CudaGraphs>,
 }
 

@@ -84,7 +84,7 @@ impl OnBackend for Job<'_> {
             seed: 0,
             stop_ids: vec![],
             fused_decode: true,
-            cuda_graphs: spotlight_llama::fast::GraphMode::Auto,
+            cuda_graphs: spotlight_llama::fast::GraphMode::Off,
             attention_kernels: true,
         };
         let (greedy, _) = generate(

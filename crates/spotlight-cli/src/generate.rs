@@ -61,8 +61,8 @@ pub struct GenerateArgs {
     #[arg(long, value_enum, default_value_t = DecodePath::Fused)]
     pub decode_path: DecodePath,
     /// Record fused decode steps as CUDA graphs and replay them (auto: on CUDA where recording
-    /// works; on: required; off: plain launches).
-    #[arg(long, value_enum, default_value_t = CudaGraphs::Auto)]
+    /// works; on: required; off: plain launches). Off by default until measured on a GPU.
+    #[arg(long, value_enum, default_value_t = CudaGraphs::Off)]
     pub cuda_graphs: CudaGraphs,
 }
 

@@ -51,7 +51,7 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = DecodePath::Fused)]
     pub decode_path: DecodePath,
     /// Record fused decode steps as CUDA graphs; as `generate --cuda-graphs`.
-    #[arg(long, value_enum, default_value_t = CudaGraphs::Auto)]
+    #[arg(long, value_enum, default_value_t = CudaGraphs::Off)]
     pub cuda_graphs: CudaGraphs,
     /// Model id in /v1/models and in answers [default: the checkpoint's file name].
     #[arg(long)]

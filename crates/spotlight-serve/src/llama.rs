@@ -64,13 +64,13 @@ impl<B: LlamaBackend> LlamaEngine<B> {
             cache,
             modes,
             kernels,
-            graphs: GraphMode::Auto,
+            graphs: GraphMode::Off,
             fused: None,
             declined: Vec::new(),
         })
     }
 
-    /// Records the fused decoder's steps as CUDA graphs as `mode` says (default: auto).
+    /// Records the fused decoder's steps as CUDA graphs as `mode` says (default: off).
     pub fn with_graphs(mut self, mode: GraphMode) -> Self {
         self.graphs = mode;
         self

@@ -29,6 +29,8 @@ pub enum LlamaError {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error("decode kernels: {0}")]
+    Kernel(#[from] spotlight_kernels::KernelError),
     #[error("CUDA graphs: {0}")]
     Graph(#[from] crate::fast::GraphError),
 }

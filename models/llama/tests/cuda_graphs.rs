@@ -133,50 +133,71 @@ fn ragged(batch: usize, longest: usize) -> Vec<usize> {
     (0..batch).map(|b| longest - (b * 37) % 200).collect()
 }
 
-/// Every case: graph replays equal plain launches, graphs were recorded and replayed, and more
-/// than one span was crossed.
+/// Window 16: the key ring (17 steps) is emptied several times in 90 steps.
+const SPOTLIGHT: Budget = Budget {
+    fraction: 0.02,
+    min_tokens: 20,
+    sink: 4,
+    window: 16,
+};
+const STEPS: usize = 90;
+/// 300 → 390 crosses the spans 320 and 384.
+const LONGEST: usize = 300;
+
+/// One case: graph replays equal plain launches, and graphs were recorded and replayed.
+fn check_case(name: &str, preset: &str, batch: usize, budget: Option<Budget>) {
+    assert!(span_of(LONGEST) < span_of(LONGEST + STEPS));
+    let config = LlamaConfig::preset(preset).unwrap();
+    let lens = ragged(batch, LONGEST);
+    let what = format!(
+        "{name} (SYNTHETIC bf16), batch {batch} {lens:?}, {}",
+        if budget.is_some() {
+            "Spotlight"
+        } else {
+            "dense"
+        }
+    );
+    let mut plain = synthetic(&config, &lens, STEPS, budget);
+    let mut graphs = synthetic(&config, &lens, STEPS, budget);
+    graphs.set_graphs(GraphMode::On).unwrap();
+    let state = step_both(&mut plain, &mut graphs, config.vocab_size, STEPS, &what);
+    match state {
+        GraphState::On { graphs, replays } => {
+            assert!(graphs >= 2, "{what}: {graphs} graphs");
+            assert!(replays as usize >= STEPS / 2, "{what}: {replays} replays");
+        }
+        other => panic!("{what}: graphs {other}"),
+    }
+}
+
+/// The smallest case first (the GPU script runs it alone before the others).
 #[test]
-fn graph_replays_equal_plain_launches() {
+fn smollm2_dense_batch_1() {
+    if enabled() {
+        check_case("SmolLM2-135M shape", "smollm2-135m", 1, None);
+    }
+}
+
+#[test]
+fn smollm2_every_batch_dense_and_spotlight() {
     if !enabled() {
         return;
     }
-    // Window 16: the key ring (17 steps) is emptied several times in 90 steps.
-    let spotlight = Budget {
-        window: 16,
-        ..Budget::default()
-    };
-    let steps = 90;
-    // 300 → 390 crosses the spans 320 and 384.
-    let longest = 300;
-    assert!(span_of(longest) < span_of(longest + steps));
-    for (name, preset, batches) in [
-        ("SmolLM2-135M shape", "smollm2-135m", [1, 4, 16]),
-        ("Llama-3-8B shape", "llama3-8b", [1, 4, 16]),
-    ] {
-        let config = LlamaConfig::preset(preset).unwrap();
-        for batch in batches {
-            for budget in [None, Some(spotlight)] {
-                let lens = ragged(batch, longest);
-                let what = format!(
-                    "{name} (SYNTHETIC bf16), batch {batch} {lens:?}, {}",
-                    if budget.is_some() {
-                        "Spotlight"
-                    } else {
-                        "dense"
-                    }
-                );
-                let mut plain = synthetic(&config, &lens, steps, budget);
-                let mut graphs = synthetic(&config, &lens, steps, budget);
-                graphs.set_graphs(GraphMode::On).unwrap();
-                let state = step_both(&mut plain, &mut graphs, config.vocab_size, steps, &what);
-                match state {
-                    GraphState::On { graphs, replays } => {
-                        assert!(graphs >= 2, "{what}: {graphs} graphs");
-                        assert!(replays as usize >= steps / 2, "{what}: {replays} replays");
-                    }
-                    other => panic!("{what}: graphs {other}"),
-                }
-            }
+    for batch in [1, 4, 16] {
+        for budget in [None, Some(SPOTLIGHT)] {
+            check_case("SmolLM2-135M shape", "smollm2-135m", batch, budget);
+        }
+    }
+}
+
+#[test]
+fn llama3_8b_every_batch_dense_and_spotlight() {
+    if !enabled() {
+        return;
+    }
+    for batch in [1, 4, 16] {
+        for budget in [None, Some(SPOTLIGHT)] {
+            check_case("Llama-3-8B shape", "llama3-8b", batch, budget);
         }
     }
 }
@@ -228,7 +249,7 @@ fn real_model_graph_replays_equal_plain_launches() {
 }
 
 /// A recording that copies from host memory would replay a stale buffer: it is refused, while
-/// the same recording of kernels alone replays.
+/// the same recording of kernels alone replays (the first thing the GPU script runs).
 #[test]
 fn a_recording_with_a_host_copy_is_refused() {
     if !enabled() {

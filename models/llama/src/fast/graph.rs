@@ -9,11 +9,13 @@ use std::str::FromStr;
 /// Whether decode steps are recorded and replayed as CUDA graphs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GraphMode {
-    /// On CUDA where recording works (checked on the first step); plain launches elsewhere.
-    #[default]
+    /// On CUDA where recording works (the stream found and proven when turned on, every graph
+    /// checked when recorded); plain launches elsewhere.
     Auto,
     /// Required: a decoder that cannot record its steps is an error.
     On,
+    /// Plain launches (the default: recording has not been measured on a GPU yet).
+    #[default]
     Off,
 }
 
