@@ -78,11 +78,10 @@ impl<B: Backend> KvCache<B> {
     /// Checks that `new_tokens[b]` more tokens fit for every sequence b.
     pub fn check_room(&self, new_tokens: &[usize]) -> Result<(), LlamaError> {
         if new_tokens.len() != self.lens.len() {
-            return Err(LlamaError::Invalid(format!(
-                "batch of {} sequences given to a cache of {}",
-                new_tokens.len(),
-                self.lens.len()
-            )));
+            return Err(LlamaError::BatchSize {
+                given: new_tokens.len(),
+                cache: self.lens.len(),
+            });
         }
         for (&len, &n) in self.lens.iter().zip(new_tokens) {
             if len + n > self.capacity {

@@ -68,8 +68,8 @@ pub fn generate<B: LlamaBackend>(
     mut on_token: impl FnMut(usize, u32) -> Result<(), LlamaError>,
 ) -> Result<(Vec<Vec<u32>>, GenerateStats), LlamaError> {
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
-        return Err(LlamaError::Invalid(
-            "every prompt needs at least one token".into(),
+        return Err(LlamaError::TooFewTokens(
+            "every prompt needs at least one token",
         ));
     }
     let longest = prompts.iter().map(Vec::len).max().unwrap();
@@ -148,7 +148,7 @@ pub fn generate<B: LlamaBackend>(
                 .forward_last(&input, &mut cache)?
                 .into_data()
                 .to_vec::<f32>()
-                .map_err(|e| LlamaError::Invalid(format!("{e:?}")))?,
+                .map_err(|e| LlamaError::Device(format!("{e:?}")))?,
         };
         for b in 0..batch {
             input[b].clear();

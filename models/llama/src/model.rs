@@ -36,14 +36,8 @@ pub fn kv_cache_bytes(c: &LlamaConfig, batch: usize, capacity: usize, elem: usiz
 /// Refuses an allocation of `needed` bytes that the device cannot hold, before trying it
 /// (`free`: None where the backend cannot tell).
 pub fn check_free_memory(needed: u64, free: Option<u64>) -> Result<(), LlamaError> {
-    const GIB: f64 = (1u64 << 30) as f64;
     match free {
-        Some(free) if needed > free => Err(LlamaError::Invalid(format!(
-            "K/V cache needs {:.2} GiB ({needed} bytes), the GPU has {:.2} GiB ({free} bytes) free: \
-             ask for fewer tokens or sequences",
-            needed as f64 / GIB,
-            free as f64 / GIB
-        ))),
+        Some(free) if needed > free => Err(LlamaError::OutOfMemory { needed, free }),
         _ => Ok(()),
     }
 }
@@ -87,10 +81,11 @@ impl<S: WeightSource + ?Sized> Loader<'_, S> {
         }
         // A NaN or infinity in a weight poisons every logit downstream: refuse it here, by name.
         if let Some(i) = data.par_iter().position_first(|x| !x.is_finite()) {
-            return Err(LlamaError::Invalid(format!(
-                "tensor {name} holds {} at index {i}: the checkpoint is damaged",
-                data[i]
-            )));
+            return Err(LlamaError::DamagedTensor {
+                name: name.to_string(),
+                index: i,
+                value: data[i],
+            });
         }
         self.used.insert(name.to_string());
         Ok(data)
@@ -243,11 +238,10 @@ impl<B: LlamaBackend> Llama<B> {
             .collect();
         if !unused.is_empty() {
             unused.sort();
-            return Err(LlamaError::Invalid(format!(
-                "checkpoint has {} tensors this architecture does not use, e.g. {}",
-                unused.len(),
-                unused[0]
-            )));
+            return Err(LlamaError::UnusedTensors {
+                count: unused.len(),
+                example: unused[0].clone(),
+            });
         }
         let rope = Rope::new(
             c,
@@ -275,12 +269,8 @@ impl<B: LlamaBackend> Llama<B> {
         }
         let c = &self.config;
         let device = self.embed.device();
-        let needed =
-            kv_cache_bytes(c, batch, capacity, size_of::<B::FloatElem>()).ok_or_else(|| {
-                LlamaError::Invalid(format!(
-                    "a K/V cache for {batch} sequences of {capacity} tokens does not fit in memory"
-                ))
-            })?;
+        let needed = kv_cache_bytes(c, batch, capacity, size_of::<B::FloatElem>())
+            .ok_or(LlamaError::CacheTooLarge { batch, capacity })?;
         check_free_memory(needed, B::free_memory(&device))?;
         Ok(KvCache::new(
             c.num_hidden_layers,
@@ -305,17 +295,17 @@ impl<B: LlamaBackend> Llama<B> {
         cache.check_room(&new_lens)?;
         let len = new_lens.iter().copied().max().unwrap_or(0);
         if len == 0 {
-            return Err(LlamaError::Invalid("no tokens to run".into()));
+            return Err(LlamaError::TooFewTokens("no tokens to run"));
         }
         let batch = tokens.len();
         let mut ids = Vec::with_capacity(batch * len);
         for seq in tokens {
             for &t in seq {
                 if t as usize >= self.config.vocab_size {
-                    return Err(LlamaError::Invalid(format!(
-                        "token id {t} is outside the vocabulary of {}",
-                        self.config.vocab_size
-                    )));
+                    return Err(LlamaError::TokenOutOfVocabulary {
+                        token: t,
+                        vocab: self.config.vocab_size,
+                    });
                 }
                 ids.push(t as i64);
             }

@@ -21,8 +21,8 @@ pub fn window_nll<B: LlamaBackend>(
     selection: Option<&Selection<B>>,
 ) -> Result<(f64, usize), LlamaError> {
     if tokens.len() < 2 {
-        return Err(LlamaError::Invalid(
-            "perplexity needs at least two tokens".into(),
+        return Err(LlamaError::TooFewTokens(
+            "perplexity needs at least two tokens",
         ));
     }
     let device = model.embed.device();

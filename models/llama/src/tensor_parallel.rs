@@ -59,7 +59,7 @@ impl TpPlan {
     pub fn new(config: &LlamaConfig, tp: usize) -> Result<Self, LlamaError> {
         let kv = config.num_key_value_heads;
         if tp == 0 || tp > kv {
-            return Err(LlamaError::Invalid(format!(
+            return Err(LlamaError::TensorParallel(format!(
                 "--tp {tp}: between 1 and the model's {kv} KV heads (attention splits by whole KV heads)"
             )));
         }
@@ -112,7 +112,7 @@ impl TpPlan {
         (shape, data): &HostTensor,
         rank: usize,
     ) -> Result<HostTensor, LlamaError> {
-        let bad = |why: String| LlamaError::Invalid(format!("{name} {shape:?}: {why}"));
+        let bad = |why: String| LlamaError::TensorParallel(format!("{name} {shape:?}: {why}"));
         match self.split_of(name) {
             Split::Replicated => Ok((shape.clone(), data.clone())),
             Split::Rows(ranges) => {
@@ -146,7 +146,7 @@ impl TpPlan {
     /// The whole tensor `name` back from every rank's part (the inverse of [`Self::shard`]).
     pub fn unshard(&self, name: &str, parts: &[HostTensor]) -> Result<HostTensor, LlamaError> {
         if parts.len() != self.tp {
-            return Err(LlamaError::Invalid(format!(
+            return Err(LlamaError::TensorParallel(format!(
                 "{name}: {} parts for {} ranks",
                 parts.len(),
                 self.tp

@@ -351,7 +351,7 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
     /// Waits for every launched kernel (benchmarks time whole steps).
     pub fn sync(&self) -> Result<(), LlamaError> {
         burn_cubecl::cubecl::future::block_on(self.client.sync())
-            .map_err(|e| LlamaError::Invalid(format!("device: {e:?}")))
+            .map_err(|e| LlamaError::Device(format!("{e:?}")))
     }
 
     /// Runs one decode step without reading the logits back (benchmarks); see [`FastDecode::step`].

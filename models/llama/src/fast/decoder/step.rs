@@ -88,10 +88,10 @@ impl<R: Runtime, E: Float + CubeElement> Decoder<R, E> {
                 )));
             }
             if r.token as usize >= c.vocab_size {
-                return Err(LlamaError::Invalid(format!(
-                    "decode step: token {} is past the vocabulary ({})",
-                    r.token, c.vocab_size
-                )));
+                return Err(LlamaError::TokenOutOfVocabulary {
+                    token: r.token,
+                    vocab: c.vocab_size,
+                });
             }
             let pos = self.lens[r.seq];
             if pos >= self.cap {
