@@ -175,3 +175,94 @@ pub fn record_once<R: burn_cubecl::cubecl::Runtime>(
     burn_cubecl::cubecl::future::block_on(client.sync())
         .map_err(|e| GraphError::Runner(format!("{e:?}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// What a recorder was asked to do, in order; `fail_end` makes the next `end` fail.
+    #[derive(Default)]
+    struct Log {
+        calls: Vec<String>,
+        fail_end: bool,
+    }
+
+    struct Scripted(Rc<RefCell<Log>>);
+
+    impl Recorder for Scripted {
+        fn begin(&mut self) -> Result<(), GraphError> {
+            self.0.borrow_mut().calls.push("begin".into());
+            Ok(())
+        }
+        fn end(&mut self, launches: usize) -> Result<usize, GraphError> {
+            let mut log = self.0.borrow_mut();
+            log.calls.push(format!("end {launches}"));
+            if std::mem::take(&mut log.fail_end) {
+                return Err(GraphError::NodeType("memcpy".into()));
+            }
+            Ok(log.calls.len())
+        }
+        fn replay(&mut self, id: usize) -> Result<(), GraphError> {
+            self.0.borrow_mut().calls.push(format!("replay {id}"));
+            Ok(())
+        }
+        fn clear(&mut self) {
+            self.0.borrow_mut().calls.push("clear".into());
+        }
+    }
+
+    fn shape(span: usize) -> StepShape {
+        StepShape {
+            rows: 1,
+            span,
+            list_span: 0,
+            prunes: false,
+            flush: false,
+        }
+    }
+
+    /// A shape's first step launches plainly, its second is recorded and replayed, later ones
+    /// only replay; a new shape starts over; a refused recording is tried again next time.
+    #[test]
+    fn steps_launch_then_record_then_replay_per_shape() {
+        let log = Rc::new(RefCell::new(Log::default()));
+        let mut graphs = StepGraphs::new(Box::new(Scripted(log.clone())));
+        let launched = Rc::new(RefCell::new(0));
+        let mut step = |graphs: &mut StepGraphs, span| {
+            let launched = launched.clone();
+            graphs.run(shape(span), move || -> Result<usize, GraphError> {
+                *launched.borrow_mut() += 1;
+                Ok(7)
+            })
+        };
+        let take = |log: &Rc<RefCell<Log>>| std::mem::take(&mut log.borrow_mut().calls);
+        assert_eq!(step(&mut graphs, 128), Ok(7));
+        assert!(take(&log).is_empty(), "first step: plain launches");
+        assert_eq!(step(&mut graphs, 128), Ok(7));
+        assert_eq!(take(&log), ["begin", "end 7", "replay 2"]);
+        assert_eq!(step(&mut graphs, 128), Ok(7));
+        assert_eq!(take(&log), ["replay 2"], "later steps launch nothing");
+        assert_eq!(*launched.borrow(), 2);
+        assert_eq!(step(&mut graphs, 160), Ok(7));
+        assert!(take(&log).is_empty(), "a new span launches plainly first");
+        log.borrow_mut().fail_end = true;
+        let refused = step(&mut graphs, 160);
+        assert_eq!(refused, Err(GraphError::NodeType("memcpy".into())));
+        assert_eq!(take(&log), ["begin", "end 7"]);
+        assert_eq!(step(&mut graphs, 160), Ok(7));
+        assert_eq!(take(&log), ["begin", "end 7", "replay 2"]);
+        assert_eq!(
+            graphs.state(),
+            GraphState::On {
+                graphs: 2,
+                replays: 3
+            }
+        );
+        graphs.clear();
+        assert_eq!(take(&log), ["clear"]);
+        assert_eq!(step(&mut graphs, 128), Ok(7));
+        assert!(take(&log).is_empty(), "after clear, shapes start over");
+    }
+}
