@@ -230,7 +230,7 @@ mod tests {
         let log = Rc::new(RefCell::new(Log::default()));
         let mut graphs = StepGraphs::new(Box::new(Scripted(log.clone())));
         let launched = Rc::new(RefCell::new(0));
-        let mut step = |graphs: &mut StepGraphs, span| {
+        let step = |graphs: &mut StepGraphs, span| {
             let launched = launched.clone();
             graphs.run(shape(span), move || -> Result<usize, GraphError> {
                 *launched.borrow_mut() += 1;
