@@ -31,6 +31,11 @@ echo "== fetching the default model and texts (cached in \${SPOTLIGHT_HOME:-~/.c
 echo "== tests"
 cargo test --workspace --all-targets --locked -- --test-threads 2
 
+echo "== a user's own selector (examples/custom_selector.rs): decoded with, and a row of the evaluator"
+"${CARGO_TARGET_DIR:-target}/debug/examples/custom_selector" > /tmp/spotlight-custom-selector.jsonl
+grep -q '"method":"quarter-dot"' /tmp/spotlight-custom-selector.jsonl \
+  || { echo "examples/custom_selector printed no row for its selector" >&2; exit 1; }
+
 echo "== the server against the official openai client"
 if python3 -m pip --version >/dev/null 2>&1; then
   python3 -m pip install -q "openai>=1.40,<3" 2>&1 | tail -n 2 || true

@@ -2,5 +2,6 @@
 //! long-context decoding. This facade re-exports the workspace crates.
 
 pub use spotlight_cli as cli;
+pub use spotlight_kernels as kernels;
 pub use spotlight_llama as llama;
 pub use spotlight_train as train;

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use burn::backend::NdArray;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use spotlight_llama::KeySelector;
 
@@ -37,6 +38,48 @@ pub fn selector_for<B: Backend>(
         Method::Linear { bits, seed, group } => {
             Arc::new(Linear::new(*bits, *seed, *group, heads, layers, device))
         }
+        Method::Selector { selector, .. } => Arc::new(OnCpu(selector.clone())),
+    }
+}
+
+/// A selector written for the CPU backend, used on any backend: its inputs are copied to the
+/// host and its outputs back (correct everywhere, fast nowhere but the CPU).
+#[derive(Debug)]
+pub struct OnCpu(pub Arc<dyn KeySelector<NdArray>>);
+
+fn to_cpu<B: Backend>(x: Tensor<B, 4>) -> Tensor<NdArray, 4> {
+    let data = x.into_data().convert::<f32>();
+    Tensor::from_data(data, &Default::default())
+}
+
+fn from_cpu<B: Backend>(x: Tensor<NdArray, 4>, device: &B::Device) -> Tensor<B, 4> {
+    Tensor::from_data(x.into_data(), device)
+}
+
+impl<B: Backend> KeySelector<B> for OnCpu {
+    fn name(&self) -> String {
+        self.0.name()
+    }
+    fn encode_keys(&self, layer: usize, k: Tensor<B, 4>) -> Option<Tensor<B, 4>> {
+        let device = k.device();
+        let codes = self.0.encode_keys(layer, to_cpu(k))?;
+        Some(from_cpu(codes, &device))
+    }
+    fn scores(
+        &self,
+        layer: usize,
+        q: Tensor<B, 4>,
+        keys: Tensor<B, 4>,
+        codes: Option<Tensor<B, 4>>,
+    ) -> Tensor<B, 4> {
+        let device = q.device();
+        let scores = self
+            .0
+            .scores(layer, to_cpu(q), to_cpu(keys), codes.map(to_cpu));
+        from_cpu(scores, &device)
+    }
+    fn score_levels(&self) -> Option<usize> {
+        self.0.score_levels()
     }
 }
 

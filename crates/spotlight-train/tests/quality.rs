@@ -239,3 +239,57 @@ fn rotation_start_is_the_linear_hash() {
         }
     }
 }
+
+/// Any `KeySelector`, evaluated through `Method::Selector`, is ranked as the evaluator ranks its
+/// own methods: the oracles through the trait score exactly as the built-in oracles, per query
+/// head and per group.
+#[test]
+fn any_key_selector_is_evaluated_like_the_built_in_methods() {
+    use spotlight_train::quality::Heads;
+    use spotlight_train::selector::selector_for;
+    let (h, kv, n, d) = (6, 2, 300, 32);
+    let mut rng = StdRng::seed_from_u64(7);
+    let qk = LayerQk {
+        q: random([h, n, d], &mut rng),
+        k: random([kv, n, d], &mut rng),
+    };
+    let heads = Heads {
+        q_heads: h,
+        kv_heads: kv,
+        head_dim: d,
+    };
+    let through = |group| Method::Selector {
+        selector: selector_for::<Cpu>(&Method::Oracle { group }, heads, 1, &Default::default()),
+        group,
+        bytes_per_token: 0.0,
+    };
+    let methods = [
+        Method::Oracle { group: false },
+        through(false),
+        Method::Oracle { group: true },
+        through(true),
+    ];
+    let positions = [0, 5, 19, 20, 150, 299];
+    let budgets = [0.05, 0.3];
+    let rows = evaluate_layer(0, &qk, &positions, &methods, &budgets, false, &[]);
+    assert_eq!(rows.len(), methods.len() * budgets.len());
+    for (built_in, selector) in [(0, 1), (2, 3)] {
+        for b in 0..budgets.len() {
+            let (a, s) = (
+                &rows[built_in * budgets.len() + b],
+                &rows[selector * budgets.len() + b],
+            );
+            assert_eq!(s.method, a.method, "the selector's own name");
+            assert_eq!(s.selection, a.selection);
+            for (x, y, what) in [
+                (a.iou, s.iou, "iou"),
+                (a.recall, s.recall, "recall"),
+                (a.mass_recall, s.mass_recall, "mass recall"),
+                (a.kv_read, s.kv_read, "K/V read"),
+            ] {
+                assert!((x - y).abs() < 1e-12, "{} {what}: {x} vs {y}", a.method);
+            }
+        }
+    }
+    assert_eq!(rows[0].iou, 1.0);
+}

@@ -15,9 +15,13 @@
 mod prepare;
 mod rank;
 
+use std::sync::Arc;
+
+use burn::backend::NdArray;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use rayon::prelude::*;
 use spotlight_kernels::Budget;
+use spotlight_llama::selector::KeySelector;
 use spotlight_llama::LayerQk;
 
 use crate::hash_file::HashFile;
@@ -41,6 +45,14 @@ pub enum Method {
     Linear { bits: usize, seed: u64, group: bool },
     /// Quest: pages of `page` tokens scored by Σᵢ max(qᵢ·minᵢ, qᵢ·maxᵢ), per query head.
     Quest { page: usize },
+    /// Any [`KeySelector`] (the trait decoding uses), scored on the CPU: its scores rank the
+    /// keys per query head, or (`group`) summed over each KV head's group. `bytes_per_token`:
+    /// what it reads per cached token, for the results' bytes column.
+    Selector {
+        selector: Arc<dyn KeySelector<NdArray>>,
+        group: bool,
+        bytes_per_token: f64,
+    },
 }
 
 /// Model dimensions the methods need.
@@ -60,6 +72,7 @@ impl Method {
             Method::Linear { group: false, .. } => "linear".into(),
             Method::Linear { group: true, .. } => "linear-group".into(),
             Method::Quest { .. } => "quest".into(),
+            Method::Selector { selector, .. } => selector.name(),
         }
     }
 
@@ -69,6 +82,7 @@ impl Method {
             Method::Oracle { group } | Method::Linear { group, .. } => *group,
             Method::Hash { file, .. } => file.header.layout == Layout::Group,
             Method::Quest { .. } => false,
+            Method::Selector { group, .. } => *group,
         }
     }
 
@@ -92,7 +106,7 @@ impl Method {
     /// Code length per key code (0 for methods without codes).
     pub fn bits(&self) -> usize {
         match self {
-            Method::Oracle { .. } | Method::Quest { .. } => 0,
+            Method::Oracle { .. } | Method::Quest { .. } | Method::Selector { .. } => 0,
             Method::Hash { file, .. } => file.header.bits,
             Method::Linear { bits, .. } => *bits,
         }
@@ -108,6 +122,9 @@ impl Method {
             }
             Method::Linear { bits, .. } => (h.kv_heads * bits / 8) as f64,
             Method::Quest { page } => (h.kv_heads * 2 * h.head_dim * 2) as f64 / *page as f64,
+            Method::Selector {
+                bytes_per_token, ..
+            } => *bytes_per_token,
         }
     }
 }
@@ -206,7 +223,7 @@ pub fn evaluate_layer<B: Backend>(
     let kh = host(qk.k.clone()); // [kv][n][d]
     let prepared: Vec<Prepared> = methods
         .iter()
-        .map(|m| Prepared::new(m, layer, qk, &q_sel, &kh))
+        .map(|m| Prepared::new(m, layer, qk, (&q_sel, positions), &kh))
         .collect();
 
     // (method, ties by relevance) pairs evaluated: every method, then the code methods again

@@ -1,8 +1,10 @@
 //! Per-layer state of each retrieval method, computed once per layer: packed codes of the sampled
 //! queries and of every key (hash and linear methods), or the page bounds of Quest.
 
+use burn::backend::NdArray;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use spotlight_kernels::reference::{pack_signs, HashWeights};
+use spotlight_llama::selector::KeySelector;
 use spotlight_llama::LayerQk;
 
 use super::Method;
@@ -27,6 +29,47 @@ pub(super) enum Prepared {
         lo: Vec<f32>,
         hi: Vec<f32>,
     },
+    /// A selector's scores at each sampled query: `per_row[ti]` is [q_heads][len] over the
+    /// row's visible keys (query head s·g + i is row i of KV head s).
+    Scores {
+        per_row: Vec<Vec<f32>>,
+    },
+}
+
+/// `selector`'s scores on `layer` at each of `positions`, as decoding calls it: the G query
+/// heads of each KV head at one position against the keys up to that position (the last of
+/// them), on the CPU. `qh` [q_heads][T][d] holds the sampled queries, `kh` [kv][N][d] every key.
+fn selector_scores(
+    selector: &dyn KeySelector<NdArray>,
+    layer: usize,
+    (qh, kh): (&[f32], &[f32]),
+    positions: &[usize],
+    [h, kv, n, d]: [usize; 4],
+) -> Vec<Vec<f32>> {
+    let device = Default::default();
+    let (g, t) = (h / kv, positions.len());
+    let keys = Tensor::<NdArray, 1>::from_data(TensorData::new(kh.to_vec(), [kv * n * d]), &device)
+        .reshape([1, kv, n, d]);
+    let codes = selector.encode_keys(layer, keys.clone());
+    positions
+        .iter()
+        .enumerate()
+        .map(|(ti, &p)| {
+            let q: Vec<f32> = (0..h)
+                .flat_map(|head| qh[(head * t + ti) * d..][..d].iter().copied())
+                .collect();
+            let q = Tensor::<NdArray, 1>::from_data(TensorData::new(q, [h * d]), &device)
+                .reshape([1, kv, g, d]);
+            let visible = keys.clone().narrow(2, 0, p + 1);
+            let codes = codes.as_ref().map(|c| c.clone().narrow(2, 0, p + 1));
+            selector
+                .scores(layer, q, visible, codes)
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("f32 scores")
+        })
+        .collect()
 }
 
 /// Packed sign codes `[rows][nets][words]` of x: [nets, rows, d] under `w`, on the device.
@@ -58,12 +101,13 @@ fn linear_codes<B: Backend>(x: Tensor<B, 3>, p: &[f32], bits: usize) -> Vec<u32>
 }
 
 impl Prepared {
-    /// The state of `method` on `layer`, for the sampled queries `q_sel` [q_heads, T, d].
+    /// The state of `method` on `layer`, for the sampled queries `q_sel` [q_heads, T, d] at
+    /// `positions`.
     pub(super) fn new<B: Backend>(
         method: &Method,
         layer: usize,
         qk: &LayerQk<B>,
-        q_sel: &Tensor<B, 3>,
+        (q_sel, positions): (&Tensor<B, 3>, &[usize]),
         kh: &[f32],
     ) -> Self {
         let [h, t, d] = q_sel.dims();
@@ -71,6 +115,14 @@ impl Prepared {
         let g = h / kv;
         match method {
             Method::Oracle { .. } => Prepared::Oracle,
+            Method::Selector { selector, .. } => {
+                let qh = q_sel.clone().into_data().convert::<f32>().to_vec::<f32>();
+                let qh = qh.expect("f32 queries");
+                let shape = [h, kv, n, d];
+                Prepared::Scores {
+                    per_row: selector_scores(selector.as_ref(), layer, (&qh, kh), positions, shape),
+                }
+            }
             Method::Quest { page } => {
                 let (lo, hi) = quest_bounds(kh, kv, n, d, *page);
                 Prepared::Quest {

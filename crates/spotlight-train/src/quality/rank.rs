@@ -75,6 +75,18 @@ pub(super) fn unit_order(
                 top_k_by(&scores, len)
             }
         }
+        Prepared::Scores { per_row } => {
+            // [q_heads][len]; a group sums its heads' scores.
+            let at = |head: usize| &per_row[ti][head * len..][..len];
+            let unit: Vec<f32> = if group {
+                (0..len)
+                    .map(|j| (0..g).map(|i| at(u * g + i)[j]).sum())
+                    .collect()
+            } else {
+                at(u).to_vec()
+            };
+            top_k_by(&unit, len)
+        }
         Prepared::Quest { page, lo, hi } => {
             // Per query head (Quest has no group form here): Σ_c max(q_c·min_c, q_c·max_c).
             let (page, d, n) = (*page, row.dim, row.keys);
