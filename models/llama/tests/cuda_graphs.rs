@@ -263,8 +263,13 @@ fn a_recording_with_a_host_copy_is_refused() {
         let fresh = upload_u32(&client, &[1, 2, 3, 4]);
         copy(&client, &fresh, &b, 4);
     })
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("node"), "{err}");
-    eprintln!("refused as expected: {err}");
+    .unwrap_err();
+    // Refused either way a host copy can show: as a copy node in the graph, or as a capture the
+    // driver invalidated when the copy was issued inside it.
+    let why = err.to_string();
+    assert!(
+        why.contains("node") || why.contains("CAPTURE"),
+        "refused, but not for the host copy: {why}"
+    );
+    eprintln!("refused as expected: {why}");
 }
